@@ -1,0 +1,29 @@
+"""carousel: recurrent neural networks on PyTorch.
+
+Every LSTM/GRU/RNN variant as a drop-in for torch.nn, with explicit backpropagation through
+time, training, analysis, echo state networks and Hessian-free optimisation.
+"""
+
+from carousel.cells import Cell, GRUCell, LSTMCell, RecurrentCell, RNNCell
+from carousel.functional import LSTM_VARIANTS, LSTMGateState, LSTMState, LSTMVariant
+from carousel.layers import GRU, LSTM, RNN, Recurrent, RecurrentOutput
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GRU",
+    "LSTM",
+    "LSTM_VARIANTS",
+    "RNN",
+    "Cell",
+    "GRUCell",
+    "LSTMCell",
+    "LSTMGateState",
+    "LSTMState",
+    "LSTMVariant",
+    "RNNCell",
+    "Recurrent",
+    "RecurrentCell",
+    "RecurrentOutput",
+    "__version__",
+]

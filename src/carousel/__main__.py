@@ -1,0 +1,5 @@
+import sys
+
+from carousel.cli import main
+
+sys.exit(main())

@@ -1,0 +1,124 @@
+"""The cell contract shared by every recurrent cell, built-in or user-defined."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from carousel._checks import check_floating, check_shape
+
+__all__ = ["Cell", "RecurrentCell"]
+
+
+@runtime_checkable
+class Cell(Protocol):
+    """What a layer needs from a cell (any ``nn.Module`` with these members works).
+
+    - ``input_size`` and ``hidden_size``; the output ``y`` has size ``output_size`` if the
+      cell defines it, else ``hidden_size``;
+    - ``forward(x, state) -> (y, state)``: one time step, ``x`` of shape ``(B, I)``, ``y`` of
+      shape ``(B, H)``; ``state`` is a tensor ``(B, *)`` or a NamedTuple of such tensors;
+    - ``initial_state(batch_size, *, device=None, dtype=None)``: the zero state.
+
+    Optionally ``step_with_gates(x, state) -> (y, state, gates)`` with ``gates`` a dict of
+    ``(B, H)`` tensors, which lets layers record gate activations.
+    """
+
+    input_size: int
+    hidden_size: int
+
+    def forward(self, x: Tensor, state: Any) -> tuple[Tensor, Any]: ...
+
+    def initial_state(
+        self,
+        batch_size: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> Any: ...
+
+
+class RecurrentCell(nn.Module):
+    """Base of the built-in cells: input checks in ``forward``, math in ``step_with_gates``."""
+
+    input_size: int
+    hidden_size: int
+
+    @property
+    def output_size(self) -> int:
+        """Size of the output ``y`` (the next layer's input)."""
+        return self.hidden_size
+
+    def _factory(self, device, dtype) -> dict[str, Any]:
+        p = next(self.parameters(), None)
+        return {
+            "device": device if device is not None else (p.device if p is not None else None),
+            "dtype": dtype if dtype is not None else (p.dtype if p is not None else None),
+        }
+
+    def initial_state(self, batch_size: int, *, device=None, dtype=None) -> Any:
+        kw = self._factory(device, dtype)
+        return torch.zeros(batch_size, self.hidden_size, **kw)
+
+    def param_names(self) -> tuple[str, ...]:
+        """Names of this cell's own parameters (those ``step_with_params`` reads)."""
+        return tuple(name for name, _ in self.named_parameters(recurse=False))
+
+    def step_with_params(
+        self, params: dict[str, Tensor], x: Tensor, state: Any
+    ) -> tuple[Tensor, Any, dict[str, Tensor]]:
+        """One step with the weights given in ``params`` (keys: :meth:`param_names`).
+
+        Layers that name the weights of their cells as torch.nn does (``weight_ih_l0``) own
+        the parameters and call this; the cell itself then holds configuration only.
+        """
+        raise NotImplementedError
+
+    def step_with_gates(self, x: Tensor, state: Any) -> tuple[Tensor, Any, dict[str, Tensor]]:
+        """One step with this cell's own weights: ``(y, state, gates)``."""
+        return self.step_with_params({n: getattr(self, n) for n in self.param_names()}, x, state)
+
+    def forward(self, x: Tensor, state: Any = None) -> tuple[Tensor, Any]:
+        """One time step.
+
+        Args:
+            x: input ``(B, I)``.
+            state: the previous state, or ``None`` for zeros.
+
+        Returns:
+            ``(y, state)``: the output ``(B, H)`` and the new state.
+
+        Raises:
+            ValueError: if ``x`` or ``state`` have the wrong shape.
+            TypeError: if ``x`` is not floating point or its dtype differs from the weights'.
+        """
+        name = type(self).__name__
+        check_floating(name, "x", x, next(self.parameters()).dtype)
+        check_shape(name, "x", x, (None, self.input_size), ("B", "I"))
+        if state is None:
+            state = self.initial_state(x.shape[0], device=x.device, dtype=x.dtype)
+        else:
+            self.check_state(state, x.shape[0])
+        y, state, _ = self.step_with_gates(x, state)
+        return y, state
+
+    def check_state(self, state: Any, batch_size: int) -> None:
+        name = type(self).__name__
+        ref = self.initial_state(batch_size, device="meta")
+        if isinstance(ref, Tensor):
+            if not isinstance(state, Tensor):
+                raise TypeError(f"{name}: state must be a Tensor, got {type(state).__name__}")
+            check_shape(name, "state", state, tuple(ref.shape), ())
+            return
+        if not isinstance(state, tuple) or len(state) != len(ref):
+            raise TypeError(
+                f"{name}: state must be a {type(ref).__name__}{tuple(ref._fields)}, "
+                f"got {type(state).__name__}"
+            )
+        for field, s, r in zip(ref._fields, state, ref):
+            check_shape(name, f"state.{field}", s, tuple(r.shape), ())
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}"

@@ -1,0 +1,304 @@
+"""Layers: torch.nn parity, lengths, bidirectional, learned initial states, traces, errors.
+
+The hand-written BPTT path is tested in tests/test_bptt.py against the reference path here.
+"""
+
+import itertools
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import carousel
+
+D = torch.float64
+T, B, I, H = 6, 4, 3, 5
+LENGTHS = torch.tensor([6, 2, 5, 1])
+
+FAMILIES = {
+    "LSTM": (carousel.LSTM, torch.nn.LSTM),
+    "GRU": (carousel.GRU, torch.nn.GRU),
+    "RNN": (carousel.RNN, torch.nn.RNN),
+}
+
+
+def _inputs(batch_first, num_layers, bidirectional, family):
+    x = torch.randn((B, T, I) if batch_first else (T, B, I), dtype=D, requires_grad=True)
+    n = num_layers * (2 if bidirectional else 1)
+    h0 = torch.randn(n, B, H, dtype=D, requires_grad=True)
+    if family == "LSTM":
+        c0 = torch.randn(n, B, H, dtype=D, requires_grad=True)
+        return x, (h0, c0)
+    return x, h0
+
+
+def _torch_run(ref, x, hx, lengths, batch_first):
+    if lengths is None:
+        return ref(x, hx)
+    packed = pack_padded_sequence(x, lengths, batch_first=batch_first, enforce_sorted=False)
+    out, state = ref(packed, hx)
+    out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=batch_first, total_length=T)
+    return out, state
+
+
+def _flat(state):
+    return (state,) if isinstance(state, torch.Tensor) else tuple(state)
+
+
+COMBOS = list(itertools.product(FAMILIES, [1, 2], [False, True], [False, True], [False, True]))
+
+
+@pytest.mark.parametrize("impl", ["reference", "auto"])
+@pytest.mark.parametrize(("family", "num_layers", "bidir", "batch_first", "use_lengths"), COMBOS)
+def test_matches_torch_nn(family, num_layers, bidir, batch_first, use_lengths, impl):
+    ours_cls, ref_cls = FAMILIES[family]
+    ref = ref_cls(I, H, num_layers, batch_first=batch_first, bidirectional=bidir, dtype=D)
+    ours = ours_cls(
+        I, H, num_layers, batch_first=batch_first, bidirectional=bidir, dtype=D, impl=impl
+    )
+    ours.load_state_dict(ref.state_dict())
+    x, hx = _inputs(batch_first, num_layers, bidir, family)
+    lengths = LENGTHS if use_lengths else None
+    out_r, st_r = _torch_run(ref, x, hx, lengths, batch_first)
+    out_o, st_o = ours(x, hx, lengths=lengths)
+    torch.testing.assert_close(out_o, out_r)
+    for a, b in zip(_flat(st_o), _flat(st_r)):
+        torch.testing.assert_close(a, b)
+    # gradients of everything, with random upstream gradients on outputs and final states
+    g_out = torch.randn_like(out_r)
+    g_st = [torch.randn_like(s) for s in _flat(st_r)]
+    inputs = [x, *_flat(hx)]
+
+    def grads(model, out, st):
+        loss = (out * g_out).sum() + sum((s * g).sum() for s, g in zip(_flat(st), g_st))
+        return torch.autograd.grad(loss, [*inputs, *model.parameters()])
+
+    for a, b in zip(grads(ours, out_o, st_o), grads(ref, out_r, st_r)):
+        torch.testing.assert_close(a, b)
+
+
+def test_state_dict_loads_both_ways():
+    ours = carousel.LSTM(I, H, 2, bidirectional=True)
+    ref = torch.nn.LSTM(I, H, 2, bidirectional=True)
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(T, B, I)
+    torch.testing.assert_close(ours(x)[0], ref(x)[0])
+
+
+def test_projection_matches_torch():
+    ref = torch.nn.LSTM(I, H, 2, proj_size=3, bidirectional=True, dtype=D)
+    for impl in ("reference", "auto"):
+        ours = carousel.LSTM(I, H, 2, proj_size=3, bidirectional=True, dtype=D, impl=impl)
+        ours.load_state_dict(ref.state_dict())
+        x = torch.randn(T, B, I, dtype=D)
+        (o1, (h1, c1)), (o2, (h2, c2)) = (
+            ours(x, lengths=LENGTHS),
+            _torch_run(ref, x, None, LENGTHS, False),
+        )
+        torch.testing.assert_close(o1, o2)
+        torch.testing.assert_close(h1, h2)
+        torch.testing.assert_close(c1, c2)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_packed_sequence_input(family):
+    ours_cls, ref_cls = FAMILIES[family]
+    ref = ref_cls(I, H, 2, bidirectional=True, dtype=D)
+    ours = ours_cls(I, H, 2, bidirectional=True, dtype=D, impl="reference")
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(T, B, I, dtype=D)
+    packed = pack_padded_sequence(x, LENGTHS, enforce_sorted=False)
+    (po, so), (pr, sr) = ours(packed), ref(packed)
+    torch.testing.assert_close(po.data, pr.data)
+    torch.testing.assert_close(po.batch_sizes, pr.batch_sizes)
+    for a, b in zip(_flat(so), _flat(sr)):
+        torch.testing.assert_close(a, b)
+
+
+def test_unbatched_input():
+    ref = torch.nn.GRU(I, H, 2, dtype=D)
+    ours = carousel.GRU(I, H, 2, dtype=D, impl="reference")
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(T, I, dtype=D)
+    (o1, h1), (o2, h2) = ours(x), ref(x)
+    torch.testing.assert_close(o1, o2)
+    torch.testing.assert_close(h1, h2)
+
+
+@pytest.mark.parametrize("variant", sorted(carousel.LSTM_VARIANTS))
+def test_lengths_equal_unpadded_runs(variant):
+    lstm = carousel.LSTM(I, H, 2, bidirectional=True, variant=variant, dtype=D, impl="reference")
+    x = torch.randn(T, B, I, dtype=D)
+    out, state = lstm(x, lengths=LENGTHS)
+    for b, n in enumerate(LENGTHS.tolist()):
+        o_b, s_b = lstm(x[:n, b : b + 1])
+        torch.testing.assert_close(out[:n, b : b + 1], o_b)
+        assert torch.all(out[n:, b] == 0)
+        for full, single in zip(state, s_b):
+            torch.testing.assert_close(full[:, b : b + 1], single)
+
+
+def test_learned_initial_state_gets_gradients():
+    lstm = carousel.LSTM(I, H, 2, bidirectional=True, learn_initial_state=True, impl="reference")
+    names = {n for n, _ in lstm.named_parameters() if n.startswith("initial_")}
+    assert names == {f"initial_{f}_l{l}{s}" for f in "hc" for l in (0, 1) for s in ("", "_reverse")}
+    out, _ = lstm(torch.randn(T, B, I))
+    out.pow(2).sum().backward()
+    for n in names:
+        assert getattr(lstm, n).grad.abs().sum() > 0, n
+
+
+def test_learned_initial_state_fused_equals_reference():
+    a = carousel.LSTM(I, H, 2, learn_initial_state=True, dtype=D, impl="fused")
+    b = carousel.LSTM(I, H, 2, learn_initial_state=True, dtype=D, impl="reference")
+    with torch.no_grad():
+        for p in a.parameters():
+            p.uniform_(-0.5, 0.5)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(T, B, I, dtype=D)
+    oa, ob = a(x)[0], b(x)[0]
+    torch.testing.assert_close(oa, ob)
+    ga = torch.autograd.grad(oa.sum(), a.initial_h_l1)
+    gb = torch.autograd.grad(ob.sum(), b.initial_h_l1)
+    torch.testing.assert_close(ga, gb)
+
+
+def test_gradcheck_initial_state_reference():
+    lstm = carousel.LSTM(2, 3, peephole=True, dtype=D, impl="reference")
+    x = torch.randn(4, 2, 2, dtype=D)
+    h0 = torch.randn(1, 2, 3, dtype=D, requires_grad=True)
+    c0 = torch.randn(1, 2, 3, dtype=D, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda h, c: lstm(x, (h, c))[0], (h0, c0))
+
+
+def test_return_states_and_gates():
+    lstm = carousel.LSTM(I, H, 2, bidirectional=True, impl="reference")
+    x = torch.randn(T, B, I)
+    res = lstm(x, return_states=True, return_gates=True)
+    out, (h, c) = res
+    assert res.states.h.shape == (4, T, B, H) and res.states.c.shape == (4, T, B, H)
+    assert set(res.gates) == {"i", "f", "g", "o"}
+    assert res.gates["f"].shape == (4, T, B, H)
+    # last layer's states are the output; final states are the last (first, reversed) step
+    torch.testing.assert_close(res.states.h[2], out[..., :H])
+    torch.testing.assert_close(res.states.h[3], out[..., H:])
+    torch.testing.assert_close(res.states.c[0, -1], c[0])
+    torch.testing.assert_close(res.states.c[1, 0], c[1])
+    plain = lstm(x)
+    assert plain.states is None and plain.gates is None
+    torch.testing.assert_close(plain.output, out)
+
+
+def test_return_states_batch_first_and_lengths():
+    gru = carousel.GRU(I, H, batch_first=True)
+    x = torch.randn(B, T, I)
+    res = gru(x, lengths=LENGTHS, return_states=True, return_gates=True)
+    assert res.states.shape == (1, B, T, H)
+    for b, n in enumerate(LENGTHS.tolist()):
+        torch.testing.assert_close(res.states[0, b, n - 1], res.state[0, b])
+        torch.testing.assert_close(res.states[0, b, -1], res.state[0, b])
+    assert torch.all(res.gates["z"][0, 1, 2:] == 0)
+
+
+def test_auto_picks_fused_for_standard_lstm_and_bptt_or_reference_otherwise():
+    assert carousel.LSTM(2, 3).resolve_impl() == "fused"
+    assert carousel.LSTM(2, 3).resolve_impl(return_states=True) in ("bptt", "reference")
+    assert carousel.LSTM(2, 3, peephole=True).resolve_impl() in ("bptt", "reference")
+
+
+class MinimalRNNCell(torch.nn.Module):
+    """A user cell that follows only the contract: h' = tanh(W [x, h])."""
+
+    def __init__(self, input_size, hidden_size):
+        super().__init__()
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.lin = torch.nn.Linear(input_size + hidden_size, hidden_size, dtype=D)
+
+    def initial_state(self, batch_size, *, device=None, dtype=None):
+        return torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype or D)
+
+    def forward(self, x, h):
+        h = torch.tanh(self.lin(torch.cat([x, h], -1)))
+        return h, h
+
+
+def test_user_cell_in_every_layer_feature():
+    layer = carousel.Recurrent(
+        [(MinimalRNNCell(I, H), MinimalRNNCell(I, H)),
+         (MinimalRNNCell(2 * H, H), MinimalRNNCell(2 * H, H))],
+        bidirectional=True, batch_first=True, learn_initial_state=True,
+    )  # fmt: skip
+    x = torch.randn(B, T, I, dtype=D)
+    res = layer(x, lengths=LENGTHS, return_states=True)
+    out, h = res
+    assert out.shape == (B, T, 2 * H) and h.shape == (4, B, H)
+    assert res.states.shape == (4, B, T, H)
+    for b, n in enumerate(LENGTHS.tolist()):
+        o_b, h_b = layer(x[b : b + 1, :n])
+        torch.testing.assert_close(out[b : b + 1, :n], o_b)
+        torch.testing.assert_close(h[:, b : b + 1], h_b)
+    out.sum().backward()
+    assert layer.initial_h_l0_reverse.grad is not None
+    with pytest.raises(ValueError, match="step_with_gates"):
+        layer(x, return_gates=True)
+
+
+def test_layer_equals_loop_of_its_cell():
+    cell = carousel.LSTMCell(I, H, variant="FGR", dtype=D)
+    layer = carousel.Recurrent(cell)
+    x = torch.randn(T, B, I, dtype=D)
+    out, state = layer(x)
+    s = cell.initial_state(B)
+    for t in range(T):
+        y, s = cell(x[t], s)
+        torch.testing.assert_close(out[t], y)
+    for a, b in zip(state, s):
+        torch.testing.assert_close(a[0], b)
+
+
+def test_dropout_between_layers():
+    lstm = carousel.LSTM(I, H, 2, dropout=0.5, impl="reference")
+    x = torch.randn(T, B, I)
+    lstm.eval()
+    torch.testing.assert_close(lstm(x)[0], lstm(x)[0])
+    lstm.train()
+    assert not torch.equal(lstm(x)[0], lstm(x)[0])
+    with pytest.warns(UserWarning, match="no effect with num_layers=1"):
+        carousel.LSTM(I, H, 1, dropout=0.5)
+
+
+def test_layer_errors():
+    lstm = carousel.LSTM(32, 8)
+    with pytest.raises(
+        ValueError,
+        match=r"expected input of shape \(T, B, 32\) with "
+        r"batch_first=False.*got \(16, 20, 31\)",
+    ):
+        lstm(torch.randn(16, 20, 31))
+    with pytest.raises(TypeError, match="dtype"):
+        lstm(torch.randn(4, 2, 32, dtype=D))
+    with pytest.raises(ValueError, match=r"expected lengths of shape \(2,\)"):
+        lstm(torch.randn(4, 2, 32), lengths=torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match=r"lengths must lie in \[1, T=4\], got values from 0"):
+        lstm(torch.randn(4, 2, 32), lengths=torch.tensor([0, 4]))
+    with pytest.raises(TypeError, match="integer dtype"):
+        lstm(torch.randn(4, 2, 32), lengths=torch.tensor([1.0, 4.0]))
+    with pytest.raises(ValueError, match=r"expected hx.c of shape \(1, 2, 8\)"):
+        lstm(torch.randn(4, 2, 32), (torch.zeros(1, 2, 8), torch.zeros(1, 3, 8)))
+    with pytest.raises(TypeError, match="hx must be a tuple"):
+        lstm(torch.randn(4, 2, 32), torch.zeros(1, 2, 8))
+    with pytest.raises(ValueError, match="impl must be one of"):
+        carousel.LSTM(2, 3, impl="fast")
+    with pytest.raises(ValueError, match="impl='fused' needs a configuration"):
+        carousel.LSTM(2, 3, peephole=True, impl="fused")(torch.randn(3, 1, 2))
+    with pytest.raises(ValueError, match="impl='fused' cannot return per-step states"):
+        carousel.LSTM(2, 3, impl="fused")(torch.randn(3, 1, 2), return_states=True)
+    with pytest.raises(ValueError, match="dropout must be in"):
+        carousel.GRU(2, 3, dropout=1.5)
+    with pytest.raises(ValueError, match="no time steps"):
+        lstm(torch.randn(0, 2, 32))
+    with pytest.raises(ValueError, match="layer 1's cell takes input_size=4"):
+        carousel.Recurrent([carousel.GRUCell(2, 3), carousel.GRUCell(4, 3)])
+    with pytest.raises(ValueError, match="must be a pair"):
+        carousel.Recurrent([carousel.GRUCell(2, 3)], bidirectional=True)
