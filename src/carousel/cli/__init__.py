@@ -1,13 +1,24 @@
-"""The ``carousel`` command line: argument parsing only; the work is done by library calls."""
+"""The ``carousel`` command line: argument parsing only; the work is done by library calls.
+
+Each command lives in its own module under ``carousel.cli`` with a function
+``register(subparsers)`` that adds its sub-parser and sets ``func`` (called with the parsed
+arguments, returning an exit code). Modules are imported lazily by :func:`build_parser` from
+:data:`COMMAND_MODULES`, so ``carousel --help`` stays fast and optional dependencies load only
+for the command that needs them.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 import carousel
 
-__all__ = ["main"]
+__all__ = ["COMMAND_MODULES", "build_parser", "main"]
+
+#: Modules that contribute commands, in the order ``carousel --help`` lists them.
+COMMAND_MODULES: list[str] = []
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="carousel", description="Recurrent neural networks: train, understand, use."
     )
     parser.add_argument("--version", action="version", version=f"carousel {carousel.__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"carousel.cli.{name}").register(sub)
     return parser
 
 
@@ -25,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return 0
+    return int(args.func(args) or 0)
 
 
 if __name__ == "__main__":
