@@ -1,0 +1,1 @@
+"""Seeded data generators and corpora for sequence tasks."""
