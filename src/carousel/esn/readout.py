@@ -1,0 +1,268 @@
+r"""Linear readouts trained in closed form (ridge regression from accumulated sums) or online
+(recursive least squares, FORCE)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from carousel._checks import check_positive_int, shape_str
+
+__all__ = ["RLSReadout", "RidgeReadout"]
+
+
+def _check_features(owner: str, name: str, x: Tensor, size: int) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{owner}: {name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 2 or x.shape[1] != size:
+        raise ValueError(
+            f"{owner}: expected {name} of shape (N, {size}), got {shape_str(tuple(x.shape))}"
+        )
+
+
+class RidgeReadout(nn.Module):
+    r"""A linear readout :math:`y = W x + b` fitted by ridge regression in closed form.
+
+    Training data arrives in any number of chunks through :meth:`accumulate`, which only adds
+    to the sufficient statistics (in ``accumulate_dtype``, float64 by default)
+
+    .. math::
+
+        S_{xx} = \sum_n x_n x_n^\top, \quad S_{xy} = \sum_n x_n y_n^\top, \quad
+        s_x = \sum_n x_n, \quad s_y = \sum_n y_n, \quad N,
+
+    so sequences far longer than memory stream through, and the sums of several processes
+    add up (:meth:`all_reduce`). :meth:`solve` then centres the sums and solves (Tikhonov
+    1963; Lukoševičius 2012, "A practical guide to applying echo state networks", eq. 9)
+
+    .. math::
+
+        (C_{xx} + \lambda I)\, W^\top = C_{xy}, \qquad b = \bar y - W \bar x,
+
+    with :math:`C_{xx} = S_{xx} - N \bar x \bar x^\top`, :math:`C_{xy} = S_{xy} - N \bar x
+    \bar y^\top`: the bias is fitted but not penalised (the same solution as reservoirpy's
+    ``Ridge``). The system is solved by Cholesky factorisation, falling back to an LU solve
+    if it is not numerically positive definite.
+
+    Args:
+        in_features: ``F``.
+        out_features: ``O``.
+        ridge: :math:`\lambda \ge 0`.
+        accumulate_dtype: dtype of the sums and of the solve.
+        device, dtype: of ``weight`` and ``bias``.
+
+    Shape:
+        - features: ``(N, F)``; targets ``(N, O)``; output ``(N, O)`` (any leading dims in
+          :meth:`forward`).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        ridge: float = 1e-6,
+        accumulate_dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features = check_positive_int("RidgeReadout", "in_features", in_features)
+        self.out_features = check_positive_int("RidgeReadout", "out_features", out_features)
+        self.ridge = _check_ridge("RidgeReadout", ridge)
+        self.accumulate_dtype = accumulate_dtype
+        F, O = in_features, out_features
+        dtype = torch.float64 if dtype is None else dtype
+        self.register_buffer("weight", torch.zeros(O, F, device=device, dtype=dtype))
+        self.register_buffer("bias", torch.zeros(O, device=device, dtype=dtype))
+        acc = {"device": device, "dtype": accumulate_dtype}
+        self.register_buffer("xx", torch.zeros(F, F, **acc), persistent=False)
+        self.register_buffer("xy", torch.zeros(F, O, **acc), persistent=False)
+        self.register_buffer("x_sum", torch.zeros(F, **acc), persistent=False)
+        self.register_buffer("y_sum", torch.zeros(O, **acc), persistent=False)
+        self.register_buffer("count", torch.zeros((), **acc), persistent=False)
+
+    def reset(self) -> None:
+        """Zero the accumulated sums."""
+        for t in (self.xx, self.xy, self.x_sum, self.y_sum, self.count):
+            t.zero_()
+
+    @torch.no_grad()
+    def accumulate(self, features: Tensor, targets: Tensor) -> None:
+        """Add ``features (N, F)`` and ``targets (N, O)`` to the sums."""
+        _check_features("RidgeReadout", "features", features, self.in_features)
+        _check_features("RidgeReadout", "targets", targets, self.out_features)
+        if features.shape[0] != targets.shape[0]:
+            raise ValueError(
+                f"RidgeReadout: features and targets must have the same number of rows, got "
+                f"{features.shape[0]} and {targets.shape[0]}"
+            )
+        x = features.to(self.accumulate_dtype)
+        y = targets.to(self.accumulate_dtype)
+        if not bool(torch.isfinite(x).all()) or not bool(torch.isfinite(y).all()):
+            raise ValueError("RidgeReadout: features or targets contain NaN or inf")
+        self.xx.addmm_(x.T, x)
+        self.xy.addmm_(x.T, y)
+        self.x_sum.add_(x.sum(0))
+        self.y_sum.add_(y.sum(0))
+        self.count.add_(x.shape[0])
+
+    def all_reduce(self, group=None) -> None:
+        """Sum the accumulated statistics over all processes of ``group`` with
+        ``torch.distributed.all_reduce``, so :meth:`solve` fits one readout on the data of all
+        processes (the sums are additive)."""
+        import torch.distributed as dist
+
+        if not dist.is_available() or not dist.is_initialized():
+            raise RuntimeError(
+                "RidgeReadout.all_reduce: torch.distributed is not initialised; call "
+                "torch.distributed.init_process_group first"
+            )
+        for t in (self.xx, self.xy, self.x_sum, self.y_sum, self.count):
+            dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+
+    @torch.no_grad()
+    def solve(self, ridge: float | None = None) -> None:
+        """Solve for ``weight`` and ``bias`` from the sums (see the class docstring).
+
+        Args:
+            ridge: overrides the ridge parameter for this solve (the sums are kept, so several
+                values can be tried on one pass over the data).
+
+        Raises:
+            ValueError: if nothing was accumulated.
+        """
+        lam = self.ridge if ridge is None else _check_ridge("RidgeReadout", ridge)
+        n = float(self.count)
+        if n < 1:
+            raise ValueError("RidgeReadout: no data accumulated; call accumulate() first")
+        x_mean = self.x_sum / n
+        y_mean = self.y_sum / n
+        a = self.xx - n * torch.outer(x_mean, x_mean)  # (F, F) centred
+        a.diagonal().add_(lam)
+        rhs = self.xy - n * torch.outer(x_mean, y_mean)  # (F, O)
+        factor, info = torch.linalg.cholesky_ex(a)
+        if int(info) == 0:
+            del a
+            w = torch.cholesky_solve(rhs, factor)
+        else:
+            w = torch.linalg.lstsq(a, rhs).solution if lam == 0 else torch.linalg.solve(a, rhs)
+        del factor
+        self.weight.copy_(w.T)
+        self.bias.copy_(y_mean - x_mean @ w)
+
+    def forward(self, features: Tensor) -> Tensor:
+        """``features (..., F) -> (..., O)``."""
+        return torch.nn.functional.linear(features, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, ridge={self.ridge}"
+
+
+def _check_ridge(owner: str, ridge: object) -> float:
+    if isinstance(ridge, bool) or not isinstance(ridge, (int, float)):
+        raise TypeError(f"{owner}: ridge must be a float, got {type(ridge).__name__}")
+    if not math.isfinite(float(ridge)) or float(ridge) < 0:
+        raise ValueError(f"{owner}: ridge must be a finite float >= 0, got {ridge}")
+    return float(ridge)
+
+
+class RLSReadout(nn.Module):
+    r"""A linear readout trained online by recursive least squares (RLS; Haykin 2002,
+    "Adaptive filter theory", ch. 9), the rule of FORCE learning (Sussillo & Abbott 2009,
+    Neuron 63, eqs. 4-5).
+
+    With the augmented feature :math:`z = [x; 1]` (so the bias is learned too), each update
+
+    .. math::
+
+        k = \frac{P z}{\mu + z^\top P z}, \quad
+        e = W z - y, \quad W \leftarrow W - e\, k^\top, \quad
+        P \leftarrow \frac{1}{\mu}\big(P - k\, z^\top P\big)
+
+    with forgetting factor :math:`\mu \in (0, 1]` and :math:`P_0 = I / \alpha`. With
+    :math:`\mu = 1`, after :math:`N` updates :math:`W` is exactly the ridge solution
+    :math:`\arg\min \sum_n \lVert W z_n - y_n\rVert^2 + \alpha \lVert W \rVert^2` (bias
+    penalised too), which the tests check.
+
+    Args:
+        in_features: ``F``.
+        out_features: ``O``.
+        alpha: :math:`\alpha > 0` (FORCE's :math:`\alpha`; larger is slower, more regularised).
+        forgetting: :math:`\mu`.
+        device, dtype: of the buffers (float64 by default; RLS is sensitive to rounding).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        alpha: float = 1.0,
+        forgetting: float = 1.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features = check_positive_int("RLSReadout", "in_features", in_features)
+        self.out_features = check_positive_int("RLSReadout", "out_features", out_features)
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+            raise ValueError(f"RLSReadout: alpha must be a float > 0, got {alpha!r}")
+        if (
+            isinstance(forgetting, bool)
+            or not isinstance(forgetting, (int, float))
+            or not 0 < forgetting <= 1
+        ):
+            raise ValueError(f"RLSReadout: forgetting must be in (0, 1], got {forgetting!r}")
+        self.alpha = float(alpha)
+        self.forgetting = float(forgetting)
+        dtype = torch.float64 if dtype is None else dtype
+        F1 = in_features + 1
+        kw = {"device": device, "dtype": dtype}
+        self.register_buffer("weight_aug", torch.zeros(out_features, F1, **kw))
+        self.register_buffer("precision", torch.eye(F1, **kw) / self.alpha)
+
+    @property
+    def weight(self) -> Tensor:
+        return self.weight_aug[:, :-1]
+
+    @property
+    def bias(self) -> Tensor:
+        return self.weight_aug[:, -1]
+
+    def reset(self) -> None:
+        """Back to ``W = 0``, ``P = I / alpha``."""
+        self.weight_aug.zero_()
+        self.precision.copy_(
+            torch.eye(self.in_features + 1, dtype=self.precision.dtype) / self.alpha
+        )
+
+    def forward(self, features: Tensor) -> Tensor:
+        """``features (..., F) -> (..., O)``."""
+        return torch.nn.functional.linear(features, self.weight, self.bias)
+
+    @torch.no_grad()
+    def update(self, features: Tensor, target: Tensor) -> Tensor:
+        """One RLS update per row of ``features (B, F)`` / ``target (B, O)`` (rows in order).
+
+        Returns:
+            The outputs before the update (a-priori predictions), ``(B, O)``.
+        """
+        _check_features("RLSReadout", "features", features, self.in_features)
+        _check_features("RLSReadout", "target", target, self.out_features)
+        ones = torch.ones(features.shape[0], 1, dtype=features.dtype, device=features.device)
+        z_all = torch.cat([features, ones], 1).to(self.precision.dtype)
+        y_all = target.to(self.precision.dtype)
+        outs = []
+        mu = self.forgetting
+        P, W = self.precision, self.weight_aug
+        for z, y in zip(z_all.unbind(0), y_all.unbind(0)):
+            pz = P @ z  # (F+1,)
+            k = pz / (mu + z @ pz)
+            out = W @ z  # (O,)
+            outs.append(out)
+            W.sub_(torch.outer(out - y, k))
+            P.sub_(torch.outer(k, pz)).div_(mu)  # P symmetric: z^T P = (P z)^T
+        return torch.stack(outs)
