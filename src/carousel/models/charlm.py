@@ -1,0 +1,359 @@
+r"""The recurrent language model over characters (or words): embedding or one-hot input,
+a stack of any carousel recurrent layer, dropout, and a softmax output.
+
+.. math::
+
+    x_t = E[w_t] \ (\text{or one-hot}(w_t)), \qquad
+    h^{(1..L)}_t = \mathrm{RNN}(x_t, h_{t-1}), \qquad
+    P(w_{t+1} \mid w_{\le t}) = \mathrm{softmax}(W_o h^{(L)}_t + b_o)
+
+trained to predict the next token (Sutskever, Martens & Hinton 2011; Graves 2013; Karpathy's
+char-rnn). Dropout acts on the non-recurrent connections only: the embedding, between layers
+and before the output (Zaremba, Sutskever & Vinyals 2014).
+
+Generation needs one step of the network per new token, with the state carried:
+:meth:`CharLM.stepper` returns a :class:`Stepper` that does exactly that, with a fast path for
+the standard LSTM, GRU and RNN that folds the embedding into the first layer's input weights
+(a table lookup replaces a matrix product).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from carousel._checks import check_choice, check_positive_int, check_probability
+from carousel.layers import GRU, LSTM, RNN
+from carousel.layers.sequence import map_state
+
+__all__ = ["CELLS", "CharLM", "CharLMOutput", "Stepper"]
+
+#: The recurrent layers a :class:`CharLM` can stack, by name.
+CELLS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
+
+
+class CharLMOutput(NamedTuple):
+    """What :meth:`CharLM.forward` returns.
+
+    Attributes:
+        logits: ``(T, B, V)`` unnormalised next-token scores.
+        state: the final recurrent state (the layer's state type, fields ``(L, B, H)``).
+        states: with ``return_states=True``, the state after every step, fields
+            ``(L, T, B, H)`` (for an LSTM, ``states.c`` holds every memory cell); else ``None``.
+    """
+
+    logits: Tensor
+    state: Any
+    states: Any = None
+
+
+class CharLM(nn.Module):
+    """A recurrent next-token language model.
+
+    Args:
+        vocab_size: ``V``, the number of token ids.
+        hidden_size: ``H``, units per recurrent layer.
+        num_layers: ``L``, stacked recurrent layers.
+        cell: ``"lstm"``, ``"gru"`` or ``"rnn"`` (:data:`CELLS`).
+        embedding_size: size of the learned input embedding; ``0`` feeds one-hot vectors of size
+            ``V`` instead (char-rnn's input).
+        dropout: dropout probability on the embedding, between layers and before the output.
+        layer_options: keyword arguments for the recurrent layer, e.g. ``{"variant": "CIFG"}``,
+            ``{"layer_norm": True}``, ``{"peephole": True}``, ``{"nonlinearity": "relu"}``,
+            ``{"impl": "bptt"}`` (see :class:`carousel.LSTM`, :class:`carousel.GRU`,
+            :class:`carousel.RNN`).
+        device, dtype: where and in which precision the parameters live.
+
+    Shape:
+        - tokens: ``(T, B)`` int64; logits ``(T, B, V)``; state fields ``(L, B, H)``.
+
+    Raises:
+        ValueError: on invalid sizes, an unknown ``cell`` or invalid layer options.
+
+    Example:
+        >>> import torch
+        >>> lm = CharLM(vocab_size=10, hidden_size=16, num_layers=2)
+        >>> out = lm(torch.randint(0, 10, (7, 3)))
+        >>> tuple(out.logits.shape), tuple(out.state.c.shape)
+        ((7, 3, 10), (2, 3, 16))
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        hidden_size: int = 128,
+        num_layers: int = 2,
+        *,
+        cell: str = "lstm",
+        embedding_size: int = 64,
+        dropout: float = 0.0,
+        layer_options: dict[str, Any] | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.vocab_size = check_positive_int("CharLM", "vocab_size", vocab_size)
+        self.hidden_size = check_positive_int("CharLM", "hidden_size", hidden_size)
+        self.num_layers = check_positive_int("CharLM", "num_layers", num_layers)
+        self.cell = check_choice("CharLM", "cell", cell, tuple(CELLS))
+        self.embedding_size = check_positive_int(
+            "CharLM", "embedding_size", embedding_size, minimum=0
+        )
+        self.dropout = check_probability("CharLM", "dropout", dropout)
+        self.layer_options = dict(layer_options or {})
+        for key in ("input_size", "hidden_size", "num_layers", "dropout", "batch_first"):
+            if key in self.layer_options:
+                raise ValueError(
+                    f"CharLM: layer_options may not set {key!r}; it is a CharLM argument"
+                )
+        if self.layer_options.get("bidirectional"):
+            raise ValueError(
+                "CharLM: a language model cannot be bidirectional (it would see the token it "
+                "predicts); remove bidirectional from layer_options"
+            )
+        kw = {"device": device, "dtype": dtype}
+        if embedding_size:
+            self.embedding = nn.Embedding(vocab_size, embedding_size, **kw)
+            input_size = embedding_size
+        else:
+            self.register_module("embedding", None)
+            input_size = vocab_size
+        try:
+            self.rnn = CELLS[cell](
+                input_size,
+                hidden_size,
+                num_layers,
+                dropout=dropout if num_layers > 1 else 0.0,
+                **self.layer_options,
+                **kw,
+            )
+        except TypeError as e:
+            raise ValueError(f"CharLM: invalid layer_options for cell={cell!r}: {e}") from None
+        out_size = getattr(self.rnn, "proj_size", 0) or hidden_size
+        self.decoder = nn.Linear(out_size, vocab_size, **kw)
+
+    # ------------------------------------------------------------------ sequences
+    def embed(self, tokens: Tensor) -> Tensor:
+        """The recurrent input for token ids: ``(*,)`` -> ``(*, E)`` (or one-hot ``(*, V)``)."""
+        if self.embedding is not None:
+            return self.embedding(tokens)
+        return F.one_hot(tokens, self.vocab_size).to(self.decoder.weight.dtype)
+
+    def _check_tokens(self, tokens: Tensor) -> None:
+        if not isinstance(tokens, Tensor):
+            raise TypeError(f"CharLM: tokens must be a Tensor, got {type(tokens).__name__}")
+        if tokens.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise TypeError(f"CharLM: tokens must hold integer ids, got dtype {tokens.dtype}")
+        if tokens.dim() != 2:
+            raise ValueError(f"CharLM: expected tokens of shape (T, B), got {tuple(tokens.shape)}")
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size):
+            raise ValueError(
+                f"CharLM: token ids must lie in [0, vocab_size={self.vocab_size}), got values "
+                f"from {int(tokens.min())} to {int(tokens.max())}"
+            )
+
+    def forward(
+        self, tokens: Tensor, state: Any = None, *, return_states: bool = False
+    ) -> CharLMOutput:
+        """Next-token scores for every position of ``tokens``.
+
+        Args:
+            tokens: ``(T, B)`` token ids.
+            state: the state to start from (the previous batch's final state for truncated
+                BPTT; detach it first), or ``None`` for the layer's initial state.
+            return_states: also return the state after every step (``output.states``).
+
+        Returns:
+            :class:`CharLMOutput`.
+
+        Raises:
+            ValueError: if ``tokens`` is not ``(T, B)`` or holds ids outside the vocabulary.
+            TypeError: if ``tokens`` is not an integer tensor.
+        """
+        self._check_tokens(tokens)
+        x = self.embed(tokens.long())  # (T, B, E)
+        x = F.dropout(x, self.dropout, self.training)
+        res = self.rnn(x, state, return_states=return_states)
+        y = F.dropout(res.output, self.dropout, self.training)  # (T, B, H)
+        return CharLMOutput(self.decoder(y), res.state, res.states)
+
+    def initial_state(self, batch_size: int) -> Any:
+        """The state at the start of a stream for ``batch_size`` rows (zeros, or the learned
+        initial state), fields ``(L, B, H)``."""
+        check_positive_int("CharLM", "batch_size", batch_size)
+        w = self.decoder.weight
+        x = torch.zeros(1, batch_size, self.rnn.cell().input_size, device=w.device, dtype=w.dtype)
+        states = self.rnn._initial_states(None, batch_size, x)  # one per layer, (B, H)
+        return map_state(lambda *fs: torch.stack(fs), *states)
+
+    def stepper(self, batch_size: int = 1, state: Any = None) -> Stepper:
+        """An incremental runner: one network step per token, the state carried.
+
+        Args:
+            batch_size: rows run in parallel.
+            state: the state to start from (default: the layer's initial state).
+        """
+        return Stepper(self, batch_size, state)
+
+    def extra_repr(self) -> str:
+        return (
+            f"vocab_size={self.vocab_size}, cell={self.cell!r}, embedding_size="
+            f"{self.embedding_size}, dropout={self.dropout}"
+        )
+
+
+def _fast_kind(model: CharLM) -> str | None:
+    """Which hand-fused step computes ``model.rnn`` exactly, if any."""
+    rnn = model.rnn
+    if isinstance(rnn, LSTM):
+        return "lstm" if rnn.variant.is_standard and not rnn.proj_size and rnn.bias else None
+    if isinstance(rnn, GRU):
+        return "gru" if rnn.reset_after and rnn.bias else None
+    if isinstance(rnn, RNN):
+        return "rnn" if rnn.bias else None
+    return None
+
+
+class Stepper:
+    """Runs a :class:`CharLM` one token at a time, carrying the state: each new token costs one
+    step of the network, never a rerun of the prefix.
+
+    For the standard LSTM, GRU and RNN (biases on, no variant switches) it uses a hand-fused
+    step: the first layer's input projection of every token, ``W_ih E[w] + b_ih (+ b_hh)``, is
+    precomputed as a ``(V, G*H)`` table, so a step is one table lookup and one matrix product
+    per layer plus the gate arithmetic. Other configurations call the layer on one time step.
+    Both give the same logits as :meth:`CharLM.forward` on the whole sequence (tested).
+    Call it under ``torch.no_grad()`` or ``torch.inference_mode()``; the tables are built from
+    the weights at construction, so build a new stepper after changing them.
+
+    Args:
+        model: the language model (its training mode is left as it is; use ``eval()`` for
+            dropout-free generation).
+        batch_size: rows.
+        state: starting state, fields ``(L, B, H)``; default the model's initial state.
+
+    Attributes:
+        state: the current state (after the last token fed).
+        fast: whether the hand-fused step is used.
+    """
+
+    def __init__(self, model: CharLM, batch_size: int = 1, state: Any = None) -> None:
+        self.model = model
+        self.batch_size = check_positive_int("Stepper", "batch_size", batch_size)
+        self.state = model.initial_state(batch_size) if state is None else state
+        kind = _fast_kind(model) if not model.training else None
+        self.fast = kind is not None
+        self._kind = kind
+        if self.fast:
+            self._prepare()
+
+    def _prepare(self) -> None:
+        m = self.model
+        rnn = m.rnn
+        with torch.no_grad():
+            ids = torch.arange(m.vocab_size, device=m.decoder.weight.device)
+            x = m.embed(ids)  # (V, E)
+            self._w_hh = []
+            self._b = []
+            for layer in range(rnn.num_layers):
+                w_ih = getattr(rnn, f"weight_ih_l{layer}")
+                w_hh = getattr(rnn, f"weight_hh_l{layer}")
+                b_ih = getattr(rnn, f"bias_ih_l{layer}")
+                b_hh = getattr(rnn, f"bias_hh_l{layer}")
+                # gates from the input: W_ih x + b_ih, plus b_hh where it can be merged
+                merged_b = b_ih if self._kind == "gru" else b_ih + b_hh
+                if layer == 0:
+                    self._table = F.linear(x, w_ih, merged_b)  # (V, G*H)
+                    self._w_ih = [None]
+                else:
+                    self._w_ih.append(w_ih)
+                self._b.append(merged_b)
+                self._w_hh.append(w_hh)
+                if self._kind == "gru":
+                    self._b[-1] = (b_ih, b_hh)
+
+    def _fast_step(self, tokens: Tensor) -> Tensor:
+        m, kind = self.model, self._kind
+        st = self.state
+        hs = st.h if kind == "lstm" else st
+        cs = st.c if kind == "lstm" else None
+        new_h, new_c = [], []
+        inp = None
+        for layer in range(m.num_layers):
+            h = hs[layer]  # (B, H)
+            if kind == "lstm":
+                if layer == 0:
+                    gx = self._table[tokens]  # (B, 4H)
+                else:
+                    gx = F.linear(inp, self._w_ih[layer], self._b[layer])
+                gates = torch.addmm(gx, h, self._w_hh[layer].t())  # (B, 4H)
+                i, f, g, o = gates.chunk(4, 1)
+                c = torch.sigmoid(f) * cs[layer] + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c)
+                new_c.append(c)
+            elif kind == "gru":
+                b_ih, b_hh = self._b[layer]
+                gx = self._table[tokens] if layer == 0 else F.linear(inp, self._w_ih[layer], b_ih)
+                gh = F.linear(h, self._w_hh[layer], b_hh)  # (B, 3H)
+                x_r, x_z, x_n = gx.chunk(3, 1)
+                h_r, h_z, h_n = gh.chunk(3, 1)
+                r = torch.sigmoid(x_r + h_r)
+                z = torch.sigmoid(x_z + h_z)
+                n = torch.tanh(x_n + r * h_n)
+                h = n + z * (h - n)
+            else:
+                if layer == 0:
+                    gx = self._table[tokens]
+                else:
+                    gx = F.linear(inp, self._w_ih[layer], self._b[layer])
+                a = torch.addmm(gx, h, self._w_hh[layer].t())
+                h = torch.tanh(a) if m.rnn.nonlinearity == "tanh" else torch.relu(a)
+            new_h.append(h)
+            inp = h
+        if kind == "lstm":
+            self.state = type(st)(torch.stack(new_h), torch.stack(new_c))
+        else:
+            self.state = torch.stack(new_h)
+        return m.decoder(inp)  # (B, V)
+
+    def step(self, tokens: Tensor) -> Tensor:
+        """Feed one token per row and return the scores of the next.
+
+        Args:
+            tokens: ``(B,)`` token ids.
+
+        Returns:
+            ``(B, V)`` logits of the next token; :attr:`state` moves one step on.
+
+        Raises:
+            ValueError: if ``tokens`` is not ``(B,)``.
+        """
+        if tokens.shape != (self.batch_size,):
+            raise ValueError(
+                f"Stepper: expected tokens of shape ({self.batch_size},), got {tuple(tokens.shape)}"
+            )
+        if self.fast:
+            return self._fast_step(tokens)
+        out = self.model(tokens.view(1, -1), self.state)
+        self.state = out.state
+        return out.logits[0]
+
+    def feed(self, tokens: Tensor) -> Tensor:
+        """Feed a whole ``(T, B)`` block (e.g. the priming text) in one call of the layer and
+        return the logits after its last token, ``(B, V)``: the same as ``T`` calls of
+        :meth:`step`, faster."""
+        out = self.model(tokens, self.state)
+        self.state = out.state
+        return out.logits[-1]
+
+    def select(self, rows: Tensor) -> None:
+        """Keep (and reorder or repeat) the rows ``rows`` of the state, for beam search.
+
+        Args:
+            rows: ``(B',)`` indices into the current rows; the batch size becomes ``B'``.
+        """
+        self.state = map_state(lambda t: t.index_select(1, rows), self.state)
+        self.batch_size = rows.numel()
