@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from carousel._checks import check_choice, check_positive_int, shape_str
+from carousel._checks import check_choice, check_positive_int, check_probability, shape_str
 from carousel.esn.matrices import random_stream
 from carousel.esn.readout import RidgeReadout, RLSReadout, _check_ridge
 from carousel.esn.reservoir import Reservoir
@@ -167,7 +167,10 @@ class EchoStateNetwork(nn.Module):
             self.build(input_size, output_size)
         else:
             # Validate the reservoir hyperparameters now rather than at the first fit.
-            Reservoir(1, 1, **{**self._reservoir_kwargs, "sparse": False})
+            check_probability(owner, "connectivity", connectivity)
+            if connectivity == 0:
+                raise ValueError(f"{owner}: connectivity must be > 0")
+            Reservoir(1, 1, **{**self._reservoir_kwargs, "sparse": False, "connectivity": 1.0})
 
     # ------------------------------------------------------------------ construction
     @property
@@ -292,8 +295,10 @@ class EchoStateNetwork(nn.Module):
             )
         return washout
 
-    def _prepare_fit(self, inputs, targets):
+    def _prepare_fit(self, inputs, targets, washout: int | None = None):
         y, batched = self._as_seq("targets", targets, getattr(self, "output_size", None))
+        if washout is not None:
+            self._check_washout(washout, y.shape[0])
         if inputs is None:
             u = None
             in_size = 0
@@ -348,8 +353,7 @@ class EchoStateNetwork(nn.Module):
             ValueError, TypeError: for bad shapes, sizes, NaN/inf data or a washout that
                 leaves no data.
         """
-        u, y, batched = self._prepare_fit(inputs, targets)
-        washout = self._check_washout(washout, y.shape[0])
+        u, y, batched = self._prepare_fit(inputs, targets, washout)
         st = self._state_in(state, y.shape[1], batched)
         self._noise_generator = random_stream(self.seed, "noise") if self.reservoir.noise else None
         if self.readout_kind == "ridge":

@@ -1,0 +1,113 @@
+"""The reservoir recurrence against a naive step-by-step oracle (float64), seeds, devices,
+errors."""
+
+import pytest
+import torch
+
+from carousel.esn import Reservoir, random_stream
+
+
+def naive(res, inputs, h, feedback=None, noise=None):
+    """x_t = (1 - a) x_{t-1} + a tanh(W_in u_t + W x_{t-1} + W_fb y_{t-1} + b + nu_t)."""
+    W = res.weight_hh.to_dense() if res.sparse else res.weight_hh
+    out = []
+    for t in range(inputs.shape[0] if inputs is not None else feedback.shape[0]):
+        pre = h @ W.T + res.bias
+        if inputs is not None:
+            pre = pre + inputs[t] @ res.weight_ih.T
+        if feedback is not None:
+            pre = pre + feedback[t] @ res.weight_fb.T
+        if noise is not None:
+            pre = pre + noise[t]
+        h = (1 - res.leak_rate) * h + res.leak_rate * torch.tanh(pre)
+        out.append(h)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("leak_rate", [1.0, 0.3])
+@pytest.mark.parametrize("batch", [None, 3])
+def test_matches_naive_loop(sparse, leak_rate, batch):
+    res = Reservoir(2, 40, leak_rate=leak_rate, bias_scaling=0.5, sparse=sparse, seed=1)
+    shape = (25, 2) if batch is None else (25, batch, 2)
+    u = torch.randn(shape, dtype=torch.float64)
+    h0 = torch.randn((*shape[1:-1], 40), dtype=torch.float64) * 0.1
+    states, last = res(u, h0)
+    ref = naive(res, u, h0)
+    torch.testing.assert_close(states, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(last, ref[-1])
+
+
+def test_feedback_noise_and_no_input():
+    res = Reservoir(0, 30, feedback_size=2, noise=0.01, bias_scaling=0.3, seed=4)
+    fb = torch.randn(20, 4, 2, dtype=torch.float64)
+    states, _ = res(None, feedback=fb, noise_generator=random_stream(9, "noise"))
+    nu = torch.randn(20, 4, 30, generator=random_stream(9, "noise"), dtype=torch.float64) * 0.01
+    torch.testing.assert_close(states, naive(res, None, res.initial_state(4), fb, nu))
+    quiet, _ = res(None, feedback=fb)  # no generator, no noise
+    torch.testing.assert_close(quiet, naive(res, None, res.initial_state(4), fb))
+
+
+def test_same_seed_same_reservoir_and_streams_are_separate():
+    a = Reservoir(3, 50, seed=7)
+    b = Reservoir(3, 50, seed=7)
+    for name, buf in a.named_buffers():
+        assert torch.equal(buf, dict(b.named_buffers())[name])
+    c = Reservoir(3, 50, seed=8)
+    assert not torch.equal(a.weight_hh, c.weight_hh)
+    # Changing the recurrent connectivity leaves the input weights unchanged (named streams).
+    d = Reservoir(3, 50, seed=7, connectivity=0.3)
+    assert torch.equal(a.weight_ih, d.weight_ih)
+    assert not torch.equal(a.weight_hh, d.weight_hh)
+    # float32 and float64 reservoirs of one seed agree to rounding.
+    e = Reservoir(3, 50, seed=7, dtype=torch.float32)
+    torch.testing.assert_close(e.weight_hh.double(), a.weight_hh, rtol=1e-6, atol=1e-7)
+
+
+def test_weights_are_buffers_and_move_with_the_module():
+    res = Reservoir(2, 20, feedback_size=1)
+    assert list(res.parameters()) == []
+    assert {"weight_hh", "weight_ih", "bias", "weight_fb"} <= set(dict(res.named_buffers()))
+    res32 = res.to(torch.float32)
+    out, _ = res32(torch.randn(5, 2), feedback=torch.randn(5, 1))
+    assert out.dtype == torch.float32
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu():
+    res = Reservoir(2, 300, connectivity=0.05, seed=3)
+    u = torch.randn(50, 2, 2, dtype=torch.float64)
+    cpu, _ = res(u)
+    gpu, _ = res.to("cuda")(u.cuda())
+    torch.testing.assert_close(gpu.cpu(), cpu)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"leak_rate": 0.0}, ValueError, "leak_rate must be in \\(0, 1\\]"),
+        ({"leak_rate": 1.5}, ValueError, "leak_rate must be in \\[0, 1\\]"),
+        ({"spectral_radius": -1.0}, ValueError, "spectral_radius must be a finite float >= 0"),
+        ({"connectivity": 0.0}, ValueError, "connectivity and input_connectivity must be > 0"),
+        ({"noise": "x"}, TypeError, "noise must be a float"),
+        ({"seed": 1.5}, TypeError, "seed must be an int"),
+    ],
+)
+def test_constructor_errors(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        Reservoir(1, 10, **kwargs)
+
+
+def test_forward_errors():
+    res = Reservoir(2, 10)
+    with pytest.raises(ValueError, match=r"expected inputs of shape \(T, B, 2\)"):
+        res(torch.randn(5, 3, 3, dtype=torch.float64))
+    with pytest.raises(TypeError, match=r"convert it with \.to"):
+        res(torch.randn(5, 2, dtype=torch.float32))
+    with pytest.raises(ValueError, match=r"expected state of shape \(3, 10\)"):
+        res(torch.randn(5, 3, 2, dtype=torch.float64), torch.zeros(2, 10, dtype=torch.float64))
+    with pytest.raises(ValueError, match="expected inputs with 2 features, got None"):
+        res(None)
+    fb = Reservoir(1, 10, feedback_size=1)
+    with pytest.raises(ValueError, match=r"feedback .*sequence is required"):
+        fb(torch.randn(5, 1, dtype=torch.float64))
