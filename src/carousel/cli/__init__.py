@@ -18,7 +18,9 @@ import carousel
 __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 
 #: Modules that contribute commands, in the order ``carousel --help`` lists them.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = [
+    "esn",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
