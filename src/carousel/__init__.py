@@ -4,6 +4,7 @@ Every LSTM/GRU/RNN variant as a drop-in for torch.nn, with explicit backpropagat
 time, training, analysis, echo state networks and Hessian-free optimisation.
 """
 
+from carousel import optim  # carousel.optim.HessianFree
 from carousel.cells import Cell, GRUCell, LSTMCell, RecurrentCell, RNNCell
 from carousel.functional import LSTM_VARIANTS, LSTMGateState, LSTMState, LSTMVariant
 from carousel.layers import GRU, LSTM, RNN, Recurrent, RecurrentOutput
@@ -26,4 +27,5 @@ __all__ = [
     "RecurrentCell",
     "RecurrentOutput",
     "__version__",
+    "optim",
 ]
