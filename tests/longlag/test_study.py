@@ -180,3 +180,19 @@ def test_cli_long_lag(tmp_path, capsys):
 def test_models_module_has_registry_doc():
     assert study_models.MODELS["rnn-sgd"].optimizer == "sgd"
     assert study_models.MODELS["lstm-NFG"].variant == "NFG"
+
+
+def test_pathological_problems_join_the_study(tmp_path):
+    """Martens & Sutskever's problems (carousel.tasks.pathological) run in the same grid; their
+    stopping rule is their success threshold read on the last 2000 training sequences."""
+    from carousel.study.tasks import make_study_task, study_task_names, task_has_lag
+    from carousel.study.train import stop_rule_of
+
+    assert "addition" in study_task_names() and task_has_lag("addition")
+    task = make_study_task("addition", 20)
+    assert stop_rule_of(task).max_wrong == 20
+    assert stop_rule_of(make_task("adding-1997", T=20)).max_mean_error == 0.01
+    config = StudyConfig(**{**TINY, "tasks": ("addition",), "lags": (20,), "seeds": 1})
+    (rec,) = run_study(config, tmp_path)
+    assert rec["cell"]["task"] == "addition" and rec["settings"]["task"]["T"] == 20
+    assert "Martens & Sutskever 2011" in (tmp_path / "results.md").read_text()

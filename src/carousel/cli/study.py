@@ -142,15 +142,15 @@ def register(subparsers) -> None:
 def _long_lag(args) -> int:
     from carousel.study.models import MODELS
     from carousel.study.runner import PRESETS, StudyConfig, run_study
-    from carousel.tasks.longlag import LONGLAG_TASKS
+    from carousel.study.tasks import study_task_names, task_source
 
     if args.list:
         print("models:")
         for name, spec in MODELS.items():
             print(f"  {name:20s} {spec.description}")
         print("tasks:")
-        for name, (cls, _) in LONGLAG_TASKS.items():
-            print(f"  {name:28s} {cls.source}")
+        for name in study_task_names():
+            print(f"  {name:28s} {task_source(name)}")
         print("presets:", ", ".join(PRESETS))
         return 0
     if args.preset not in PRESETS:

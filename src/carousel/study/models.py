@@ -17,6 +17,7 @@ from torch import Tensor, nn
 import carousel
 from carousel._checks import check_choice
 from carousel.baselines.delay_taps import DelayTapNet
+from carousel.init import initialize_, recurrent_weights
 
 __all__ = ["MODELS", "ModelSpec", "RecurrentNet", "get_model_spec"]
 
@@ -113,7 +114,7 @@ class ModelSpec:
             _gate_bias(rnn, "f", self.forget_bias)
             _gate_bias(rnn, "i", self.input_bias)
         elif self.family == "gru":
-            _gate_bias(rnn, "z", self.forget_bias, names=("r", "z", "n"))
+            _gate_bias(rnn, "z", self.forget_bias)
         return model
 
     def make_optimizer(self, params) -> torch.optim.Optimizer:
@@ -132,16 +133,15 @@ class ModelSpec:
         return min(mu, self.momentum)
 
 
-def _gate_bias(rnn: nn.Module, gate: str, value: float, names: tuple[str, ...] = ()) -> None:
-    """Set a gate's bias (``bias_ih``; ``bias_hh`` zero) where the layer has that gate."""
-    names = names or rnn.variant.gate_names()
-    if gate not in names:
-        return
-    k, H = names.index(gate), rnn.hidden_size
-    with torch.no_grad():
-        bias = rnn.bias_ih_l0
-        bias[k * H : (k + 1) * H] = value
-        rnn.bias_hh_l0[k * H : (k + 1) * H] = 0.0
+def _gate_bias(rnn: nn.Module, gate: str, value: float) -> None:
+    """Set the bias of ``gate`` (``"i"``, ``"f"``, ``"z"``, ...) where the layer has it: the
+    gate's rows of ``bias_ih`` to ``value``, of ``bias_hh`` to 0 (as
+    :func:`carousel.init.forget_gate_bias_` does for the forget gate)."""
+    for w in recurrent_weights(rnn):
+        if w.kind != "bias" or gate not in w.gates:
+            continue
+        with torch.no_grad():
+            w.blocks()[w.gates.index(gate)].fill_(value if ".bias_ih" in f".{w.name}" else 0.0)
 
 
 def init_sutskever2013(
@@ -152,35 +152,31 @@ def init_sutskever2013(
     input_scale: float = 0.001,
     generator: torch.Generator | None = None,
 ) -> None:
-    """The echo-state initialisation of Sutskever, Martens, Dahl & Hinton 2013 (section 4):
-    each hidden unit gets ``nonzeros`` incoming recurrent weights drawn from a unit Gaussian,
-    the matrix is scaled to the given spectral radius, input weights are Gaussian with standard
-    deviation ``input_scale``, biases are zero.
+    """The echo-state initialisation of Sutskever, Martens, Dahl & Hinton 2013 (section 4) via
+    :mod:`carousel.init`: each hidden unit gets ``nonzeros`` incoming recurrent weights from a
+    unit Gaussian, the matrix is scaled to the given spectral radius, input weights are
+    Gaussian with standard deviation ``input_scale``, biases are zero.
     """
-    rnn = model.rnn
-    H = rnn.hidden_size
-    W = torch.randn(H, H, generator=generator, dtype=torch.float64)
-    if nonzeros < H:
-        keep = torch.rand(H, H, generator=generator).argsort(1)[:, :nonzeros]
-        mask = torch.zeros(H, H, dtype=torch.bool).scatter_(1, keep, True)
-        W = W * mask
-    rho = torch.linalg.eigvals(W).abs().max().item()
-    W = W * (spectral_radius / rho)
-    with torch.no_grad():
-        rnn.weight_hh_l0.copy_(W)
-        rnn.weight_ih_l0.copy_(torch.randn(rnn.weight_ih_l0.shape, generator=generator))
-        rnn.weight_ih_l0.mul_(input_scale)
-        rnn.bias_ih_l0.zero_()
-        rnn.bias_hh_l0.zero_()
+    initialize_(
+        model.rnn,
+        recurrent="echo-state",
+        recurrent_scale=spectral_radius,
+        nonzero=nonzeros,
+        input="normal",
+        input_scale=input_scale,
+        bias=0.0,
+        generator=generator,
+    )
 
 
 def _lstm_variant_specs() -> dict[str, ModelSpec]:
     out = {}
     for key in carousel.LSTM_VARIANTS:
         name = f"lstm-{key}"
+        # CIFG's forget gate is 1 - i: an input bias of -5 starts it at the others' +5
         out[name] = ModelSpec(
             name, f"LSTM variant {key} (Greff et al. 2017), 8 cells, as lstm", "lstm",
-            variant=key, forget_bias=5.0, input_bias=-3.0,
+            variant=key, forget_bias=5.0, input_bias=-5.0 if key == "CIFG" else -3.0,
         )  # fmt: skip
     return out
 

@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 from carousel.study.models import get_model_spec
+from carousel.study.tasks import make_study_task, study_task_names, task_has_lag
 from carousel.study.train import train_until_solved
-from carousel.tasks.longlag import LONGLAG_TASKS, make_task
 
 __all__ = [
     "PRESETS",
@@ -64,7 +64,7 @@ class StudyConfig:
 
     Attributes:
         models: model names (:data:`carousel.study.models.MODELS`).
-        tasks: task names (:data:`carousel.tasks.longlag.LONGLAG_TASKS`).
+        tasks: task names (:func:`carousel.study.tasks.study_task_names`).
         lags: the values of ``T``; tasks without a lag (the embedded Reber grammar) run once
             with ``T = None``.
         seeds: seeds ``0 .. seeds - 1`` per (model, task, T).
@@ -92,9 +92,9 @@ class StudyConfig:
         for m in self.models:
             get_model_spec(m, **self.overrides.get(m, {}))
         for t in self.tasks:
-            if t not in LONGLAG_TASKS:
+            if t not in study_task_names():
                 raise ValueError(
-                    f"StudyConfig: unknown task {t!r}; expected one of {list(LONGLAG_TASKS)}"
+                    f"StudyConfig: unknown task {t!r}; expected one of {study_task_names()}"
                 )
         for name in self.overrides:
             if name not in self.models:
@@ -111,7 +111,7 @@ class StudyConfig:
         """The grid, cheapest lags first."""
         out = []
         for task in self.tasks:
-            lags = (None,) if not _has_lag(task) else self.lags
+            lags = (None,) if not task_has_lag(task) else self.lags
             for T in sorted(lags, key=lambda v: -1 if v is None else v):
                 for model in self.models:
                     for seed in range(self.seeds):
@@ -121,7 +121,7 @@ class StudyConfig:
     def settings(self, cell: Cell) -> dict:
         """Everything that determines a cell's result (hashed to detect stale files)."""
         spec = get_model_spec(cell.model, **self.overrides.get(cell.model, {}))
-        task = make_task(cell.task, T=cell.T)
+        task = make_study_task(cell.task, cell.T)
         return {
             "model": spec.to_dict(),
             "task": {"name": task.name, **asdict(task)},
@@ -130,10 +130,6 @@ class StudyConfig:
             "cell_seconds": self.cell_seconds,
             "test_size": self.test_size,
         }
-
-
-def _has_lag(task: str) -> bool:
-    return "T" in {f for f in LONGLAG_TASKS[task][0].__dataclass_fields__}
 
 
 #: Named grids; the docs' results use these with the commands shown there.
@@ -194,7 +190,7 @@ def _run_cell(
     if time.time() > deadline:
         return {"cell": asdict(cell), "status": "interrupted"}
     spec = get_model_spec(cell.model, **config.overrides.get(cell.model, {}))
-    task = make_task(cell.task, T=cell.T)
+    task = make_study_task(cell.task, cell.T)
     result = train_until_solved(
         spec,
         task,
@@ -289,7 +285,7 @@ def summarise(config: StudyConfig, records: Sequence[dict]) -> list[dict]:
         groups.setdefault((c["task"], c["model"], c["T"]), []).append(rec)
     rows = []
     for task in config.tasks:
-        lags = (None,) if not _has_lag(task) else sorted(config.lags)
+        lags = (None,) if not task_has_lag(task) else sorted(config.lags)
         for model in config.models:
             for T in lags:
                 recs = groups.get((task, model, T), [])
@@ -337,11 +333,11 @@ def machine() -> dict:
 def _markdown(config: StudyConfig, rows: list[dict]) -> str:
     lines = []
     for task in config.tasks:
-        cls = make_task(task, **({"T": config.lags[0]} if _has_lag(task) else {}))
+        cls = make_study_task(task, config.lags[0] if task_has_lag(task) else None)
         lines.append(f"### {task}")
         lines.append("")
         lines.append(f"{cls.source}. Success test: {cls.criterion}.")
-        if cls.paper_results:
+        if getattr(cls, "paper_results", ""):
             lines.append(f"Paper: {cls.paper_results}.")
         lines.append("")
         lines.append("| model | T | solved / runs | median sequences to criterion | test error |")
@@ -393,7 +389,7 @@ def plot_success(config: StudyConfig, rows: list[dict], path: str | os.PathLike)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = [t for t in config.tasks if _has_lag(t)]
+    tasks = [t for t in config.tasks if task_has_lag(t)]
     if not tasks:
         return
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.4), squeeze=False)

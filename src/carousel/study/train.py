@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 from carousel.study.models import ModelSpec
-from carousel.tasks.longlag import LongLagTask
+from carousel.tasks.longlag import LongLagTask, StopRule
 
-__all__ = ["RunResult", "train_until_solved"]
+__all__ = ["RunResult", "stop_rule_of", "train_until_solved"]
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,8 @@ def train_until_solved(
     if model is None:
         model = spec.build(task.input_size, task.output_size, seed=seed)
     opt = spec.make_optimizer(model.parameters())
-    rule = task.stop_rule
+    rule = stop_rule_of(task)
+    errors = getattr(task, "errors", None)
     recent_ok: deque[bool] = deque(maxlen=rule.window)
     recent_err: deque[float] = deque(maxlen=rule.window)
     losses: deque[float] = deque(maxlen=20)
@@ -130,7 +131,8 @@ def train_until_solved(
             break
         with torch.no_grad():  # the paper's online criterion, before this update
             recent_ok.extend(task.correct(out, batch).tolist())
-            recent_err.extend(task.errors(out, batch).tolist())
+            if errors is not None:
+                recent_err.extend(errors(out, batch).tolist())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if spec.clip_norm is not None:
@@ -168,9 +170,20 @@ def train_until_solved(
     )
 
 
+def stop_rule_of(task) -> StopRule:
+    """The task's stopping rule; for tasks that state only a success threshold (the
+    pathological problems: at most 1% of sequences wrong), that fraction of the 2000 most
+    recent training sequences."""
+    rule = getattr(task, "stop_rule", None)
+    if rule is not None:
+        return rule
+    threshold = float(getattr(task, "success_threshold", 0.0))
+    return StopRule(window=2000, max_wrong=round(threshold * 2000))
+
+
 def _rule_holds(rule, recent_ok, recent_err) -> bool:
     if len(recent_ok) - sum(recent_ok) > rule.max_wrong:
         return False
-    if rule.max_mean_error is not None:
+    if rule.max_mean_error is not None and recent_err:
         return sum(recent_err) / len(recent_err) < rule.max_mean_error
     return True
