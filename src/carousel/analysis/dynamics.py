@@ -119,13 +119,17 @@ class JacobianSpectrum:
     batch_index: int | None
 
 
-def _power_iteration(F, x: Tensor, z: Tensor, iterations: int, generator) -> Tensor:
-    r""":math:`\sigma_1` of every row's Jacobian at once: power iteration on :math:`J^\top J`
-    with every step (row of ``z``) in one batch (rows do not interact).
+def _largest_singular_values(F, x: Tensor, z: Tensor, iterations: int, generator) -> Tensor:
+    r""":math:`\sigma_1` of every row's Jacobian at once: the Lanczos method (Lanczos 1950; Golub
+    & Van Loan, *Matrix Computations*, Sec. 10.1) on :math:`J^\top J`, with every step (row of
+    ``z``) in one batch (rows do not interact) and full reorthogonalisation.
 
-    Only reverse mode is used, on graphs built once: :math:`J^\top u` is a backward pass of
-    ``F``, and :math:`J v` a backward pass of the (linear in ``u``) graph of :math:`J^\top u`
-    (the "double-backward trick"), so no forward pass is repeated per iteration.
+    ``iterations`` Lanczos steps give the largest Ritz value of the tridiagonal matrix, a lower
+    bound on :math:`\sigma_1^2` that converges far faster than power iteration when the top
+    singular values cluster. Only reverse mode is used, on graphs built once: :math:`J^\top u`
+    is a backward pass of ``F``, and :math:`J v` a backward pass of the graph of
+    :math:`J^\top u` (linear in ``u``: the "double-backward trick"), so no forward pass is
+    repeated per iteration.
     """
     with torch.enable_grad():
         z = z.detach().requires_grad_()
@@ -135,19 +139,36 @@ def _power_iteration(F, x: Tensor, z: Tensor, iterations: int, generator) -> Ten
         if jtu is None:  # the step ignores its previous state: J = 0
             return z.new_zeros(z.shape[0])
 
-        def jvp(v: Tensor) -> Tensor:
-            return torch.autograd.grad(jtu, u, v, retain_graph=True)[0]
+        def gram(v: Tensor) -> Tensor:  # J^T J v
+            jv = torch.autograd.grad(jtu, u, v, retain_graph=True)[0]
+            return torch.autograd.grad(out, z, jv, retain_graph=True)[0]
 
-        def vjp(w: Tensor) -> Tensor:
-            return torch.autograd.grad(out, z, w, retain_graph=True)[0]
-
-        v = torch.randn(z.shape, generator=generator, dtype=torch.float64).to(z)
-        v = v / v.norm(dim=-1, keepdim=True)
-        for _ in range(iterations):
-            w = vjp(jvp(v))  # J^T J v
-            norm = w.norm(dim=-1, keepdim=True)
-            v = torch.where(norm > 0, w / norm.clamp_min(torch.finfo(w.dtype).tiny), v)
-        return jvp(v).norm(dim=-1).detach()
+        N, S = z.shape
+        m = min(iterations, S)
+        tiny = torch.finfo(z.dtype).tiny
+        q = torch.randn(z.shape, generator=generator, dtype=torch.float64).to(z)
+        q = q / q.norm(dim=-1, keepdim=True)
+        basis = [q]
+        alphas, betas = [], []
+        for j in range(m):
+            w = gram(basis[-1]).detach()
+            a = (w * basis[-1]).sum(-1)
+            alphas.append(a)
+            if j == m - 1:
+                break
+            Q = torch.stack(basis, 1)  # (N, j+1, S)
+            w = w - torch.einsum("nk,nks->ns", torch.einsum("nks,ns->nk", Q, w), Q)
+            w = w - torch.einsum("nk,nks->ns", torch.einsum("nks,ns->nk", Q, w), Q)  # twice
+            b = w.norm(dim=-1)
+            betas.append(b)
+            # an invariant subspace (b = 0): continue with a zero vector, which adds zero rows
+            basis.append(torch.where(b.unsqueeze(-1) > 0, w / b.clamp_min(tiny).unsqueeze(-1), 0))
+    Tm = torch.diag_embed(torch.stack(alphas, -1))
+    if betas:
+        off = torch.diag_embed(torch.stack(betas, -1), offset=1)
+        Tm = Tm + off + off.mT
+    top = torch.linalg.eigvalsh(Tm.to(torch.float64))[:, -1]  # (N,)
+    return top.clamp_min(0).sqrt().to(z.dtype)
 
 
 def _jacobians(F, x: Tensor, z: Tensor) -> Tensor:
@@ -185,7 +206,7 @@ def jacobian_spectrum(
     inputs: Any = None,
     *,
     batch_index: int | None = 0,
-    iterations: int = 20,
+    iterations: int = 30,
     spectrum_steps: int | Sequence[int] = 3,
     seed: int = 0,
     forward_kwargs: dict | None = None,
@@ -195,7 +216,7 @@ def jacobian_spectrum(
     carousel layer and direction in ``model``, along the sequence.
 
     :math:`\sigma_1(J_t)` is computed at every step, all steps in one batch, by ``iterations``
-    rounds of power iteration on :math:`J_t^\top J_t` (two backward passes each, without forming
+    Lanczos steps on :math:`J_t^\top J_t` (two backward passes each, without forming
     :math:`J_t`). The full spectra are computed exactly (explicit
     Jacobian and SVD) at a few steps only, as an SVD costs :math:`O(S^3)` per step.
 
@@ -203,11 +224,10 @@ def jacobian_spectrum(
         model, inputs: the model and its input (a tensor or a tuple of positional arguments);
             or pass ``recording`` instead.
         batch_index: the sequence to analyse, or ``None`` for ``sigma_max`` of all of them.
-        iterations: power-iteration rounds for ``sigma_max`` (the error falls like
-            :math:`(\sigma_2/\sigma_1)^{2\cdot\mathrm{iterations}}`).
+        iterations: Lanczos steps for ``sigma_max`` (at most ``S``; exact at ``S``).
         spectrum_steps: number of evenly spaced steps (first and last included) for the full
             spectra, or the list of steps; ``0`` skips them.
-        seed: seed of the power iteration's start vectors.
+        seed: seed of the Lanczos start vectors.
         forward_kwargs: keyword arguments for the model's forward (e.g. ``lengths``).
         recording: a :func:`~carousel.analysis.record.record` of the model, to reuse.
 
@@ -229,7 +249,9 @@ def jacobian_spectrum(
             x, z, m = _processing(lay, seqs)  # (T, B', *)
             T, Bs = x.shape[0], x.shape[1]
             F = _flat_step(lay)
-            s = _power_iteration(F, x.reshape(T * Bs, -1), z.reshape(T * Bs, -1), iterations, gen)
+            s = _largest_singular_values(
+                F, x.reshape(T * Bs, -1), z.reshape(T * Bs, -1), iterations, gen
+            )
             s = s.view(T, Bs)
             if m is not None:
                 s = torch.where(m, s, torch.full_like(s, math.nan))

@@ -41,6 +41,7 @@ __all__ = [
     "record",
     "reference_path",
     "run_model",
+    "traces",
 ]
 
 
@@ -447,3 +448,28 @@ def record(
             f"({', '.join(n or type(m).__name__ for n, m in rec.layers)})"
         )
     return Recording(output=output, layers=layers, graph_states=graph)
+
+
+def traces(
+    model: nn.Module, inputs: Any, *, forward_kwargs: dict | None = None
+) -> dict[str, LayerRecord]:
+    """Hidden states, memory cells and gate activations of every step, layer and direction.
+
+    Args:
+        model: a carousel layer or any module holding carousel layers.
+        inputs: the model's input, a tensor or a tuple of positional arguments.
+        forward_kwargs: keyword arguments for the model's forward (e.g. ``lengths``).
+
+    Returns:
+        track name -> :class:`LayerRecord`; ``.states["h"]``, ``.states["c"]`` (LSTM) and
+        ``.gates[name]`` are ``(T, B, H)``, time-major, zero past a sequence's end. Draw them
+        with :func:`carousel.analysis.plots.plot_traces`.
+
+    Example:
+        >>> import torch, carousel
+        >>> from carousel.analysis import traces
+        >>> tr = traces(carousel.LSTM(3, 8, num_layers=2), torch.randn(5, 2, 3))
+        >>> list(tr), tuple(tr["l1"].gates["f"].shape)
+        (['l0', 'l1'], (5, 2, 8))
+    """
+    return record(model, inputs, forward_kwargs=forward_kwargs, grad=False).layers

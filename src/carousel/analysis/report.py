@@ -107,8 +107,10 @@ def analyze(
     lyapunov_k: int = 1,
     spectrum_steps: int = 3,
     forward_kwargs: dict | None = None,
+    lengths: Tensor | None = None,
     title: str = "carousel analysis",
     description: str = "",
+    hdf5: str | Path | None = None,
 ) -> AnalysisReport:
     """Analyse ``model`` on ``inputs``: write one PNG per picture and ``report.html``.
 
@@ -134,7 +136,12 @@ def analyze(
         lyapunov_k: number of Lyapunov exponents.
         spectrum_steps: steps with full Jacobian spectra.
         forward_kwargs: keyword arguments for the model's forward.
+        lengths: ``(B,)`` sequence lengths, if the model applies them itself (a
+            ``forward_kwargs["lengths"]`` is used otherwise): saliency and the default loss then
+            read each sequence's last step.
         title, description: shown at the top of the report.
+        hdf5: also write the per-step states and gates to this HDF5 file
+            (:func:`~carousel.analysis.export.export_hdf5`; needs h5py).
 
     Returns:
         :class:`AnalysisReport`.
@@ -158,6 +165,8 @@ def analyze(
     if at not in LOSS_AT:
         raise ValueError(f"analyze: loss_at must be one of {list(LOSS_AT)}, got {at!r}")
     batch_first = find_layers(model)[0][1].batch_first
+    if lengths is None:
+        lengths = (forward_kwargs or {}).get("lengths")
     need_grad = "gradients" in chosen or "saliency" in chosen
     with evaluation_mode(model):
         t0 = time.perf_counter()
@@ -245,7 +254,7 @@ def analyze(
             sal = saliency_from_output(
                 rec.output, prepared.wrt(), batch_first=batch_first,
                 unbatched=prepared.unbatched,
-                lengths=(forward_kwargs or {}).get("lengths"),
+                lengths=lengths,
             )  # fmt: skip
             p = out / "saliency.png"
             plots.plot_saliency(sal, batch_index=batch_index, path=p)
@@ -265,6 +274,11 @@ def analyze(
             sections.append(("Saliency", body, [p]))
             results["saliency"] = sal
             seconds["saliency"] = time.perf_counter() - t0
+        if hdf5 is not None:
+            from carousel.analysis.export import export_hdf5
+
+            export_hdf5(rec, hdf5)
+            numbers["hdf5"] = str(hdf5)
     meta = html.escape(description)
     page = render_html(title, sections, meta)
     path = out / "report.html"

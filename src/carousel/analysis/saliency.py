@@ -209,6 +209,9 @@ def saliency_from_output(
     else:
         y, packed = _primary(raw)
     out_step: int | None = None
+    if unbatched and y.dim() in (1, 2):  # (C,) or (T, C) for one sequence: add its batch axis
+        y = y.unsqueeze(0) if y.dim() == 1 else y.unsqueeze(1)
+        batch_first = False
     if y.dim() == 3:
         ydim = 1 if batch_first and not packed else 0
         y = y.movedim(ydim, 0)  # (T, B, C)

@@ -19,6 +19,8 @@ __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 
 #: Modules that contribute commands, in the order ``carousel --help`` lists them.
 COMMAND_MODULES: list[str] = [
+    "explain",
+    "analyze",
     "esn",
 ]
 
