@@ -74,3 +74,14 @@ def test_sequence_model_argument_errors():
         SequenceModel(2, 1, readout="mean")
     with pytest.raises(TypeError, match="config must be a ModelConfig"):
         SequenceModel(2, 1, {"cell": "rnn"})
+
+
+def test_construction_with_a_generator_is_deterministic_and_leaves_global_rng():
+    cfg = ModelConfig(cell="lstm", hidden_size=6)
+    state = torch.get_rng_state()
+    a = SequenceModel(2, 1, cfg, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(123)  # the global generator does not matter
+    b = SequenceModel(2, 1, cfg, generator=torch.Generator().manual_seed(1))
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(p, q), n

@@ -19,6 +19,9 @@ __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 
 #: Modules that contribute commands, in the order ``carousel --help`` lists them.
 COMMAND_MODULES: list[str] = [
+    "train",
+    "eval",
+    "tasks",
     "explain",
     "analyze",
     "esn",

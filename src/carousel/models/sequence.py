@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import torch
@@ -13,7 +15,14 @@ from carousel.layers import GRU, LSTM, RNN
 from carousel.layers.sequence import state_fields
 from carousel.models.config import InitConfig, ModelConfig
 
-__all__ = ["READOUTS", "ModelOutput", "SequenceModel", "build_recurrent", "init_model_"]
+__all__ = [
+    "READOUTS",
+    "ModelOutput",
+    "SequenceModel",
+    "build_recurrent",
+    "init_model_",
+    "seeded_construction",
+]
 
 #: ``"per-step"``: one output per time step (a tagger, a language model);
 #: ``"last"``: one output per sequence from the final state (a classifier).
@@ -83,6 +92,24 @@ def init_model_(
     )
 
 
+@contextlib.contextmanager
+def seeded_construction(generator: torch.Generator | None, device=None) -> Iterator[None]:
+    """Make the layers' own ``reset_parameters`` (which draw from torch's global generator)
+    draw from a seed taken from ``generator``, leaving the global generator as it was.
+
+    With ``generator=None`` nothing changes.
+    """
+    if generator is None:
+        yield
+        return
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    devices = [dev.index or 0] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
 class SequenceModel(nn.Module):
     r"""Input features, a recurrent core (any of carousel's layers) and a linear readout.
 
@@ -102,7 +129,8 @@ class SequenceModel(nn.Module):
         readout: one of :data:`READOUTS`.
         embedding_size: if given, inputs are token ids ``(T, B)`` looked up in an
             ``nn.Embedding(input_size, embedding_size)``.
-        generator: source of randomness for ``config.init``.
+        generator: source of all randomness of the initialisation (the layers' default
+            initialisation and ``config.init``); ``None`` uses torch's global generator.
         device, dtype: of the parameters.
 
     Shape:
@@ -144,15 +172,14 @@ class SequenceModel(nn.Module):
         kw = {"device": device, "dtype": dtype}
         if embedding_size is not None:
             check_positive_int("SequenceModel", "embedding_size", embedding_size)
-            self.embedding: nn.Embedding | None = nn.Embedding(input_size, embedding_size, **kw)
-            rnn_input = embedding_size
-        else:
-            self.embedding = None
-            rnn_input = input_size
-        self.rnn = build_recurrent(config, rnn_input, **kw)
-        D = 2 if config.bidirectional else 1
-        out = config.proj_size or config.hidden_size
-        self.head = nn.Linear(D * out, output_size, **kw)
+        with seeded_construction(generator, device):
+            self.embedding: nn.Embedding | None = None
+            if embedding_size is not None:
+                self.embedding = nn.Embedding(input_size, embedding_size, **kw)
+            self.rnn = build_recurrent(config, embedding_size or input_size, **kw)
+            D = 2 if config.bidirectional else 1
+            out = config.proj_size or config.hidden_size
+            self.head = nn.Linear(D * out, output_size, **kw)
         init_model_(self, config.init, generator=generator)
 
     def features(self, inputs: Tensor) -> Tensor:

@@ -285,6 +285,10 @@ class Task:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
 
+    def describe_split(self, split: str) -> str:
+        """A few words on what a held-out split holds, for summaries (default: its name)."""
+        return split
+
     def describe(self) -> str:
         """A one-line description of this task with its options (for logs)."""
         opts = ", ".join(

@@ -164,6 +164,14 @@ class BinaryAddition(Task):
             2, 1, config, readout="per-step", generator=generator, device=device, dtype=dtype
         )
 
+    def describe_split(self, split: str) -> str:
+        if split == "valid":
+            held = " never trained on" if self._uses_held_out(self.config.train_bits) else ""
+            return f"{self.config.train_bits}-bit numbers{held}"
+        if split == "long":
+            return f"{self.config.test_bits}-bit numbers"
+        return split
+
     # ------------------------------------------------------------------ data
     def _uses_held_out(self, n: int) -> bool:
         return _HELD_OUT_MIN_BITS <= n <= _HELD_OUT_MAX_BITS
