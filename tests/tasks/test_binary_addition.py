@@ -79,6 +79,7 @@ def test_stream_is_one_endless_addition(chunk):
     s = add_bits(x[:, :, 0].T, x[:, :, 1].T)[:, :-1].T  # (T, B), carries run on
     T = x.shape[0]
     assert not m[:delay].any() and m[delay:].all()
+    assert (x[8::9] == 0).all()  # each 8-bit addition ends with a zero column
     assert torch.equal(y[delay:], s[: T - delay].float())
     again = task.stream("train", 3, chunk, generator=gen(), start=2)
     assert torch.equal(next(again).inputs, chunks[2].inputs)
@@ -104,3 +105,9 @@ def test_config_errors_all_at_once():
     with pytest.raises(ConfigError) as e:
         BinaryAdditionConfig(train_bits=0, delay=-1)
     assert len(e.value.errors) == 2 and "data.delay must be >= 0, got -1" in str(e.value)
+
+
+def test_stream_bits_zero_is_one_endless_number():
+    task = make_task("binary-addition", BinaryAdditionConfig(stream_bits=0))
+    x = torch.cat([next(s).inputs for s in [task.stream("train", 64, 9, generator=gen())]])
+    assert x[8].abs().sum() > 0

@@ -263,7 +263,7 @@ def test_metrics_files_plot_and_config_copy(make_config):
     train_records = [r for r in records if r["kind"] == "train"]
     evals = [(r["step"], r["split"]) for r in records if r["kind"] == "eval"]
     assert [r["step"] for r in train_records] == list(range(1, 11))
-    assert evals == [(5, "valid"), (10, "valid"), (10, "long")]
+    assert evals == [(5, "valid"), (10, "valid"), (10, "long"), (10, "stream")]
     for key in ("loss", "accuracy", "bit_accuracy", "grad_norm", "lr", "tokens_per_s"):
         assert key in train_records[0]
     header = (res.run_dir / "train.csv").read_text().splitlines()[0]
@@ -340,3 +340,18 @@ def test_binary_addition_learns_to_add_64_bit_numbers(make_config):
     )
     assert res.evaluation["valid"]["accuracy"] == 1.0
     assert res.evaluation["long"]["accuracy"] == 1.0
+
+
+def test_truncated_bptt_learns_back_to_back_additions_with_carried_state(make_config):
+    """Chunks of 4 columns, backpropagation through 8: the carry crosses chunk boundaries, so
+    only a carried state can get every bit right."""
+    res = train(
+        make_config(
+            "model.hidden_size=16",
+            "train.tbptt_k1=4",
+            "train.tbptt_k2=8",
+            "train.steps=400",
+            "train.batch_size=32",
+        )
+    )
+    assert res.evaluation["stream"]["bit_accuracy"] >= 0.99

@@ -22,10 +22,16 @@ Splits:
       held out, so the net has never seen them;
     - ``"long"``: ``long_size`` pairs of ``test_bits``-bit numbers: half uniform, a quarter with
       ``b = 2^n - a`` (a carry ripples through every column), a quarter with
-      ``b = 2^n - 1 - a`` (no carry at all).
+      ``b = 2^n - 1 - a`` (no carry at all);
+    - ``"stream"``: 64 streams of 512 columns of the stream mode below, run with the state
+      carried from number to number (never reset): ``stream_size`` additions in all.
 
-Stream mode (:meth:`BinaryAddition.stream`) adds two *endless* numbers: the carry runs across
-every chunk, so truncated BPTT must carry the network's state from chunk to chunk.
+Stream mode (:meth:`BinaryAddition.stream`, for truncated BPTT) feeds ``B`` endless streams of
+columns: ``stream_bits``-bit numbers, each followed by one zero column in which the carry comes
+out, back to back, so the carry and the delayed sum bits run across the chunk boundaries and the
+network's state must be carried from chunk to chunk. (With ``stream_bits = 0`` the stream is one
+endless addition; its sum bits are then the parity of three random bits with no first step
+free of a carry, which gradient descent barely starts to learn.)
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ __all__ = ["BinaryAddition", "BinaryAdditionConfig", "add_bits", "addition_batch
 
 _HELD_OUT_MIN_BITS, _HELD_OUT_MAX_BITS = 4, 20
 _EVAL_BATCH = 1024
+_STREAM_B, _STREAM_CHUNK, _STREAM_CHUNKS = 64, 64, 8
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,8 @@ class BinaryAdditionConfig:
     valid_size: int = 4096
     # additions in the "long" split (test_bits-bit)
     long_size: int = 2048
+    # stream mode (train.tbptt_k1): bits of the numbers added back to back (0: one endless sum)
+    stream_bits: int = 8
 
     def __post_init__(self) -> None:
         c = Checks("data")
@@ -71,6 +80,7 @@ class BinaryAdditionConfig:
         c.positive_int("delay", self.delay, minimum=0)
         c.positive_int("valid_size", self.valid_size)
         c.positive_int("long_size", self.long_size)
+        c.positive_int("stream_bits", self.stream_bits, minimum=0)
         c.done()
 
 
@@ -153,7 +163,7 @@ class BinaryAddition(Task):
             "threads": 1,
         },
     }
-    eval_splits = ("valid", "long")
+    eval_splits = ("valid", "long", "stream")
     primary_metric = "accuracy"
 
     config: BinaryAdditionConfig
@@ -170,6 +180,8 @@ class BinaryAddition(Task):
             return f"{self.config.train_bits}-bit numbers{held}"
         if split == "long":
             return f"{self.config.test_bits}-bit numbers"
+        if split == "stream":
+            return f"{self.config.stream_bits}-bit numbers back to back, state never reset"
         return split
 
     # ------------------------------------------------------------------ data
@@ -218,14 +230,18 @@ class BinaryAddition(Task):
         generator: torch.Generator,
         start: int = 0,
     ) -> Iterator[Batch]:
-        """``batch_size`` endless additions, ``chunk_len`` columns per chunk; the carry and
-        the ``delay`` pending sum bits run on from chunk to chunk."""
-        delay = self.config.delay
+        """``batch_size`` endless streams of ``stream_bits``-bit additions, each followed by a
+        zero column, ``chunk_len`` columns per chunk; the carry and the ``delay`` pending sum
+        bits run on from chunk to chunk."""
+        delay, period = self.config.delay, self.config.stream_bits + 1
         carry = torch.zeros(batch_size, dtype=torch.long)
         pending = torch.zeros(delay, batch_size)
         k = 0
         while True:
             ab = torch.randint(0, 2, (chunk_len, batch_size, 2), generator=generator)
+            steps = k * chunk_len + torch.arange(chunk_len)
+            if period > 1:
+                ab[steps % period == period - 1] = 0  # the column where the carry comes out
             s = torch.empty(chunk_len, batch_size)
             for t in range(chunk_len):
                 total = ab[t, :, 0] + ab[t, :, 1] + carry
@@ -233,11 +249,48 @@ class BinaryAddition(Task):
                 carry = total // 2
             ready = torch.cat([pending, s])  # (delay + L, B)
             targets, pending = ready[:chunk_len], ready[chunk_len:]
-            steps = k * chunk_len + torch.arange(chunk_len)
             mask = (steps >= delay).unsqueeze(1).expand(chunk_len, batch_size)
             if k >= start:
                 yield Batch(ab.float(), targets, mask.clone())
             k += 1
+
+    @torch.no_grad()
+    def evaluate(self, model, split, *, generator, device=None, dtype=None) -> dict[str, float]:
+        """As :meth:`Task.evaluate`; the ``"stream"`` split runs 64 streams of 512 columns
+        with the state carried, and counts an addition right if all its sum bits are."""
+        if split != "stream":
+            return super().evaluate(model, split, generator=generator, device=device, dtype=dtype)
+        was_training = model.training
+        model.eval()
+        state, outs, chunks = None, [], []
+        try:
+            stream = self.stream(split, _STREAM_B, _STREAM_CHUNK, generator=generator)
+            for _ in range(_STREAM_CHUNKS):
+                chunk = next(stream).to(device, dtype)
+                out = self.forward(model, chunk, state)
+                state = out.state
+                outs.append(out.output)
+                chunks.append(chunk)
+        finally:
+            model.train(was_training)
+        logits = torch.cat(outs).squeeze(-1)  # (T, B)
+        batch = Batch(
+            torch.cat([c.inputs for c in chunks]),
+            torch.cat([c.targets for c in chunks]),
+            torch.cat([c.mask for c in chunks]),
+        )
+        loss = float(self.loss(ModelOutput(logits.unsqueeze(-1)), batch))
+        right = ((logits > 0).to(batch.targets.dtype) == batch.targets) | ~batch.mask  # (T, B)
+        delay, period = self.config.delay, self.config.stream_bits + 1
+        T = right.shape[0]
+        numbers = (T - delay) // period  # complete additions whose sum bits are all out
+        per_number = right[delay : delay + numbers * period].reshape(numbers, period, -1)
+        scored = batch.mask.sum().clamp(min=1)
+        return {
+            "loss": loss,
+            "accuracy": float(per_number.all(1).float().mean()),
+            "bit_accuracy": float((right & batch.mask).sum() / scored),
+        }
 
     # ------------------------------------------------------------------ objective
     def loss(self, output: ModelOutput, batch: Batch) -> Tensor:
