@@ -1,0 +1,226 @@
+"""Echo state networks: carousel vs reservoirpy on the same data and the same network.
+
+Task: one-step-ahead Mackey-Glass (tau 17) prediction, ``--train`` training points (washout
+100) and ``--test`` test points, reservoirs of 100, 1000 and 5000 units with reservoirpy's
+README hyperparameters (spectral radius 1.25, leak rate 0.3, ridge 1e-5, 10% recurrent
+connectivity), float64 in both libraries. carousel draws the reservoir; reservoirpy gets the
+very same ``W`` (as a scipy CSR matrix), ``Win`` and bias, so both compute the same network and
+their accuracies must agree (the NRMSE columns). Times: ``fit`` (run the reservoir over the
+training data and solve the ridge readout) and ``predict`` (run over the test data and read
+out), wall clock; reservoir construction is reported apart (``init``: carousel's own; with
+``--rpy-init`` also reservoirpy's own construction with ``sr=`` from its defaults). ``peak MiB``
+is the largest growth of the process' resident memory during fit + predict (sampled every
+2 ms from /proc/self/statm).
+
+Each thread setting runs in a fresh child process with ``OMP/MKL/OPENBLAS_NUM_THREADS`` set
+before numpy/torch load; both libraries run in that one process, carousel first.
+
+Environment (reservoirpy is not a dependency of carousel)::
+
+    python3 -m venv /work/benchenv
+    /work/benchenv/bin/pip install torch==2.13.0 reservoirpy scipy
+    /work/benchenv/bin/pip install -e /work/main
+    /work/benchenv/bin/python benchmarks/esn.py            # prints a Markdown table
+
+Options: ``--units 100 1000 5000 --threads 1 0`` (0 = all cores) ``--train 10000 --test 2000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+
+
+class PeakRSS:
+    """Peak resident-set growth (bytes) of this process while the block runs."""
+
+    def __enter__(self):
+        gc.collect()
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except OSError:  # pragma: no cover - not glibc
+            pass
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.base = self._rss()
+        self.peak = self.base
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self.page
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+        self.mib = (self.peak - self.base) / 2**20
+
+
+def run_child(units_list: list[int], train: int, test: int, rpy_init: bool) -> list[dict]:
+    import numpy as np
+    import torch
+
+    from carousel.esn import EchoStateNetwork, nrmse
+    from carousel.tasks.timeseries import mackey_glass
+
+    series = mackey_glass(train + test + 1)
+    x_tr, y_tr = series[:train], series[1 : train + 1]
+    x_te, y_te = series[train : train + test], series[train + 1 : train + test + 1]
+    hyper = {"spectral_radius": 1.25, "leak_rate": 0.3, "ridge": 1e-5, "connectivity": 0.1}
+    rows = []
+    for units in units_list:
+        row: dict = {"units": units, "threads": torch.get_num_threads()}
+        # ---------------------------------------------------------------- carousel
+        t0 = time.perf_counter()
+        esn = EchoStateNetwork(units, seed=0, **hyper)
+        esn.build(1, 1)
+        row["carousel_init"] = time.perf_counter() - t0
+        with PeakRSS() as mem:
+            t0 = time.perf_counter()
+            esn.fit(x_tr, y_tr, washout=100)
+            row["carousel_fit"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            pred = esn.predict(x_te, esn.last_state)
+            row["carousel_predict"] = time.perf_counter() - t0
+        row["carousel_mib"] = mem.mib
+        row["carousel_nrmse"] = nrmse(pred, y_te)
+        res = esn.reservoir
+        w = res.weight_hh
+        if w.layout == torch.sparse_csr:
+            import scipy.sparse as sp
+
+            w_np = sp.csr_array(
+                (
+                    w.values().numpy(),
+                    w.col_indices().numpy().astype(np.int32),
+                    w.crow_indices().numpy().astype(np.int32),
+                ),
+                shape=tuple(w.shape),
+            )
+        else:
+            w_np = w.numpy().copy()
+        win_np = res.weight_ih.numpy().copy()
+        bias_np = res.bias.numpy().copy()
+        del esn, res, w, pred
+        # ---------------------------------------------------------------- reservoirpy
+        from reservoirpy.nodes import Reservoir, Ridge
+
+        xtr, ytr = x_tr.numpy(), y_tr.numpy()
+        xte = x_te.numpy()
+        with PeakRSS() as mem:
+            reservoir = Reservoir(units, lr=0.3, W=w_np, Win=win_np, bias=bias_np)
+            model = reservoir >> Ridge(ridge=1e-5)
+            t0 = time.perf_counter()
+            model.fit(xtr, ytr, warmup=100)
+            row["rpy_fit"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            pred_np = model.run(xte)
+            row["rpy_predict"] = time.perf_counter() - t0
+        row["rpy_mib"] = mem.mib
+        row["rpy_nrmse"] = nrmse(torch.as_tensor(pred_np), y_te)
+        del model, reservoir, pred_np
+        if rpy_init:
+            t0 = time.perf_counter()
+            r = Reservoir(units, lr=0.3, sr=1.25, rc_connectivity=0.1, seed=0)
+            r.initialize(xtr[:1])
+            row["rpy_init"] = time.perf_counter() - t0
+            del r
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    return rows
+
+
+def table(rows: list[dict], argv: list[str]) -> str:
+    import torch
+
+    out = [
+        f"Command: `{' '.join(argv)}`  ",
+        f"Machine: {platform.machine()}, `nproc` = {os.cpu_count()}, torch {torch.__version__}, "
+        f"Python {platform.python_version()}; one-step Mackey-Glass, float64, both libraries "
+        "on the same reservoir.",
+        "",
+        "| units | threads | init carousel (s) | fit carousel (s) | fit reservoirpy (s) "
+        "| fit speed-up | predict carousel (s) | predict reservoirpy (s) | predict speed-up "
+        "| peak MiB carousel | peak MiB reservoirpy | NRMSE carousel | NRMSE reservoirpy |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['units']} | {r['threads']} | {r['carousel_init']:.2f} "
+            f"| {r['carousel_fit']:.3f} | {r['rpy_fit']:.3f} "
+            f"| {r['rpy_fit'] / r['carousel_fit']:.2f}x "
+            f"| {r['carousel_predict']:.3f} | {r['rpy_predict']:.3f} "
+            f"| {r['rpy_predict'] / r['carousel_predict']:.2f}x "
+            f"| {r['carousel_mib']:.0f} | {r['rpy_mib']:.0f} "
+            f"| {r['carousel_nrmse']:.3e} | {r['rpy_nrmse']:.3e} |"
+        )
+    if any("rpy_init" in r for r in rows):
+        out.append("")
+        out.append(
+            "reservoirpy's own reservoir construction (sr=1.25 via ARPACK): "
+            + ", ".join(
+                f"{r['units']} units {r['rpy_init']:.2f} s" for r in rows if "rpy_init" in r
+            )
+        )
+    return "\n".join(out)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--units", type=int, nargs="+", default=[100, 1000, 5000], help="sizes")
+    p.add_argument(
+        "--threads", type=int, nargs="+", default=[1, 0], help="thread counts (0 = all cores)"
+    )
+    p.add_argument("--train", type=int, default=10000, help="training points")
+    p.add_argument("--test", type=int, default=2000, help="test points")
+    p.add_argument("--rpy-init", action="store_true", help="also time reservoirpy's own init")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        rows = run_child(args.units, args.train, args.test, args.rpy_init)
+        print(json.dumps(rows))
+        return 0
+    rows = []
+    for threads in args.threads:
+        n = str(threads or os.cpu_count())
+        env = {**os.environ, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n}
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            "--train",
+            str(args.train),
+            "--test",
+            str(args.test),
+            "--units",
+            *map(str, args.units),
+        ]
+        if args.rpy_init:
+            cmd.append("--rpy-init")
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            print(done.stderr, file=sys.stderr)
+            return done.returncode
+        rows += json.loads(done.stdout.strip().splitlines()[-1])
+    print(table(rows, [os.path.basename(sys.executable), *sys.argv]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
