@@ -8,6 +8,7 @@ import pytest
 
 from carousel.cli import main
 from carousel.esn.experiments import (
+    SEARCH_START,
     JaegerHaasParams,
     jaeger_haas_data,
     jaeger_haas_nrmse84,
@@ -16,7 +17,7 @@ from carousel.esn.experiments import (
 
 
 def test_jaeger_haas_small_network_predicts_84_steps():
-    params = dataclasses.replace(JaegerHaasParams(), units=100, connectivity=0.1)
+    params = dataclasses.replace(SEARCH_START, units=100, connectivity=0.1)
     score = jaeger_haas_nrmse84(params, trials=10, region="validation")
     assert math.isfinite(score) and score < 0.1
     x, d = jaeger_haas_data(100)
