@@ -7,6 +7,9 @@ time, training, analysis, echo state networks and Hessian-free optimisation.
 from carousel import optim  # carousel.optim.HessianFree
 from carousel.cells import Cell, GRUCell, LSTMCell, RecurrentCell, RNNCell
 from carousel.functional import LSTM_VARIANTS, LSTMGateState, LSTMState, LSTMVariant
+
+# carousel.generate is the function; its module's other names: from carousel.generate import ...
+from carousel.generate import generate
 from carousel.layers import GRU, LSTM, RNN, Recurrent, RecurrentOutput
 
 __version__ = "0.1.0"
@@ -27,5 +30,6 @@ __all__ = [
     "RecurrentCell",
     "RecurrentOutput",
     "__version__",
+    "generate",
     "optim",
 ]

@@ -5,11 +5,15 @@ Prime the model with text, then draw each next token from its output distributio
 back (Sutskever, Martens & Hinton 2011; Graves 2013, section 3; Hinton's lecture 7 and the RNN
 recitation). The state is carried from step to step (:class:`~carousel.models.charlm.Stepper`),
 so a token costs one step, never a rerun of the prefix.
+
+``carousel.generate`` (the package attribute) is :func:`generate`; import the other functions
+from this module (``from carousel.generate import beam_search``).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -21,8 +25,10 @@ from carousel._checks import check_positive_int
 __all__ = [
     "BeamHypothesis",
     "Generation",
+    "LanguageModel",
     "beam_search",
     "generate",
+    "load_language_model",
     "sample_tokens",
 ]
 
@@ -105,6 +111,7 @@ def sample_tokens(
     generator: torch.Generator | None = None,
     banned: Sequence[int] = (),
     on_step: Callable[[Tensor], None] | None = None,
+    fast: bool | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Draw ``length`` tokens for each of ``B`` rows, one network step per token.
 
@@ -121,6 +128,8 @@ def sample_tokens(
         generator: the random source (seed it for reproducible samples).
         banned: ids never generated (e.g. the unknown token).
         on_step: called with the ``(B,)`` new tokens after every step (for streaming).
+        fast: the stepper's fused path (``None``: where it applies; ``False``: call the layer
+            per step, for comparison; see :class:`~carousel.models.charlm.Stepper`).
 
     Returns:
         ``(tokens, log_probs)``: ``(length, B)`` ids and ``(B,)`` natural-log probabilities of
@@ -133,10 +142,8 @@ def sample_tokens(
     check_positive_int("sample_tokens", "length", length)
     prime = _prime_ids(model, prime)
     B = prime.shape[1]
-    stepper = model.stepper(B)
-    logits = stepper.feed(prime) if prime.shape[0] > 1 else None
-    if logits is None:
-        logits = stepper.step(prime[0])
+    stepper = model.stepper(B, fast=fast)
+    logits = stepper.feed(prime) if prime.shape[0] > 1 else stepper.step(prime[0])
     out = torch.empty(length, B, dtype=torch.long, device=prime.device)
     total = torch.zeros(B, device=prime.device)
     rows = torch.arange(B, device=prime.device)
@@ -223,9 +230,51 @@ def beam_search(
     return [BeamHypothesis(history[:, j].tolist(), float(scores[j])) for j in range(len(scores))]
 
 
+class LanguageModel(NamedTuple):
+    """A trained language model loaded from a checkpoint.
+
+    Attributes:
+        model: the :class:`~carousel.models.charlm.CharLM`, in eval mode.
+        vocab: its :class:`~carousel.text.vocab.Vocabulary`.
+        task: the :class:`~carousel.tasks.charlm.CharLMTask` it was trained on (its text is
+            read only when asked for, e.g. ``task.text("valid")``).
+    """
+
+    model: Any
+    vocab: Any
+    task: Any
+
+
+def load_language_model(path: str | os.PathLike, *, device: str = "auto") -> LanguageModel:
+    """The language model, vocabulary and task of a ``charlm`` checkpoint.
+
+    Args:
+        path: a checkpoint directory, a run directory or its ``last`` link.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+
+    Returns:
+        :class:`LanguageModel` ``(model, vocab, task)``.
+
+    Raises:
+        ValueError: if the checkpoint holds another task's model.
+        carousel.train.CheckpointError: for a missing, damaged or foreign checkpoint.
+    """
+    from carousel.models.charlm import CharLM
+    from carousel.train import load_trained
+
+    model, task, config, _ = load_trained(path, device=device)
+    vocab = getattr(task, "vocab", None)
+    if not isinstance(model, CharLM) or vocab is None:
+        raise ValueError(
+            f"{path}: a checkpoint of task {config.task!r}; generating text needs a language "
+            "model (carousel train charlm ...)"
+        )
+    return LanguageModel(model, vocab, task)
+
+
 def generate(
     model: Any,
-    vocab: Any,
+    vocab: Any = None,
     prime: str = "",
     length: int = 200,
     *,
@@ -240,9 +289,10 @@ def generate(
     """Generate text from a trained language model.
 
     Args:
-        model: a :class:`~carousel.models.charlm.CharLM` (or a checkpoint loaded with
-            :func:`carousel.models.charlm.load_charlm`); it is put in eval mode for the call.
-        vocab: its :class:`~carousel.text.vocab.Vocabulary`.
+        model: a :class:`~carousel.models.charlm.CharLM` (put in eval mode for the call), or
+            the path of a ``charlm`` checkpoint (:func:`load_language_model`).
+        vocab: the model's :class:`~carousel.text.vocab.Vocabulary` (default with a checkpoint:
+            its own).
         prime: text to start from; empty starts after a newline (or the vocabulary's first
             token if it has no newline). Unseen characters follow the vocabulary's policy.
         length: tokens (characters, or words for a word model) to generate.
@@ -260,7 +310,8 @@ def generate(
         :class:`Generation` ``(text, tokens, log_prob)``.
 
     Raises:
-        ValueError: on invalid options or a prime that encodes to no token.
+        ValueError: on invalid options, a missing vocabulary or a prime that encodes to no
+            token.
 
     Example:
         >>> import torch
@@ -274,6 +325,11 @@ def generate(
     """
     _check_sampling(temperature, top_k)
     check_positive_int("generate", "length", length)
+    if isinstance(model, (str, os.PathLike)):
+        model, own_vocab, _ = load_language_model(model)
+        vocab = own_vocab if vocab is None else vocab
+    if vocab is None:
+        raise ValueError("generate: vocab is required with a model (it maps ids to text)")
     if not isinstance(prime, str):
         raise TypeError(f"generate: prime must be a str, got {type(prime).__name__}")
     if generator is None:

@@ -160,3 +160,13 @@ def test_generation_errors():
         generate(m, strict, prime="ZZZ", length=3)
     with pytest.raises(ValueError, match=r"expected prime ids of shape \(P,\)"):
         beam_search(m, torch.zeros(2, 2, dtype=torch.long), 3)
+
+
+def test_word_models_generate_one_word_per_step():
+    words = Vocabulary.build("the cat sat on the mat. the dog sat on the log.", unit="word")
+    torch.manual_seed(0)
+    m = CharLM(len(words), 8, 1, embedding_size=4)
+    g = generate(m, words, prime="the cat", length=6, seed=0)
+    assert len(g.tokens) == 6
+    assert g.text == "".join(words.tokens[i] for i in g.tokens)
+    assert all(words.tokens[i] != "<unk>" for i in g.tokens)

@@ -22,6 +22,8 @@ COMMAND_MODULES: list[str] = [
     "train",
     "eval",
     "tasks",
+    "generate",
+    "cells",
     "explain",
     "analyze",
     "esn",

@@ -19,6 +19,7 @@ the standard LSTM, GRU and RNN that folds the embedding into the first layer's i
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -26,13 +27,35 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from carousel._checks import check_choice, check_positive_int, check_probability
+from carousel._config import Checks
 from carousel.layers import GRU, LSTM, RNN
 from carousel.layers.sequence import map_state
+from carousel.models.config import ModelConfig
+from carousel.models.sequence import init_model_
 
-__all__ = ["CELLS", "CharLM", "CharLMOutput", "Stepper"]
+__all__ = ["CELLS", "CharLM", "CharLMModelConfig", "CharLMOutput", "Stepper"]
 
 #: The recurrent layers a :class:`CharLM` can stack, by name.
 CELLS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
+
+
+@dataclass(frozen=True)
+class CharLMModelConfig(ModelConfig):
+    """The ``[model]`` table of the ``charlm`` task: :class:`~carousel.models.ModelConfig`
+    (cell, sizes, variant, initialisation, ...) plus the input embedding. ``dropout`` acts on
+    the embedding, between layers and before the output (Zaremba et al. 2014)."""
+
+    # size of the learned input embedding; 0 feeds one-hot vectors (char-rnn's input)
+    embedding_size: int = 64
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        c = Checks("model")
+        c.positive_int("embedding_size", self.embedding_size, minimum=0)
+        if self.bidirectional:
+            c.fail("bidirectional", "must be false for a language model (it would see the "
+                   "token it predicts)")  # fmt: skip
+        c.done()
 
 
 class CharLMOutput(NamedTuple):
@@ -135,6 +158,43 @@ class CharLM(nn.Module):
         out_size = getattr(self.rnn, "proj_size", 0) or hidden_size
         self.decoder = nn.Linear(out_size, vocab_size, **kw)
 
+    @classmethod
+    def from_config(
+        cls,
+        config: ModelConfig,
+        vocab_size: int,
+        *,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> CharLM:
+        """Build a language model from a :class:`CharLMModelConfig` (or a plain
+        :class:`~carousel.models.ModelConfig`, with the default embedding) and apply its
+        initialisation (``config.init``, randomness from ``generator``)."""
+        options: dict[str, Any] = {
+            "learn_initial_state": config.learn_initial_state,
+            "impl": config.impl,
+        }
+        if config.cell == "rnn":
+            options["nonlinearity"] = config.nonlinearity
+        elif config.cell == "lstm":
+            options.update(variant=config.variant, proj_size=config.proj_size)
+        else:
+            options["reset_after"] = config.reset_after
+        model = cls(
+            vocab_size,
+            config.hidden_size,
+            config.num_layers,
+            cell=config.cell,
+            embedding_size=getattr(config, "embedding_size", 64),
+            dropout=config.dropout,
+            layer_options=options,
+            device=device,
+            dtype=dtype,
+        )
+        init_model_(model, config.init, generator=generator)
+        return model
+
     # ------------------------------------------------------------------ sequences
     def embed(self, tokens: Tensor) -> Tensor:
         """The recurrent input for token ids: ``(*,)`` -> ``(*, E)`` (or one-hot ``(*, V)``)."""
@@ -189,14 +249,17 @@ class CharLM(nn.Module):
         states = self.rnn._initial_states(None, batch_size, x)  # one per layer, (B, H)
         return map_state(lambda *fs: torch.stack(fs), *states)
 
-    def stepper(self, batch_size: int = 1, state: Any = None) -> Stepper:
+    def stepper(
+        self, batch_size: int = 1, state: Any = None, *, fast: bool | None = None
+    ) -> Stepper:
         """An incremental runner: one network step per token, the state carried.
 
         Args:
             batch_size: rows run in parallel.
             state: the state to start from (default: the layer's initial state).
+            fast: use the hand-fused step (``None``: where it applies, see :class:`Stepper`).
         """
-        return Stepper(self, batch_size, state)
+        return Stepper(self, batch_size, state, fast=fast)
 
     def extra_repr(self) -> str:
         return (
@@ -234,17 +297,31 @@ class Stepper:
             dropout-free generation).
         batch_size: rows.
         state: starting state, fields ``(L, B, H)``; default the model's initial state.
+        fast: ``None`` uses the hand-fused step where it applies (a standard LSTM, GRU or RNN in
+            eval mode); ``False`` always calls the layer; ``True`` raises where it cannot apply.
+
+    Raises:
+        ValueError: if ``fast=True`` for a configuration the fused step does not compute.
 
     Attributes:
         state: the current state (after the last token fed).
         fast: whether the hand-fused step is used.
     """
 
-    def __init__(self, model: CharLM, batch_size: int = 1, state: Any = None) -> None:
+    def __init__(
+        self, model: CharLM, batch_size: int = 1, state: Any = None, *, fast: bool | None = None
+    ) -> None:
         self.model = model
         self.batch_size = check_positive_int("Stepper", "batch_size", batch_size)
         self.state = model.initial_state(batch_size) if state is None else state
         kind = _fast_kind(model) if not model.training else None
+        if fast and kind is None:
+            raise ValueError(
+                "Stepper: fast=True needs a standard LSTM, GRU or RNN with biases, in eval mode; "
+                f"this model has {model.rnn!r} (training={model.training})"
+            )
+        if fast is False:
+            kind = None
         self.fast = kind is not None
         self._kind = kind
         if self.fast:

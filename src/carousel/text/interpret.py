@@ -25,8 +25,10 @@ from carousel._checks import check_choice, check_positive_int
 __all__ = [
     "FEATURES",
     "CellActivations",
+    "CellReport",
     "CellScore",
     "cell_activations",
+    "cell_report",
     "rank_cells",
     "render_html",
     "text_features",
@@ -334,3 +336,77 @@ def render_html(
         parts.append("</pre>")
     parts.append("</body></html>\n")
     return "".join(parts)
+
+
+class CellReport(NamedTuple):
+    """What :func:`cell_report` returns.
+
+    Attributes:
+        rankings: ``{feature: cells ranked by |correlation|, best first}``.
+        shown: the cells drawn in the HTML, ``(layer, unit)``.
+        html: the self-contained HTML page.
+    """
+
+    rankings: dict[str, list[CellScore]]
+    shown: list[tuple[int, int]]
+    html: str
+
+
+def cell_report(
+    model: Any,
+    vocab: Any,
+    text: str,
+    *,
+    features: Sequence[str] = ("quotes",),
+    top: int = 5,
+    cells: Sequence[tuple[int, int]] = (),
+    state: str = "c",
+    title: str = "carousel cells",
+) -> CellReport:
+    """Rank a model's cells against text features and draw the best (or chosen) cells.
+
+    Args:
+        model: a :class:`~carousel.models.charlm.CharLM`.
+        vocab: its vocabulary.
+        text: the text to read (features are computed on it).
+        features: names from :data:`FEATURES`.
+        top: cells ranked per feature, and drawn for the first feature when ``cells`` is
+            empty.
+        cells: ``(layer, unit)`` pairs to draw instead of the best ones.
+        state: ``"c"`` (memory cells, drawn as ``tanh(c)``) or ``"h"``.
+        title: the page title.
+
+    Returns:
+        :class:`CellReport`.
+
+    Raises:
+        ValueError: for unknown features, a cell outside the model, or a feature constant
+            over the text.
+    """
+    check_positive_int("cell_report", "top", top)
+    acts = cell_activations(model, vocab, text, state=state)
+    _, L, H = acts.values.shape
+    for layer, unit in cells:
+        if not (0 <= layer < L and 0 <= unit < H):
+            raise ValueError(
+                f"cell_report: cell ({layer}, {unit}) is outside the model's {L} layers of "
+                f"{H} cells"
+            )
+    values = text_features(text, features)
+    rankings = {name: rank_cells(acts.values, values[name][acts.ends], top) for name in features}
+    shown = list(cells) or [(c.layer, c.unit) for c in rankings[features[0]]]
+    ranked_r = {
+        (c.layer, c.unit): c.correlation
+        for c in rank_cells(acts.values, values[features[0]][acts.ends])
+    }
+    rows = []
+    for layer, unit in shown:
+        v = acts.values[:, layer, unit]
+        v = torch.tanh(v) if state == "c" else v
+        r = ranked_r[(layer, unit)]
+        rows.append((f"layer {layer}, cell {unit}: r = {r:+.2f} with {features[0]}", v))
+    notes = (
+        f"Background: {'tanh(c)' if state == 'c' else 'h'} of each cell after reading each "
+        f"{vocab.unit}; r is its Pearson correlation with the feature over this text."
+    )
+    return CellReport(rankings, shown, render_html(text, rows, acts.ends, title=title, notes=notes))
