@@ -154,3 +154,13 @@ def test_generate_and_cells_commands(trained, capsys):
     assert "outside the model" in capsys.readouterr().err
     assert main(["generate", str(d / "nothing")]) == 2
     assert "carousel generate:" in capsys.readouterr().err
+
+
+def test_train_command_takes_text_files(text_file, tmp_path, capsys):
+    args = ["train", "charlm", "--text", str(text_file), "--quiet", "--json"]
+    sets = ["train.steps=3", "train.batch_size=2", "train.tbptt_k1=8", "model.hidden_size=8",
+            f"log.dir={tmp_path / 'run'}", "log.plot=false"]  # fmt: skip
+    assert main(args + [a for s in sets for a in ("--set", s)]) == 0
+    assert '"bits_per_char"' in capsys.readouterr().out
+    model, vocab, task = load_language_model(tmp_path / "run" / "last")
+    assert task.config.text == (str(text_file),) and set(vocab.tokens[1:]) == set(TEXT)

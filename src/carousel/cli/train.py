@@ -39,6 +39,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="start from step 0, deleting the run directory's checkpoints and metrics",
     )
+    p.add_argument(
+        "--text",
+        metavar="PATH",
+        action="append",
+        default=[],
+        help="text file or folder for text tasks such as charlm (repeatable); the same as "
+        "--set data.text=[PATH,...]",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
     p.add_argument(
         "--json", action="store_true", help="print the final evaluation as JSON on stdout"
@@ -58,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
 
     setup_logging(args.quiet)
     overrides = list(args.overrides)
+    if args.text:
+        overrides.insert(0, "data.text=" + json.dumps(args.text))
     if args.quiet:
         overrides.append("log.progress=off")
     try:

@@ -346,9 +346,8 @@ class CharLMTask(Task):
         return _summary(nats, tokens, chars)
 
     def describe_split(self, split: str) -> str:
-        if split == "valid" and self._split is not None:
-            n = len(self._split.valid)
-            return f"the last {n} characters of the text, never trained on"
+        if split == "valid":
+            return f"the last {self.config.valid_fraction:.0%} of the text, never trained on"
         return split
 
     def describe(self) -> str:
