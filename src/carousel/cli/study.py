@@ -2,7 +2,8 @@
 
 ``carousel study long-lag`` runs models x tasks x T x seeds on the long-time-lag problems
 (:mod:`carousel.study.runner`); ``carousel study capacity`` runs lecture 7a's HMM memory
-demonstration (:mod:`carousel.study.capacity`).
+demonstration (:mod:`carousel.study.capacity`); ``carousel study binary-addition`` trains
+lecture 7c's adder and reads its automaton out (:mod:`carousel.study.binary_addition`).
 """
 
 from __future__ import annotations
@@ -138,6 +139,33 @@ def register(subparsers) -> None:
     )
     cap.set_defaults(func=_capacity)
 
+    ba = sub.add_parser(
+        "binary-addition",
+        help="lecture 7c: a 3-unit RNN learns binary addition; its automaton is read out",
+        description=(
+            "Train tanh RNNs on 8-bit binary addition with the training engine (one run per "
+            "seed; finished runs are reused), test them on 64-bit numbers, and read the "
+            "finite-state automaton out of the best one (k-means over hidden states, "
+            "transition table, minimisation), drawn as a diagram."
+        ),
+    )
+    ba.add_argument("--seeds", type=int, default=10, help="runs (default: %(default)s)")
+    ba.add_argument(
+        "--hidden-size", type=int, default=3, help="hidden units (default: %(default)s)"
+    )
+    ba.add_argument(
+        "--delay", type=int, default=0,
+        help="output delay of the task; 0 is the lecture's network in carousel's timing, and "
+        "the automaton is read only then (default: %(default)s)",
+    )  # fmt: skip
+    ba.add_argument(
+        "--steps", type=int, default=3000, help="updates per run (default: %(default)s)"
+    )
+    ba.add_argument(
+        "--out", default="runs/study-binary-addition", help="output folder (default: %(default)s)"
+    )
+    ba.set_defaults(func=_binary_addition)
+
 
 def _long_lag(args) -> int:
     from carousel.study.models import MODELS
@@ -219,4 +247,21 @@ def _capacity(args) -> int:
     )
     print(result.markdown)
     print(f"wrote {args.out}/capacity.md, capacity.json, capacity.png")
+    return 0
+
+
+def _binary_addition(args) -> int:
+    from carousel.study.binary_addition import binary_addition_study
+
+    logging.basicConfig(level=logging.WARNING)
+    study = binary_addition_study(
+        seeds=args.seeds,
+        hidden_size=args.hidden_size,
+        delay=args.delay,
+        steps=args.steps,
+        out_dir=args.out,
+    )
+    print(study.markdown)
+    extra = ", automaton.png" if study.automaton is not None else ""
+    print(f"wrote {args.out}/binary_addition.md, binary_addition.json{extra}")
     return 0

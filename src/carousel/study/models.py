@@ -202,8 +202,8 @@ MODELS: dict[str, ModelSpec] = {
         momentum=0.99, batch_size=100,
     ),
     "delay-tap": ModelSpec(
-        "delay-tap", "feed-forward net on 16 delay taps, 64 tanh units, Adam 1e-3",
-        "delay-tap", hidden_size=64, lr=1e-3, window=16,
+        "delay-tap", "feed-forward net on 16 delay taps, 256 tanh units, Adam 3e-3",
+        "delay-tap", hidden_size=256, lr=3e-3, window=16, batch_size=64,
     ),
     **_lstm_variant_specs(),
 }  # fmt: skip

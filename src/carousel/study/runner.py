@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import platform
 import statistics
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -182,6 +183,18 @@ def _load_cell(path: Path, digest: str) -> dict | None:
     return data if data.get("settings_hash") == digest else None
 
 
+def _watch_parent(parent: int) -> None:
+    """Worker initialiser: exit when the study process is gone (killed or interrupted), so
+    no orphaned worker keeps training; the cell it was running is simply not written."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(2.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="carousel-study-watchdog").start()
+
+
 def _run_cell(
     cell: Cell, settings: dict, digest: str, config: StudyConfig, deadline: float, out: str
 ) -> dict:
@@ -246,7 +259,10 @@ def run_study(
                 on_result(rec)
     elif todo:
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=config.workers, mp_context=ctx) as pool:
+        with ProcessPoolExecutor(
+            max_workers=config.workers, mp_context=ctx, initializer=_watch_parent,
+            initargs=(os.getpid(),),
+        ) as pool:  # fmt: skip
             pending = {
                 pool.submit(_run_cell, cell, settings, digest, config, deadline, str(out))
                 for cell, settings, digest in todo
@@ -383,7 +399,8 @@ def write_report(config: StudyConfig, records: Sequence[dict], out_dir) -> list[
 
 
 def plot_success(config: StudyConfig, rows: list[dict], path: str | os.PathLike) -> None:
-    """Success rate against T, one line per model, one panel per task with a lag."""
+    """Success rate (top) and test error rate (bottom) against T, one line per model, one
+    column per task with a lag."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -392,25 +409,31 @@ def plot_success(config: StudyConfig, rows: list[dict], path: str | os.PathLike)
     tasks = [t for t in config.tasks if task_has_lag(t)]
     if not tasks:
         return
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.4), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+    fig, axes = plt.subplots(2, len(tasks), figsize=(4.6 * len(tasks), 6.4), squeeze=False)
+    lags = sorted(config.lags)
+    for col, task in enumerate(tasks):
         for model in config.models:
-            pts = [
-                (r["T"], r["success_rate"])
-                for r in rows
-                if r["task"] == task and r["model"] == model and r["success_rate"] is not None
-            ]
-            if pts:
-                xs, ys = zip(*sorted(pts))
-                ax.plot(xs, ys, marker="o", label=model)
-        ax.set_title(task)
-        ax.set_xlabel("T (minimal time lag parameter)")
-        ax.set_ylabel("fraction of seeds solved")
-        ax.set_ylim(-0.05, 1.05)
-        ax.set_xscale("log")
-        ax.set_xticks(sorted(config.lags))
-        ax.set_xticklabels([str(v) for v in sorted(config.lags)])
-        ax.grid(alpha=0.3)
+            mine = sorted(
+                (r for r in rows if r["task"] == task and r["model"] == model and r["runs"]),
+                key=lambda r: r["T"],
+            )
+            if not mine:
+                continue
+            xs = [r["T"] for r in mine]
+            axes[0][col].plot(xs, [r["success_rate"] for r in mine], marker="o", label=model)
+            axes[1][col].plot(xs, [r["test_error"] for r in mine], marker="o", label=model)
+        axes[0][col].set_title(task)
+        axes[0][col].set_ylabel("fraction of seeds solved")
+        axes[1][col].set_ylabel("test sequences wrong")
+        for row in (0, 1):
+            ax = axes[row][col]
+            ax.set_ylim(-0.05, 1.05)
+            ax.set_xscale("log")
+            ax.set_xticks(lags)
+            ax.set_xticklabels([str(v) for v in lags])
+            ax.minorticks_off()
+            ax.grid(alpha=0.3)
+        axes[1][col].set_xlabel("T (minimal time lag parameter)")
     if axes[0][-1].get_legend_handles_labels()[0]:
         axes[0][-1].legend(fontsize=8, loc="best")
     fig.tight_layout()
