@@ -27,6 +27,7 @@ COMMAND_MODULES: list[str] = [
     "explain",
     "analyze",
     "esn",
+    "serve",
 ]
 
 

@@ -1,0 +1,365 @@
+"""Training, saving, loading and running the handwriting recogniser (BiLSTM + CTC).
+
+This is the task's own small training loop (seed, data, model, optimizer, loop, evaluate,
+checkpoint), used by ``carousel train handwriting`` until the generic engine drives it, and by
+the leave-one-face-out benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import multiprocessing as mp
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from carousel.ctc import (
+    CTCHypothesis,
+    character_error_rate,
+    ctc_loss,
+    greedy_decode,
+    prefix_beam_search,
+    word_error_rate,
+)
+from carousel.handwriting.pen import pen_features
+from carousel.models.config import ModelConfig
+from carousel.models.ctc_recognizer import CTCRecognizer
+from carousel.tasks.handwriting import (
+    ALPHABET,
+    HandwritingConfig,
+    HandwritingData,
+    Sample,
+    collate,
+)
+
+__all__ = [
+    "Recognition",
+    "RecognizerTrainConfig",
+    "evaluate_recognizer",
+    "load_recognizer",
+    "recognize",
+    "save_recognizer",
+    "train_recognizer",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RecognizerTrainConfig:
+    """Training of the handwriting recogniser."""
+
+    # the data (faces, held-out faces, variation)
+    data: HandwritingConfig = field(default_factory=HandwritingConfig)
+    # units per LSTM layer and direction
+    hidden_size: int = 128
+    # stacked bidirectional LSTM layers
+    num_layers: int = 2
+    # input points joined into one frame by the front end
+    stride: int = 3
+    # units of the front end
+    frontend_size: int = 64
+    # sequences per batch
+    batch_size: int = 32
+    # Adam learning rate (halved at 60% and 85% of the time budget)
+    learning_rate: float = 3e-3
+    # gradient clipping by norm
+    clip_norm: float = 1.0
+    # training time budget in minutes
+    minutes: float = 20.0
+    # what `minutes` counts: "wall" (elapsed time) or "cpu" (CPU time of the training process,
+    # which runs one thread; the data worker is the second core). "cpu" measures the budget
+    # of a dedicated machine fairly on a shared, busy one.
+    clock: str = "wall"
+    # upper bound on optimizer steps (0: none)
+    max_steps: int = 0
+    # evaluate and checkpoint every this many steps
+    eval_every: int = 250
+    # seed of the model initialisation and the training data
+    seed: int = 0
+    # torch threads for the model (one more process generates data)
+    threads: int = 1
+    # processes generating training data (0: in the training process)
+    data_workers: int = 1
+
+
+def _model_from(config: RecognizerTrainConfig) -> CTCRecognizer:
+    core = ModelConfig(
+        hidden_size=config.hidden_size, num_layers=config.num_layers, bidirectional=True
+    )
+    return CTCRecognizer(
+        4, len(ALPHABET), core, stride=config.stride, frontend_size=config.frontend_size
+    )
+
+
+def _to_jsonable(config: RecognizerTrainConfig) -> dict[str, Any]:
+    return asdict(config)
+
+
+def _from_jsonable(d: dict[str, Any]) -> RecognizerTrainConfig:
+    data = d.get("data", {})
+    data = HandwritingConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+    return RecognizerTrainConfig(**{**d, "data": data})
+
+
+def save_recognizer(
+    path: str | os.PathLike,
+    model: CTCRecognizer,
+    config: RecognizerTrainConfig,
+    metrics: dict[str, Any] | None = None,
+) -> None:
+    """Write a checkpoint folder: ``model.safetensors`` (weights) and ``config.json`` (config,
+    alphabet, metrics); no pickle, written to a temporary folder and renamed."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp / "model.safetensors"))
+    meta = {
+        "kind": "carousel-handwriting-recognizer",
+        "version": 1,
+        "config": _to_jsonable(config),
+        "alphabet": "".join(ALPHABET.symbols),
+        "metrics": metrics or {},
+    }
+    (tmp / "config.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    if path.exists():
+        old = path.with_name(path.name + ".old")
+        if old.exists():
+            for f in old.iterdir():
+                f.unlink()
+            old.rmdir()
+        os.replace(path, old)
+        os.replace(tmp, path)
+        for f in old.iterdir():
+            f.unlink()
+        old.rmdir()
+    else:
+        os.replace(tmp, path)
+
+
+def load_recognizer(path: str | os.PathLike, *, device=None) -> tuple[CTCRecognizer, dict]:
+    """Load a checkpoint folder written by :func:`save_recognizer`.
+
+    Returns:
+        ``(model, meta)``: the model in eval mode and the checkpoint's metadata.
+
+    Raises:
+        FileNotFoundError: no checkpoint there.
+        ValueError: a damaged or foreign checkpoint.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    cfg, weights = path / "config.json", path / "model.safetensors"
+    if not cfg.is_file() or not weights.is_file():
+        raise FileNotFoundError(
+            f"{path}: not a handwriting checkpoint (expected config.json and model.safetensors)"
+        )
+    try:
+        meta = json.loads(cfg.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{cfg}: damaged checkpoint metadata ({err})") from err
+    if not isinstance(meta, dict) or meta.get("kind") != "carousel-handwriting-recognizer":
+        raise ValueError(f"{cfg}: not a carousel handwriting recogniser checkpoint")
+    if meta.get("alphabet") != "".join(ALPHABET.symbols):
+        raise ValueError(f"{cfg}: alphabet {meta.get('alphabet')!r} differs from this carousel's")
+    config = _from_jsonable(meta["config"])
+    model = _model_from(config)
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{weights}: damaged weights ({err})") from err
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{weights}: weights do not fit the model in config.json ({err})") from err
+    return model.to(device).eval(), meta
+
+
+class Recognition:
+    """The result of :func:`recognize`: ``text``, the best ``hypothesis``, the input
+    ``features`` ``(N, 4)`` and per-frame ``log_probs`` ``(T', C)``."""
+
+    def __init__(self, text, hypothesis, features, log_probs):
+        self.text = text
+        self.hypothesis = hypothesis
+        self.features = features
+        self.log_probs = log_probs
+
+
+@torch.no_grad()
+def recognize(
+    model: CTCRecognizer,
+    strokes: list[np.ndarray],
+    *,
+    beam_width: int = 0,
+    scorer=None,
+    lm_weight: float = 0.5,
+) -> Recognition:
+    """Read handwriting: strokes (y up) -> text.
+
+    Args:
+        model: a trained recogniser.
+        strokes: pen-down strokes, arrays ``(n, 2|3)``.
+        beam_width: 0 for greedy decoding, else the prefix beam search's width.
+        scorer, lm_weight: optional character LM fusion (see
+            :func:`carousel.ctc.prefix_beam_search`).
+    """
+    cfg = getattr(model, "data_config", None) or HandwritingConfig()
+    feats = pen_features(strokes, spacing=cfg.spacing)
+    x = torch.from_numpy(feats).unsqueeze(1).to(next(model.parameters()).device)
+    lp = model(x).output[:, 0]  # (T', C)
+    if beam_width:
+        hyp = prefix_beam_search(lp, beam_width=beam_width, scorer=scorer, lm_weight=lm_weight)[0]
+    else:
+        hyp = greedy_decode(lp.unsqueeze(1))[0]
+    return Recognition(ALPHABET.decode(hyp.tokens), hyp, feats, lp)
+
+
+@torch.no_grad()
+def evaluate_recognizer(
+    model: CTCRecognizer, samples: list[Sample], *, batch_size: int = 64
+) -> dict[str, float]:
+    """Greedy-decoded character and word error rates on ``samples``."""
+    was = model.training
+    model.eval()
+    refs, hyps = [], []
+    order = sorted(range(len(samples)), key=lambda i: len(samples[i].features))
+    for i in range(0, len(order), batch_size):
+        batch = collate([samples[j] for j in order[i : i + batch_size]],
+                        device=next(model.parameters()).device)  # fmt: skip
+        out = model(batch.inputs, lengths=batch.lengths)
+        decoded: list[CTCHypothesis] = greedy_decode(out.output, out.lengths)
+        refs += batch.texts
+        hyps += [ALPHABET.decode(h.tokens) for h in decoded]
+    model.train(was)
+    return {"cer": character_error_rate(refs, hyps), "wer": word_error_rate(refs, hyps)}
+
+
+def _worker_batches(args):
+    config, batch_size, seed = args
+    data = HandwritingData(config)
+    rng = np.random.default_rng(seed)
+    pool = 8
+    samples = [data.sample(rng) for _ in range(batch_size * pool)]
+    samples.sort(key=lambda s: len(s.features))
+    chunks = [samples[i : i + batch_size] for i in range(0, len(samples), batch_size)]
+    return [chunks[int(i)] for i in rng.permutation(len(chunks))]
+
+
+def _batch_stream(config: RecognizerTrainConfig):
+    """Length-grouped training batches, generated in worker processes when asked."""
+    seeds = ((config.data, config.batch_size, [config.seed, k]) for k in range(10**9))
+    if config.data_workers > 0:
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(config.data_workers) as pool:
+            for chunks in pool.imap(_worker_batches, seeds):
+                yield from chunks
+    else:
+        for args in seeds:
+            yield from _worker_batches(args)
+
+
+_CLOCKS = ("wall", "cpu")
+
+
+def train_recognizer(
+    config: RecognizerTrainConfig,
+    out_dir: str | os.PathLike,
+    *,
+    eval_sets: tuple[str, ...] = ("new_words",),
+) -> dict[str, Any]:
+    """Train a recogniser within ``config.minutes``; checkpoint to ``out_dir/last`` at each
+    evaluation and ``out_dir/best`` at the best CER on the first evaluation set, and log
+    metrics to ``out_dir/metrics.jsonl``.
+
+    Returns:
+        The final metrics (``step``, ``minutes``, and ``cer``/``wer`` per evaluation set).
+    """
+    if config.clock not in _CLOCKS:
+        raise ValueError(
+            f"train_recognizer: clock must be one of {list(_CLOCKS)}, got {config.clock!r}"
+        )
+    torch.set_num_threads(config.threads)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    data = HandwritingData(config.data)
+    evals = {name: data.eval_set(name) for name in eval_sets}
+    model = _model_from(config)
+    opt = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    budget = config.minutes * 60
+    clock = time.process_time if config.clock == "cpu" else time.monotonic
+    start = clock()
+    wall_start = time.monotonic()
+    last_eval = -1
+    step, best, metrics = 0, math.inf, {}
+    logf = (out / "metrics.jsonl").open("a", encoding="utf-8")
+    running, nonfinite = [], 0
+
+    def evaluate_and_save():
+        nonlocal best, last_eval
+        last_eval = step
+        m = {
+            "step": step,
+            "minutes": round((clock() - start) / 60, 2),
+            "wall_minutes": round((time.monotonic() - wall_start) / 60, 2),
+            "loss": float(np.mean(running)) if running else None,
+            "skipped": nonfinite,
+        }
+        for name, samples in evals.items():
+            r = evaluate_recognizer(model, samples)
+            m[f"{name}/cer"], m[f"{name}/wer"] = r["cer"], r["wer"]
+        logf.write(json.dumps(m) + "\n")
+        logf.flush()
+        log.info("%s", m)
+        save_recognizer(out / "last", model, config, m)
+        key = f"{eval_sets[0]}/cer"
+        if m[key] <= best:
+            best = m[key]
+            save_recognizer(out / "best", model, config, m)
+        return m
+
+    stream = _batch_stream(config)
+    try:
+        for chunk in stream:
+            elapsed = clock() - start
+            if elapsed >= budget or (config.max_steps and step >= config.max_steps):
+                break
+            frac = elapsed / budget
+            lr = config.learning_rate * (0.5 if frac > 0.6 else 1) * (0.5 if frac > 0.85 else 1)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            batch = collate(chunk)
+            res = model(batch.inputs, lengths=batch.lengths)
+            loss = ctc_loss(res.output, batch.targets, res.lengths, batch.target_lengths,
+                            zero_infinity=True, check_normalized=False)  # fmt: skip
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
+            if not torch.isfinite(loss) or not torch.isfinite(norm):
+                nonfinite += 1
+                continue
+            opt.step()
+            running.append(float(loss.detach()))
+            running = running[-100:]
+            step += 1
+            if step % config.eval_every == 0:
+                metrics = evaluate_and_save()
+    finally:
+        stream.close()
+    if last_eval != step:
+        metrics = evaluate_and_save()
+    logf.close()
+    return metrics
