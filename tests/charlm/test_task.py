@@ -164,3 +164,20 @@ def test_train_command_takes_text_files(text_file, tmp_path, capsys):
     assert '"bits_per_char"' in capsys.readouterr().out
     model, vocab, task = load_language_model(tmp_path / "run" / "last")
     assert task.config.text == (str(text_file),) and set(vocab.tokens[1:]) == set(TEXT)
+
+
+def test_ngram_baseline_on_the_task_split(text_file, capsys):
+    from carousel.tasks.charlm import ngram_baseline
+    from carousel.text.ngram import KneserNeyLM
+
+    task = _task(text_file)
+    res = ngram_baseline(task, max_order=4)
+    direct = KneserNeyLM(task.ids("train"), len(task.vocab), 4).evaluate(task.ids("valid"))
+    assert res.bits_per_char == pytest.approx(direct)  # characters: bits/char = bits/token
+    assert res.best_order == min(direct, key=direct.get)
+    assert res.valid_tokens == task.ids("valid").numel() - 1
+    assert main(["ngram", "--text", str(text_file), "--max-order", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "(best)" in out and "| 3" in out
+    assert main(["ngram", "--set", "model.hidden_size=3"]) == 2
+    assert "only data.* options apply" in capsys.readouterr().err

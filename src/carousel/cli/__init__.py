@@ -24,6 +24,7 @@ COMMAND_MODULES: list[str] = [
     "tasks",
     "generate",
     "cells",
+    "ngram",
     "explain",
     "analyze",
     "esn",

@@ -24,7 +24,7 @@ import logging
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +39,7 @@ from carousel.text.batching import StreamBatches
 from carousel.text.corpus import CorpusSplit, default_corpus, load_texts, split_texts
 from carousel.text.vocab import UNITS, UNKNOWN_POLICIES, Vocabulary, tokenize
 
-__all__ = ["CharLMConfig", "CharLMTask"]
+__all__ = ["CharLMConfig", "CharLMTask", "NGramResult", "ngram_baseline"]
 
 logger = logging.getLogger(__name__)
 
@@ -354,6 +354,60 @@ class CharLMTask(Task):
         cfg = self.config
         where = ", ".join(cfg.text) if cfg.text else "the built-in corpus (stdlib source)"
         return f"charlm({cfg.unit}s of {where}, valid_fraction={cfg.valid_fraction})"
+
+
+class NGramResult(NamedTuple):
+    """Validation scores of the Kneser-Ney baselines of orders ``1..max_order``.
+
+    Attributes:
+        bits_per_char: ``{order: bits per character}``.
+        bits_per_token: ``{order: bits per token}`` (equal for characters).
+        best_order: the order with the fewest bits per character.
+        train_tokens: tokens in the training text.
+        valid_tokens: tokens scored (the validation text but its first token).
+        seconds: time to count and score.
+    """
+
+    bits_per_char: dict[int, float]
+    bits_per_token: dict[int, float]
+    best_order: int
+    train_tokens: int
+    valid_tokens: int
+    seconds: float
+
+
+def ngram_baseline(task: CharLMTask, max_order: int = 24) -> NGramResult:
+    """The memoryless baseline on a ``charlm`` task's own split and vocabulary: interpolated
+    modified Kneser-Ney models (:class:`~carousel.text.KneserNeyLM`) of every order up to
+    ``max_order``, trained on the training text and scored on the validation text.
+
+    Args:
+        task: the task (its data options choose the text, unit and split).
+        max_order: the highest order.
+
+    Returns:
+        :class:`NGramResult`.
+    """
+    import time
+
+    from carousel.text.ngram import KneserNeyLM
+
+    t0 = time.perf_counter()
+    train_ids, valid_ids = task.ids("train"), task.ids("valid")
+    lm = KneserNeyLM(train_ids, len(task.vocab), max_order)
+    per_token = lm.evaluate(valid_ids)
+    targets = valid_ids[1:]
+    chars = float(task.token_chars()[targets].sum())
+    per_char = {n: b * targets.numel() / chars for n, b in per_token.items()}
+    best = min(per_char, key=lambda n: per_char[n])
+    return NGramResult(
+        per_char,
+        per_token,
+        best,
+        train_ids.numel(),
+        targets.numel(),
+        time.perf_counter() - t0,
+    )
 
 
 def _summary(nats: float, tokens: int, chars: float) -> dict[str, float]:
