@@ -154,6 +154,17 @@ def test_reservoirpy_mackey_glass_protocol_r2():
     assert result.nrmse < 0.01
 
 
+def test_compiled_impl_gives_the_same_fit():
+    x = mackey_glass(800)
+    kw = {"spectral_radius": 1.25, "leak_rate": 0.3, "ridge": 1e-5}
+    ref = EchoStateNetwork(100, **kw).fit(x[:599], x[1:600], washout=100)
+    fast = EchoStateNetwork(100, impl="compiled", **kw).fit(x[:599], x[1:600], washout=100)
+    torch.testing.assert_close(fast.readout.weight, ref.readout.weight, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        fast.predict(x[599:799], fast.last_state), ref.predict(x[599:799], ref.last_state)
+    )
+
+
 def test_mackey_glass_one_step_float32_is_close():
     x = mackey_glass(1000)
     esn = EchoStateNetwork(

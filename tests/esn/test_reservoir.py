@@ -4,7 +4,7 @@ errors."""
 import pytest
 import torch
 
-from carousel.esn import Reservoir, random_stream
+from carousel.esn import Reservoir, _kernel, random_stream
 
 
 def naive(res, inputs, h, feedback=None, noise=None):
@@ -24,11 +24,18 @@ def naive(res, inputs, h, feedback=None, noise=None):
     return torch.stack(out)
 
 
+def needs_compiler(impl):
+    if impl == "compiled" and _kernel.load() is None:
+        pytest.skip("no C compiler")
+
+
+@pytest.mark.parametrize("impl", ["torch", "compiled"])
 @pytest.mark.parametrize("sparse", [False, True])
 @pytest.mark.parametrize("leak_rate", [1.0, 0.3])
 @pytest.mark.parametrize("batch", [None, 3])
-def test_matches_naive_loop(sparse, leak_rate, batch):
-    res = Reservoir(2, 40, leak_rate=leak_rate, bias_scaling=0.5, sparse=sparse, seed=1)
+def test_matches_naive_loop(sparse, leak_rate, batch, impl):
+    needs_compiler(impl)
+    res = Reservoir(2, 40, leak_rate=leak_rate, bias_scaling=0.5, sparse=sparse, impl=impl, seed=1)
     shape = (25, 2) if batch is None else (25, batch, 2)
     u = torch.randn(shape, dtype=torch.float64)
     h0 = torch.randn((*shape[1:-1], 40), dtype=torch.float64) * 0.1
@@ -36,6 +43,16 @@ def test_matches_naive_loop(sparse, leak_rate, batch):
     ref = naive(res, u, h0)
     torch.testing.assert_close(states, ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(last, ref[-1])
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_compiled_float32_matches_torch(sparse):
+    needs_compiler("compiled")
+    kw = {"leak_rate": 0.5, "sparse": sparse, "connectivity": 0.2, "dtype": torch.float32}
+    ref = Reservoir(1, 64, seed=3, **kw)
+    fast = Reservoir(1, 64, seed=3, impl="compiled", **kw)
+    u = torch.randn(100, 1)
+    torch.testing.assert_close(fast(u)[0], ref(u)[0], rtol=1e-5, atol=1e-5)
 
 
 def test_feedback_noise_and_no_input():
@@ -91,6 +108,7 @@ def test_cuda_matches_cpu():
         ({"connectivity": 0.0}, ValueError, "connectivity and input_connectivity must be > 0"),
         ({"noise": "x"}, TypeError, "noise must be a float"),
         ({"seed": 1.5}, TypeError, "seed must be an int"),
+        ({"impl": "cuda"}, ValueError, "impl must be one of"),
     ],
 )
 def test_constructor_errors(kwargs, error, match):

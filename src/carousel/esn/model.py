@@ -70,8 +70,9 @@ class EchoStateNetwork(nn.Module):
         spectral_radius: of the recurrent matrix.
         leak_rate: :math:`a \in (0, 1]`.
         ridge: :math:`\lambda` of the ridge readout.
-        input_scaling, input_connectivity, connectivity, bias_scaling, noise, sparse: see
-            :class:`~carousel.esn.Reservoir`. ``noise`` is applied during training only.
+        input_scaling, input_connectivity, connectivity, bias_scaling, noise, sparse, impl:
+            see :class:`~carousel.esn.Reservoir`. ``noise`` is applied during training only;
+            ``impl="compiled"`` runs the reservoir's time loop in compiled C on the CPU.
         feedback: feed the output back into the reservoir.
         feedback_scaling: scale of the feedback weights.
         input_to_readout: give the readout the input as well as the reservoir state.
@@ -117,6 +118,7 @@ class EchoStateNetwork(nn.Module):
         rls_alpha: float = 1.0,
         rls_forgetting: float = 1.0,
         sparse: bool | None = None,
+        impl: str = "torch",
         input_size: int | None = None,
         output_size: int | None = None,
         batch_first: bool = False,
@@ -154,6 +156,7 @@ class EchoStateNetwork(nn.Module):
             "feedback_scaling": feedback_scaling,
             "noise": noise,
             "sparse": sparse,
+            "impl": impl,
             "seed": seed,
         }
         self.reservoir: Reservoir | None = None

@@ -7,10 +7,16 @@ import math
 import torch
 from torch import Tensor, nn
 
-from carousel._checks import check_positive_int, check_probability, shape_str
+from carousel._checks import check_choice, check_positive_int, check_probability, shape_str
+from carousel.esn import _kernel
 from carousel.esn.matrices import random_matrix, random_stream, spectral_radius
 
-__all__ = ["Reservoir"]
+__all__ = ["IMPLS", "Reservoir"]
+
+#: Implementations of the time loop: ``"torch"`` (torch operations, any device, the reference)
+#: and ``"compiled"`` (a C loop for CPU sequences, see :mod:`carousel.esn._kernel`; equal to
+#: the torch path up to rounding, so it is used only when asked for).
+IMPLS = ("torch", "compiled")
 
 
 def _check_nonneg_float(owner: str, name: str, value: object) -> float:
@@ -73,6 +79,10 @@ class Reservoir(nn.Module):
         sparse: store ``weight_hh`` as CSR. ``None`` picks sparse when
             ``connectivity <= 0.2`` and ``units >= 200`` (a fixed rule of the hyperparameters,
             so a configuration always runs the same path; the two agree to rounding).
+        impl: ``"torch"`` or ``"compiled"`` (see :data:`IMPLS`): the compiled C loop is
+            several times faster for small reservoirs on the CPU, where torch's per-operation
+            overhead dominates; it falls back to torch (with a logged warning) where no C
+            compiler is available, and on other devices.
         seed: seed of the named random streams.
         device, dtype: of the buffers (default float64: chaotic time series need it).
 
@@ -104,12 +114,14 @@ class Reservoir(nn.Module):
         feedback_scaling: float = 1.0,
         noise: float = 0.0,
         sparse: bool | None = None,
+        impl: str = "torch",
         seed: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         owner = "Reservoir"
+        self.impl = check_choice(owner, "impl", impl, IMPLS)
         self.input_size = check_positive_int(owner, "input_size", input_size, minimum=0)
         self.units = check_positive_int(owner, "units", units)
         self.spectral_radius = _check_nonneg_float(owner, "spectral_radius", spectral_radius)
@@ -233,8 +245,12 @@ class Reservoir(nn.Module):
         """Run the recurrence on a precomputed drive ``(T, B, H)`` from ``state`` ``(B, H)``;
         returns all states ``(T, B, H)``."""
         W, a = self.weight_hh, self.leak_rate
-        states = torch.empty_like(drive)
         T, B = drive.shape[0], drive.shape[1]
+        if self.impl == "compiled" and T > 0 and _kernel.available(W):
+            runs = [_kernel.recur(W, drive[:, b], state[b], a) for b in range(B)]
+            if all(r is not None for r in runs):
+                return torch.stack(runs, 1)
+        states = torch.empty_like(drive)
         if T == 0:
             return states
         if B == 1:  # matrix-vector products: the fastest path for one sequence
@@ -361,7 +377,7 @@ class Reservoir(nn.Module):
         return (
             f"{self.input_size}, {self.units}, spectral_radius={self.spectral_radius}, "
             f"leak_rate={self.leak_rate}, connectivity={self.connectivity}, "
-            f"feedback_size={self.feedback_size}, sparse={self.sparse}"
+            f"feedback_size={self.feedback_size}, sparse={self.sparse}, impl={self.impl!r}"
         )
 
 
