@@ -12,8 +12,8 @@ $(BIN)/carousel: pyproject.toml constraints.txt
 .PHONY: install run test lint format
 install: $(BIN)/carousel
 
-run: install  ## the main job (a short demo until the training engine lands)
-	$(BIN)/python examples/quickstart.py
+run: install  ## the main job: an RNN learns binary addition (lecture 7c)
+	$(BIN)/carousel train binary-addition
 
 test: install  ## the default (fast) test suite
 	$(BIN)/python -m pytest -q

@@ -157,7 +157,7 @@ class BinaryAddition(Task):
         "optim": {"name": "adam", "lr": 0.01},
         "train": {
             "steps": 1000,
-            "batch_size": 64,
+            "batch_size": 128,
             "eval_every": 250,
             "checkpoint_every": 500,
             "threads": 1,
