@@ -18,6 +18,7 @@ import ctypes
 import hashlib
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -90,6 +91,7 @@ CSR(esn_csr_f32, float, tanhf)
 """
 
 _FLAGS = ["-O3", "-fPIC", "-shared", "-fno-math-errno"]
+_NATIVE = ["-march=native"]  # tried first; the cache key includes the CPU model
 _lib: ctypes.CDLL | None = None
 _tried = False
 
@@ -99,6 +101,18 @@ def _cache_dir() -> Path:
         os.path.expanduser("~"), ".cache", "carousel"
     )
     return Path(root)
+
+
+def _cpu_model() -> str:
+    """Identifies the CPU, so a library built with -march=native is not reused elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("model name", "flags", "Features")):
+                    return line
+    except OSError:
+        pass
+    return platform.processor() + platform.machine()
 
 
 def load() -> ctypes.CDLL | None:
@@ -112,7 +126,7 @@ def load() -> ctypes.CDLL | None:
     if compiler is None:
         log.warning("carousel.esn: no C compiler found; impl='compiled' falls back to torch")
         return None
-    key = hashlib.sha256((_SOURCE + " ".join(_FLAGS)).encode()).hexdigest()[:16]
+    key = hashlib.sha256((_SOURCE + " ".join(_FLAGS) + _cpu_model()).encode()).hexdigest()[:16]
     target = _cache_dir() / f"esn_kernel_{key}.so"
     try:
         if not target.exists():
@@ -121,12 +135,20 @@ def load() -> ctypes.CDLL | None:
                 src = Path(tmp) / "esn_kernel.c"
                 src.write_text(_SOURCE)
                 out = Path(tmp) / "esn_kernel.so"
-                subprocess.run(
-                    [compiler, *_FLAGS, str(src), "-o", str(out), "-lm"],
-                    check=True,
-                    capture_output=True,
-                    text=True,
-                )
+                try:
+                    subprocess.run(
+                        [compiler, *_FLAGS, *_NATIVE, str(src), "-o", str(out), "-lm"],
+                        check=True,
+                        capture_output=True,
+                        text=True,
+                    )
+                except subprocess.CalledProcessError:  # e.g. a compiler without -march=native
+                    subprocess.run(
+                        [compiler, *_FLAGS, str(src), "-o", str(out), "-lm"],
+                        check=True,
+                        capture_output=True,
+                        text=True,
+                    )
                 os.replace(out, target)  # atomic: concurrent builders cannot leave half a file
         lib = ctypes.CDLL(str(target))
     except (OSError, subprocess.CalledProcessError) as exc:
