@@ -101,15 +101,46 @@ def _scaled_closure(opt, model, x, y, scale):
     ("scale", "factor"), [(-1.0, 1.5), (0.1, 1.5), (0.5, 1.0), (0.9, 1 / 1.5), (1.0, 1 / 1.5)]
 )
 def test_damping_moves_in_the_right_direction(scale, factor):
+    """With a tiny damping the damped quadratic model is the exact loss of a linear model, so
+    the reduction ratio is the reported fraction ``scale`` of the true reduction."""
     model, x, y = _linear_problem()
-    opt = HessianFree(model.parameters(), model=model, loss="mse", damping=2.0,
+    lam = 1e-7
+    opt = HessianFree(model.parameters(), model=model, loss="mse", damping=lam,
                       line_search=False, preconditioner=None)  # fmt: skip
     opt.step(_scaled_closure(opt, model, x, y, scale))
     d = opt.last_diagnostics
-    assert d.reduction_ratio == pytest.approx(scale, rel=1e-6, abs=1e-9)
-    assert d.damping == 2.0
-    assert d.next_damping == pytest.approx(2.0 * factor)
-    assert opt.state[next(model.parameters())]["damping"] == pytest.approx(2.0 * factor)
+    assert d.reduction_ratio == pytest.approx(scale, rel=1e-4, abs=1e-6)
+    assert d.damping == lam
+    assert d.next_damping == pytest.approx(lam * factor)
+    assert opt.state[next(model.parameters())]["damping"] == pytest.approx(lam * factor)
+
+
+def test_reduction_ratio_uses_the_damped_model():
+    """rho = (f(theta + p) - f(theta)) / (g.p + p.(G + lambda I)p / 2) for the chosen p."""
+    model, x, y = _linear_problem()
+    theta0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    opt = HessianFree(model.parameters(), model=model, loss="mse", damping=0.5,
+                      line_search=False, preconditioner=None)  # fmt: skip
+    opt.step(_closure(opt, model, x, y))
+    d = opt.last_diagnostics
+    p = torch.cat([q.detach().reshape(-1) for q in model.parameters()]) - theta0
+    X = torch.cat([x, torch.ones(64, 1, dtype=x.dtype)], 1)  # (N, 5): weights then bias
+    G1 = 2.0 / y.numel() * X.T @ X  # curvature of one output's row of weights and bias
+    W, b = p[:8].view(2, 4), p[8:]
+    P = torch.cat([W, b.unsqueeze(1)], 1)  # (2, 5)
+    curv = float(sum(P[k] @ G1 @ P[k] for k in range(2))) + 0.5 * float(p @ p)
+    with torch.no_grad():
+        model_theta = nn.Linear(4, 2, dtype=torch.float64)
+        model_theta.weight[:] = theta0[:8].view(2, 4)
+        model_theta.bias[:] = theta0[8:]
+        model_theta.weight.requires_grad_(True)
+    f0 = nn.functional.mse_loss(model_theta(x), y)
+    (gw,) = torch.autograd.grad(f0, model_theta.weight)
+    gb = 2.0 / y.numel() * (model_theta(x) - y).sum(0).detach()
+    slope = float((gw * W).sum() + (gb * b).sum())
+    predicted = slope + 0.5 * curv
+    assert d.predicted_reduction == pytest.approx(predicted, rel=1e-6)
+    assert d.reduction_ratio == pytest.approx((d.new_loss - d.loss) / predicted, rel=1e-6)
 
 
 def test_line_search_rejects_an_update_that_never_decreases_the_loss():

@@ -44,7 +44,7 @@ class HFDiagnostics:
         next_damping: :math:`\\lambda` after the Levenberg-Marquardt adjustment.
         reduction_ratio: :math:`\\rho`, actual over predicted reduction of the objective for
             the chosen CG iterate (``nan`` when the predicted reduction is zero).
-        predicted_reduction: :math:`q(p) - q(0)` of the undamped quadratic model.
+        predicted_reduction: :math:`q(p) - q(0)` of the damped quadratic model CG minimised.
         cg_iterations: conjugate-gradient iterations.
         cg_stop: why CG stopped (see :class:`~carousel.optim.CGResult`).
         cg_iterate: the iteration whose iterate CG-backtracking chose.
@@ -132,7 +132,8 @@ class HessianFree(torch.optim.Optimizer):
     3. backtracks over the CG iterates stored at iterations :math:`\lceil 1.3^j\rceil`,
        evaluating :math:`f` from the last one backwards while it decreases (section 4.6);
     4. adapts :math:`\lambda` by the reduction ratio :math:`\rho = (f(\theta + p) -
-       f(\theta)) / (q_0(p) - q_0(0))` of the undamped model :math:`q_0`: :math:`\lambda
+       f(\theta)) / (q(p) - q(0))` of the damped model :math:`q` that CG minimised (as
+       Martens' released code does; :math:`q(p) - q(0)` is CG's own objective): :math:`\lambda
        \leftarrow \lambda \cdot` ``damping_factor`` if :math:`\rho < 1/4`, :math:`\lambda
        \leftarrow \lambda /` ``damping_factor`` if :math:`\rho > 3/4` (Levenberg-Marquardt,
        section 4.1);
@@ -515,9 +516,15 @@ class HessianFree(torch.optim.Optimizer):
             best, f_best = j, f_j
         p = iterates[best][1]
 
-        # 6. reduction ratio of the undamped model; Levenberg-Marquardt (section 4.1)
+        # 6. reduction ratio of the damped model CG minimised; Levenberg-Marquardt (4.1)
         slope = float(g.dot(p))
-        predicted = slope + 0.5 * gn.quadratic_form(p) if bool(p.any()) else 0.0
+        chosen = iterates[best][0]
+        if chosen >= 1:  # CG's objective phi(x_i) = q(x_i) - q(0)
+            predicted = float(res.objective[chosen - 1])
+        elif bool(p.any()):  # the warm start itself: one more product
+            predicted = slope + 0.5 * float(p.dot(gn(p)))
+        else:
+            predicted = 0.0
         if predicted < 0:
             rho = (f_best - f0) / predicted if math.isfinite(f_best) else -math.inf
         else:
