@@ -39,6 +39,7 @@ import numpy as np
 __all__ = [
     "FEATURES",
     "PenSample",
+    "parse_pen_json",
     "pen_features",
     "read_pen_json",
     "validate_strokes",
