@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import math
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -21,15 +23,44 @@ from carousel._checks import check_choice, check_positive_int
 
 __all__ = [
     "EXACT_EIGVALS_MAX",
+    "SMALL_STEP_WORK",
     "arnoldi_spectral_radius",
     "random_matrix",
     "random_stream",
+    "small_step_threads",
     "spectral_radius",
     "to_sparse_csr",
 ]
 
 #: Largest size for which ``spectral_radius(method="auto")`` computes all eigenvalues.
 EXACT_EIGVALS_MAX = 512
+
+
+#: Multiply-adds per time step below which sequential loops run on one torch thread.
+SMALL_STEP_WORK = 2**20
+
+
+@contextmanager
+def small_step_threads(work: int) -> Iterator[None]:
+    """Run a loop of many small sequential steps on one torch thread when each step does less
+    than :data:`SMALL_STEP_WORK` multiply-adds, then restore the thread count.
+
+    Each step of a reservoir (or Arnoldi) loop is a few microseconds of work; splitting it over
+    threads gains nothing, and on a machine whose cores are busy with other processes the
+    threads' synchronisation at every step costs far more than the step (measured on a 2-core
+    machine under load: a 1000-unit fit took 57 s with 2 threads and 4.6 s with 1). The thread
+    count is process-wide, so torch code running concurrently in other Python threads also sees
+    one thread while the loop runs.
+    """
+    threads = torch.get_num_threads()
+    if work >= SMALL_STEP_WORK or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def random_stream(seed: int, name: str) -> torch.Generator:
@@ -171,6 +202,12 @@ def arnoldi_spectral_radius(
     Returns:
         The estimated largest absolute eigenvalue.
     """
+    nnz = matrix.values().numel() if matrix.layout == torch.sparse_csr else matrix.numel()
+    with small_step_threads(nnz):
+        return _arnoldi(matrix, krylov_size, restarts, tol, generator)
+
+
+def _arnoldi(matrix, krylov_size, restarts, tol, generator) -> float:
     n = matrix.shape[0]
     m = min(krylov_size, n)
     mv = _matvec(matrix)
@@ -242,10 +279,6 @@ def spectral_radius(
         dense = matrix.to_dense() if matrix.layout == torch.sparse_csr else matrix
         # One thread: for these sizes the multithreaded eigensolver is no faster, and on a busy
         # machine its OpenMP threads can make it 100x slower (measured: 150 units, 14 s vs 0.07 s).
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with small_step_threads(0):
             return float(torch.linalg.eigvals(dense.detach().cpu().double()).abs().max())
-        finally:
-            torch.set_num_threads(threads)
     return arnoldi_spectral_radius(matrix, generator=generator)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from carousel._checks import check_choice, check_positive_int, check_probability, shape_str
-from carousel.esn.matrices import random_stream
+from carousel.esn.matrices import random_stream, small_step_threads
 from carousel.esn.readout import RidgeReadout, RLSReadout, _check_ridge
 from carousel.esn.reservoir import Reservoir
 
@@ -446,11 +446,18 @@ class EchoStateNetwork(nn.Module):
             fb = self._teacher_feedback(y, y_prev) if self.feedback else None
             drive = res.drive(u, fb, steps=T, batch_size=B, noise_generator=self._noise_generator)
             states = res.recur(drive, h)
-            for t in range(washout, T):
-                feats = self._features(states[t], None if u is None else u[t])
-                readout.update(feats, y[t])
+            with small_step_threads(readout.precision.numel()):
+                for t in range(washout, T):
+                    feats = self._features(states[t], None if u is None else u[t])
+                    readout.update(feats, y[t])
             return ESNState(states[-1].clone(), y[-1].clone())
         base = res.drive(u, None, steps=T, batch_size=B, noise_generator=self._noise_generator)
+        with small_step_threads(res.step_work(B)):
+            return self._force_loop(u, y, washout, base, h, y_prev)
+
+    def _force_loop(self, u, y, washout, base, h, y_prev) -> ESNState:
+        res, readout = self.reservoir, self.readout
+        T = y.shape[0]
         out = y_prev
         for t in range(T):
             # FORCE: the fed-back signal is the network's own output (the teacher's during the
@@ -528,6 +535,10 @@ class EchoStateNetwork(nn.Module):
 
     def _loop(self, steps: int, st: ESNState, u: Tensor | None, autoregressive: bool = False):
         """Step by step with the own output fed back (and as next input if autoregressive)."""
+        with small_step_threads(self.reservoir.step_work(st.h.shape[0])):
+            return self._loop_steps(steps, st, u, autoregressive)
+
+    def _loop_steps(self, steps, st, u, autoregressive):
         res = self.reservoir
         h, y = st
         B = h.shape[0]

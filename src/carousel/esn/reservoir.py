@@ -9,7 +9,12 @@ from torch import Tensor, nn
 
 from carousel._checks import check_choice, check_positive_int, check_probability, shape_str
 from carousel.esn import _kernel
-from carousel.esn.matrices import random_matrix, random_stream, spectral_radius
+from carousel.esn.matrices import (
+    random_matrix,
+    random_stream,
+    small_step_threads,
+    spectral_radius,
+)
 
 __all__ = ["IMPLS", "Reservoir"]
 
@@ -241,9 +246,20 @@ class Reservoir(nn.Module):
             out.add_(nu.to(out.device, out.dtype), alpha=self.noise)
         return out
 
+    def step_work(self, batch_size: int = 1) -> int:
+        """Multiply-adds of one step's recurrent product."""
+        W = self.weight_hh
+        nnz = W.values().numel() if W.layout == torch.sparse_csr else W.numel()
+        return nnz * batch_size
+
     def recur(self, drive: Tensor, state: Tensor) -> Tensor:
         """Run the recurrence on a precomputed drive ``(T, B, H)`` from ``state`` ``(B, H)``;
-        returns all states ``(T, B, H)``."""
+        returns all states ``(T, B, H)``. Small steps run on one thread
+        (:func:`carousel.esn.matrices.small_step_threads`)."""
+        with small_step_threads(self.step_work(drive.shape[1])):
+            return self._recur(drive, state)
+
+    def _recur(self, drive: Tensor, state: Tensor) -> Tensor:
         W, a = self.weight_hh, self.leak_rate
         T, B = drive.shape[0], drive.shape[1]
         if self.impl == "compiled" and T > 0 and _kernel.available(W):
