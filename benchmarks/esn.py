@@ -97,8 +97,10 @@ def run_child(
         arrays = None
         for impl in impls:
             # ------------------------------------------------------------ carousel
+            name, _, precision = impl.partition("-")
+            dtype = torch.float32 if precision == "float32" else torch.float64
             t0 = time.perf_counter()
-            esn = EchoStateNetwork(units, seed=0, impl=impl, **hyper)
+            esn = EchoStateNetwork(units, seed=0, impl=name, dtype=dtype, **hyper)
             esn.build(1, 1)
             init = time.perf_counter() - t0
             fit = predict = float("inf")
@@ -126,7 +128,7 @@ def run_child(
                 }
             )
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-            if arrays is None:
+            if arrays is None and dtype == torch.float64:
                 res = esn.reservoir
                 w = res.weight_hh
                 if w.layout == torch.sparse_csr:
@@ -194,8 +196,8 @@ def table(rows: list[dict], argv: list[str]) -> str:
     out = [
         f"Command: `{' '.join(argv)}`  ",
         f"Machine: {platform.machine()}, `nproc` = {os.cpu_count()}, torch {torch.__version__}, "
-        f"Python {platform.python_version()}; one-step Mackey-Glass, float64, all libraries "
-        "on the same reservoir. Speed-up = reservoirpy's time / this row's time.",
+        f"Python {platform.python_version()}; one-step Mackey-Glass, float64 unless marked, all "
+        "libraries on the same reservoir. Speed-up = reservoirpy's time / this row's time.",
         "",
         "| units | threads | library | init (s) | fit (s) | predict (s) | fit speed-up "
         "| predict speed-up | peak MiB | test NRMSE |",
@@ -224,7 +226,10 @@ def main() -> int:
     p.add_argument("--test", type=int, default=2000, help="test points")
     p.add_argument("--rpy-init", action="store_true", help="also time reservoirpy's own init")
     p.add_argument(
-        "--impls", nargs="+", default=["torch", "compiled"], help="carousel impls to time"
+        "--impls",
+        nargs="+",
+        default=["torch", "compiled", "torch-float32"],
+        help="carousel variants to time: impl, optionally with -float32 (default float64)",
     )
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
