@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 import carousel
 from carousel.optim import HessianFree
-from carousel.tasks.pathological import PATHOLOGICAL_TASKS, PathologicalTask, make_pathological
+from carousel.tasks.pathological import PathologicalTask, make_pathological
 
 
 class RNNModel(nn.Module):
@@ -171,7 +171,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--task",
         default="addition",
-        choices=sorted(PATHOLOGICAL_TASKS),
         help="pathological problem (Martens & Sutskever 2011)",
     )
     parser.add_argument("--T", type=int, default=50, help="the problem's time lag T")

@@ -9,17 +9,23 @@ deep learning", ICML, section 4) reused them. The generators here follow the pap
 generators the authors released with them (values, symbols, marker conventions, where the
 loss applies and the per-sequence success tests):
 
-======================  ========================  =======  ==================  ===============
-name                    origin                    readout  loss                success test
-======================  ========================  =======  ==================  ===============
-``addition``            H&S 1997 exp. 4           last     mse                 \|error\| < 0.04
-``multiplication``      H&S 1997 exp. 5           last     mse                 \|error\| < 0.04
-``xor``                 M&S 2011                  last     binary cross-ent.   sign right
-``temporal-order``      H&S 1997 exp. 6a          last     cross-entropy (4)   arg-max right
-``temporal-order-3``    H&S 1997 exp. 6b          last     cross-entropy (8)   arg-max right
-``random-permutation``  M&S 2011 (H&S 1997 exp.2)  all      cross-entropy (100)  last arg-max
-``memorisation``        M&S 2011                  all      cross-entropy       all arg-max
-======================  ========================  =======  ==================  ===============
+==================================  ================  =======  =============  ================
+name                                origin            readout  loss           success test
+==================================  ================  =======  =============  ================
+``addition-martens2011``            H&S exp. 4        last     mse            \|error\| < 0.04
+``multiplication-martens2011``      H&S exp. 5        last     mse            \|error\| < 0.04
+``xor-martens2011``                 M&S               last     binary CE      sign right
+``temporal-order-martens2011``      H&S exp. 6a       last     CE, 4 classes  arg-max right
+``temporal-order-3-martens2011``    H&S exp. 6b       last     CE, 8 classes  arg-max right
+``random-permutation-martens2011``  M&S (H&S exp. 2)  all      CE, 100        last arg-max
+``memorisation-martens2011``        M&S               all      CE             all arg-max
+==================================  ================  =======  =============  ================
+
+(H&S: Hochreiter & Schmidhuber 1997; M&S: Martens & Sutskever 2011; CE: softmax and
+cross-entropy; binary CE: logistic and binary cross-entropy; mse: linear and squared error.)
+
+The names carry the paper, as in :mod:`carousel.tasks.longlag` (``adding-1997`` is the 1997
+definition); :func:`make_pathological` also takes them without the ``-martens2011`` suffix.
 
 A run counts as solved when at most 1% of held-out sequences fail the per-sequence test
 (:attr:`PathologicalTask.success_threshold`; carousel's threshold, stated because the papers
@@ -256,7 +262,7 @@ class Addition(PathologicalTask):
         T: minimal sequence length (``T >= 10``).
     """
 
-    name: ClassVar[str] = "addition"
+    name: ClassVar[str] = "addition-martens2011"
     source: ClassVar[str] = (
         "Martens & Sutskever 2011, ICML, sec. 4.1; Hochreiter & Schmidhuber 1997, exp. 4"
     )
@@ -314,7 +320,7 @@ class Multiplication(Addition):
         T: minimal sequence length (``T >= 10``).
     """
 
-    name: ClassVar[str] = "multiplication"
+    name: ClassVar[str] = "multiplication-martens2011"
     source: ClassVar[str] = (
         "Martens & Sutskever 2011, ICML, sec. 4.1; Hochreiter & Schmidhuber 1997, exp. 5"
     )
@@ -335,7 +341,7 @@ class XOR(Addition):
         T: minimal sequence length (``T >= 10``).
     """
 
-    name: ClassVar[str] = "xor"
+    name: ClassVar[str] = "xor-martens2011"
     source: ClassVar[str] = "Martens & Sutskever 2011, ICML, sec. 4.1"
     kind: ClassVar[str] = "binary"
     loss_name: ClassVar[str] = "binary_cross_entropy"
@@ -375,7 +381,7 @@ class TemporalOrder(PathologicalTask):
         T: minimal sequence length (``T >= 10``).
     """
 
-    name: ClassVar[str] = "temporal-order"
+    name: ClassVar[str] = "temporal-order-martens2011"
     source: ClassVar[str] = (
         "Martens & Sutskever 2011, ICML, sec. 4.1; Hochreiter & Schmidhuber 1997, exp. 6a"
     )
@@ -427,7 +433,7 @@ class TemporalOrder3(TemporalOrder):
         T: minimal sequence length (``T >= 10``).
     """
 
-    name: ClassVar[str] = "temporal-order-3"
+    name: ClassVar[str] = "temporal-order-3-martens2011"
     source: ClassVar[str] = (
         "Martens & Sutskever 2011, ICML, sec. 4.1; Hochreiter & Schmidhuber 1997, exp. 6b"
     )
@@ -457,7 +463,7 @@ class RandomPermutation(PathologicalTask):
 
     symbols: int = 100
 
-    name: ClassVar[str] = "random-permutation"
+    name: ClassVar[str] = "random-permutation-martens2011"
     source: ClassVar[str] = (
         "Martens & Sutskever 2011, ICML, sec. 4.1; Hochreiter & Schmidhuber 1997, exp. 2"
     )
@@ -516,7 +522,7 @@ class Memorisation(PathologicalTask):
     pattern_length: int = 5
     alphabet: int = 2
 
-    name: ClassVar[str] = "memorisation"
+    name: ClassVar[str] = "memorisation-martens2011"
     source: ClassVar[str] = "Martens & Sutskever 2011, ICML, sec. 4.1"
     kind: ClassVar[str] = "classification"
     readout: ClassVar[str] = "all"
@@ -572,11 +578,14 @@ PATHOLOGICAL_TASKS: dict[str, type[PathologicalTask]] = {
 
 
 def make_pathological(name: str, T: int, **options: int) -> PathologicalTask:
-    """The task ``name`` of :data:`PATHOLOGICAL_TASKS` at lag ``T``.
+    """The task ``name`` of :data:`PATHOLOGICAL_TASKS` at lag ``T`` (the suffix
+    ``-martens2011`` may be left out: ``"addition"``).
 
     Raises:
         ValueError: for an unknown name.
     """
+    if name not in PATHOLOGICAL_TASKS and f"{name}-martens2011" in PATHOLOGICAL_TASKS:
+        name = f"{name}-martens2011"
     if name not in PATHOLOGICAL_TASKS:
         raise ValueError(
             f"make_pathological: unknown task {name!r}; expected one of "
