@@ -85,7 +85,7 @@ def main() -> None:
         f"{args.repeat} after a warm-up\n"
     )
     parts = ["record", "gradients", "jacobians", "traces", "saliency"]
-    print("| threads | load avg | wall s | CPU s | " + " | ".join(parts) + " | bar < 10 s |")
+    print("| threads | load avg | wall s | CPU s | " + " | ".join(parts) + " | wall < 10 s |")
     print("|---:|---:|---:|---:|" + "---:|" * len(parts) + ":---:|")
     for n, l0, l1, r in rows:
         cells = " | ".join(f"{r['parts'].get(k, 0):.2f}" for k in parts)
