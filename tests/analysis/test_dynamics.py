@@ -148,3 +148,34 @@ def test_lanczos_converges_with_default_iterations():
     assert spec.spectra["l0"].shape == (0, 64)
     sv = torch.linalg.svdvals(J)[:, 0]
     torch.testing.assert_close(spec.sigma_max["l0"][:, 0], sv, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        *[lambda v=v: carousel.LSTM(3, 4, variant=v) for v in carousel.LSTM_VARIANTS],
+        lambda: carousel.LSTM(3, 5, proj_size=2),
+        lambda: carousel.GRU(3, 4, reset_after=False),
+        lambda: carousel.RNN(3, 4, nonlinearity="relu"),
+    ],
+    ids=[*carousel.LSTM_VARIANTS, "proj", "GRU-reset-before", "RNN-relu"],
+)
+def test_every_cell_variant_through_every_measure(make):
+    from carousel.analysis import gradient_norms_through_time, saliency
+
+    torch.manual_seed(0)
+    layer = make()
+    x = torch.randn(8, 2, 3)
+    rec = record(layer, x, grad=False)
+    lay = rec.layers["l0"]
+    S = lay.state_size
+    flow = gradient_norms_through_time(layer, x)
+    assert set(flow.norms["l0"]) == set(lay.field_names)
+    spec = jacobian_spectrum(recording=rec, spectrum_steps=2)
+    assert spec.spectra["l0"].shape == (2, S) and torch.isfinite(spec.sigma_max["l0"]).all()
+    # sigma_1 from Lanczos equals the top of the exact spectrum at the same steps
+    torch.testing.assert_close(spec.sigma_max["l0"][[0, 7], 0], spec.spectra["l0"][:, 0],
+                               rtol=1e-3, atol=1e-6)  # fmt: skip
+    lyap = lyapunov_exponents(recording=rec, k=2, discard=1)
+    assert lyap.exponents["l0"].shape == (2, 2) and torch.isfinite(lyap.exponents["l0"]).all()
+    assert saliency(layer, x).scores.shape == (8, 2)
