@@ -1,0 +1,244 @@
+"""Training throughput of the recurrent layers: every implementation path against torch.nn.
+
+One process; for each shape, every implementation is timed once per round and the rounds are
+repeated (interleaved, so a burst of load on a shared machine hits all of them alike); the
+table gives the median over rounds. One measurement is a forward pass plus the backward pass
+of ``output.sum()`` with respect to every parameter (a training step without the optimizer),
+float32, on the CPU unless ``--device`` says otherwise. Throughput is ``B * T`` tokens per
+second.
+
+Rows:
+    - ``torch.nn.LSTM`` / ``GRU`` / ``RNN``: the baselines (oneDNN for LSTM on CPU; a generic
+      loop of cell kernels for GRU and RNN);
+    - ``<family> auto``: carousel's default path (the fused kernel for the standard LSTM on
+      CPU, the hand-written BPTT for GRU and RNN on CPU);
+    - ``<family> bptt`` / ``<family> reference``: the hand-written BPTT and the plain autograd
+      loop, for torch.nn's cell and every LSTM variant of ``carousel.LSTM_VARIANTS``.
+
+Columns: ``vs torch.nn`` is the throughput ratio to the family's torch.nn layer (the standard
+LSTM for every LSTM variant); ``vs reference`` the ratio to the reference loop of the same
+configuration. The bars of the foundation issue are checked at the end.
+
+Usage::
+
+    python benchmarks/layers.py            # the three shapes of the issue (several minutes)
+    python benchmarks/layers.py --quick    # tiny shapes, two rounds: a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+import carousel
+
+SHAPES = [  # (B, T, I, H)
+    (32, 100, 64, 128),
+    (32, 100, 128, 512),
+    (8, 200, 16, 32),
+]
+QUICK_SHAPES = [(4, 12, 8, 16), (2, 20, 4, 8)]
+
+
+@dataclass
+class Case:
+    """One row: a layer and how to compare it."""
+
+    name: str
+    family: str  # LSTM, GRU or RNN: the torch.nn baseline
+    config: str  # configuration key shared by the paths of one model ("NP", "FGR", ...)
+    impl: str  # torch, auto, bptt or reference
+    model: torch.nn.Module
+
+
+def make_cases(I: int, H: int, families: list[str], variants: list[str], device, dtype):
+    """Every row for one shape, with identical weights across the paths of a configuration."""
+    kw = {"device": device, "dtype": dtype}
+    cases: list[Case] = []
+
+    def add(family, config, impls, build, ref_module=None):
+        first = None
+        if ref_module is not None:
+            cases.append(Case(f"torch.nn.{family}", family, config, "torch", ref_module))
+            first = ref_module
+        for impl in impls:
+            m = build(impl)
+            if first is None:
+                first = m
+            else:
+                m.load_state_dict(first.state_dict())
+            label = family if config in ("NP", "tanh", "reset_after") else f"{family} {config}"
+            cases.append(Case(f"{label} {impl}", family, config, impl, m))
+
+    if "LSTM" in families:
+        for v in variants:
+            if v == "NP":
+                add("LSTM", "NP", ["auto", "bptt", "reference"],
+                    lambda impl: carousel.LSTM(I, H, impl=impl, **kw),
+                    torch.nn.LSTM(I, H, **kw))  # fmt: skip
+            else:
+                add("LSTM", v, ["bptt", "reference"],
+                    lambda impl, v=v: carousel.LSTM(I, H, variant=v, impl=impl, **kw))  # fmt: skip
+    if "GRU" in families:
+        add("GRU", "reset_after", ["auto", "bptt", "reference"],
+            lambda impl: carousel.GRU(I, H, impl=impl, **kw), torch.nn.GRU(I, H, **kw))  # fmt: skip
+        add("GRU", "Cho", ["bptt", "reference"],
+            lambda impl: carousel.GRU(I, H, reset_after=False, impl=impl, **kw))  # fmt: skip
+    if "RNN" in families:
+        add("RNN", "tanh", ["auto", "bptt", "reference"],
+            lambda impl: carousel.RNN(I, H, impl=impl, **kw), torch.nn.RNN(I, H, **kw))  # fmt: skip
+        add("RNN", "relu", ["bptt", "reference"],
+            lambda impl: carousel.RNN(I, H, nonlinearity="relu", impl=impl, **kw))  # fmt: skip
+    return cases
+
+
+def train_step(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    params = list(model.parameters())
+
+    def step() -> None:
+        for p in params:
+            p.grad = None
+        out = model(x)[0]
+        out.sum().backward()
+
+    return step
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(cases: list[Case], x: torch.Tensor, rounds: int, warmup: int) -> dict[str, float]:
+    """Median seconds per training step of each case, interleaved over ``rounds``."""
+    steps = {c.name: train_step(c.model, x) for c in cases}
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {c.name: [] for c in cases}
+    for _ in range(rounds):
+        for c in cases:
+            sync(x.device)
+            t0 = time.perf_counter()
+            steps[c.name]()
+            sync(x.device)
+            times[c.name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def machine(device: torch.device) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    load = ""
+    if hasattr(os, "getloadavg"):
+        load = " load average " + " ".join(f"{v:.2f}" for v in os.getloadavg())
+    dev = str(device) if device.type == "cpu" else torch.cuda.get_device_name(device)
+    return (
+        f"{cpu}; nproc {os.cpu_count()}; torch {torch.__version__}; "
+        f"threads {torch.get_num_threads()}; device {dev};{load}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny shapes and two rounds")
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 7)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    parser.add_argument(
+        "--families", default="LSTM,GRU,RNN", help="comma-separated subset of LSTM,GRU,RNN"
+    )
+    parser.add_argument(
+        "--variants",
+        default=",".join(carousel.LSTM_VARIANTS),
+        help="comma-separated LSTM variants (names of carousel.LSTM_VARIANTS)",
+    )
+    parser.add_argument(
+        "--shapes", default=None, help="shapes as B,T,I,H;B,T,I,H (default: the issue's three)"
+    )
+    parser.add_argument("--device", default="cpu", help="torch device")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--seed", type=int, default=0, help="seed of weights and inputs")
+    args = parser.parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # rows appear as they are measured
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = torch.float32
+    rounds = args.rounds or (2 if args.quick else 7)
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes.split(";")]
+    else:
+        shapes = QUICK_SHAPES if args.quick else SHAPES
+    families = [f.strip().upper() for f in args.families.split(",")]
+    variants = [v.strip() for v in args.variants.split(",")]
+    if "NP" not in variants:
+        variants.insert(0, "NP")
+    print(
+        "command: python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+    )
+    print("machine: " + machine(device))
+    print(f"float32, forward + backward of output.sum(), median of {rounds} interleaved rounds")
+    failures: list[str] = []
+    for shape_idx, (B, T, I, H) in enumerate(shapes):
+        gen = torch.Generator().manual_seed(args.seed)
+        torch.manual_seed(args.seed)
+        cases = make_cases(I, H, families, variants, device, dtype)
+        x = torch.randn(T, B, I, generator=gen).to(device=device, dtype=dtype)
+        med = measure(cases, x, rounds, args.warmup)
+        tok = {name: B * T / t for name, t in med.items()}
+        base = {c.family: tok[c.name] for c in cases if c.impl == "torch"}
+        ref = {(c.family, c.config): tok[c.name] for c in cases if c.impl == "reference"}
+        print()
+        print(f"## B={B} T={T} I={I} H={H}")
+        print()
+        print("| layer | ms / step | tokens/s | vs torch.nn | vs reference |")
+        print("|---|---:|---:|---:|---:|")
+        for c in cases:
+            vs_torch = tok[c.name] / base[c.family] if c.family in base else float("nan")
+            r = ref.get((c.family, c.config))
+            vs_ref = tok[c.name] / r if r else float("nan")
+            print(
+                f"| {c.name} | {med[c.name] * 1e3:.2f} | {tok[c.name]:,.0f} | "
+                f"{vs_torch:.2f}x | {vs_ref:.2f}x |"
+            )
+            # the bars of the foundation issue (only meaningful at the issue's shapes)
+            std = c.config in ("NP", "tanh", "reset_after")
+            if c.impl == "auto" and std and c.family == "LSTM" and vs_torch < 0.95:
+                failures.append(f"{c.name} at {(B, T, I, H)}: {vs_torch:.2f}x torch.nn < 0.95x")
+            if c.impl == "auto" and std and c.family in ("GRU", "RNN") and vs_torch < 1.1:
+                failures.append(f"{c.name} at {(B, T, I, H)}: {vs_torch:.2f}x torch.nn < 1.1x")
+            if c.family == "LSTM" and c.impl == "bptt":
+                if vs_ref < 2.0:
+                    failures.append(f"{c.name} at {(B, T, I, H)}: {vs_ref:.2f}x reference < 2x")
+                if shape_idx < 2 and vs_torch < 0.6:
+                    failures.append(f"{c.name} at {(B, T, I, H)}: {vs_torch:.2f}x torch.nn < 0.6x")
+    print()
+    if args.quick or args.shapes:
+        print("bars: not checked (not the issue's shapes)")
+    elif failures:
+        print("bars missed:")
+        for f in failures:
+            print("  - " + f)
+    else:
+        print("bars: all met")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

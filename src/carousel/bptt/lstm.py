@@ -1,0 +1,644 @@
+r"""Hand-written BPTT for the whole LSTM family (:func:`carousel.functional.lstm_step`).
+
+Forward, for ``t = 0..T-1`` (Hochreiter & Schmidhuber 1997; Gers et al. 2000; the switches of
+Greff et al. 2017 as in :class:`~carousel.functional.LSTMVariant`):
+
+.. math::
+
+    a_t &= \underbrace{W_{ih} x_t + b_{ih} + b_{hh}}_{\text{all } t \text{ in one product}}
+          + W_{hh} h_{t-1} \;[+\, W_{gg} s_{t-1} \text{ on the sigmoid gates, FGR}] \\
+    i_t &= \sigma(a^i_t + w_{ci} \odot c_{t-1}), \quad
+    f_t = \sigma(a^f_t + w_{cf} \odot c_{t-1}), \quad g_t = \tanh(a^g_t) \\
+    c_t &= f_t \odot c_{t-1} + i_t \odot g_t \\
+    o_t &= \sigma(a^o_t + w_{co} \odot c_t), \qquad
+    h_t = W_{hr}\,(o_t \odot \tanh(c_t))
+
+with ``i = 1`` (NIG), ``f = 1`` (NFG), ``f = 1 - i`` (CIFG), ``o = 1`` (NOG), identity ``g``
+(NIAF) or identity output activation (NOAF), peepholes only with ``peephole``, ``W_{hr}`` only
+with a projection, and with layer normalisation (Ba et al. 2016, Sec. 3.1)
+``a_t = LN(W_{ih} x_t)\gamma_{ih} + LN(W_{hh} h_{t-1})\gamma_{hh} + b`` and
+``h_t = o_t \tanh(LN(c_t)\gamma_c + \beta_c)``. With full gate recurrence (FGR) ``s_t`` is the
+vector of the sigmoid gates of step ``t``.
+
+Backward: with ``\delta h_t``, ``\delta c_t`` (and ``\delta s_t``) the total gradients reaching
+the state after step ``t``, and ``\delta m_t = \delta h_t W_{hr}`` (or ``\delta h_t``):
+
+.. math::
+
+    \delta \hat o_t &= \delta m_t \odot \tanh(c_t)\, o_t (1 - o_t)
+        \;[+\, \delta s^o_t\, o_t (1 - o_t)] \\
+    \delta c_t &\mathrel{+}= \delta m_t \odot o_t (1 - \tanh^2 c_t)
+        + \delta \hat o_t \odot w_{co} \\
+    \delta \hat i_t &= \delta c_t \odot g_t\, i_t (1 - i_t), \quad
+    \delta \hat f_t = \delta c_t \odot c_{t-1}\, f_t (1 - f_t), \quad
+    \delta \hat g_t = \delta c_t \odot i_t (1 - g_t^2) \\
+    \delta c_{t-1} &\mathrel{+}= \delta c_t \odot f_t
+        + \delta \hat i_t \odot w_{ci} + \delta \hat f_t \odot w_{cf}, \qquad
+    \delta h_{t-1} \mathrel{+}= \delta a_t W_{hh}, \qquad
+    \delta s_{t-1} \mathrel{+}= \delta a^{\sigma}_t W_{gg}
+
+(hats mark pre-activations). Every factor in these products depends only on stored activities,
+so it is computed for all steps at once before the loop, with the mask folded in; the loop does
+five operations per step for torch.nn's cell. Every weight gradient is one matrix product over
+all steps after the loop: ``\nabla W_{ih} = \sum_t \delta a_t^\top x_t``,
+``\nabla W_{hh} = \sum_t \delta a_t^\top h_{t-1}``, ...
+
+Internally the gate blocks are ordered ``[o, i, f, g]`` (absent gates left out) so that the
+sigmoid gates form one contiguous block (one ``sigmoid`` per step, and FGR's ``s_t`` is a slice)
+and the gates multiplied by ``\delta c_t`` form another (one product per step). The weights are
+permuted to this order on entry and their gradients back on exit; the interface uses torch.nn's
+order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from carousel.bptt._common import (
+    bias_grads,
+    grad_with_prev,
+    masks,
+    prev_states,
+    scale_rows,
+    sigmoid_tanh,
+)
+from carousel.functional.lstm import LSTMGateState, LSTMState, LSTMVariant
+
+__all__ = ["LSTMFunction", "LSTMSpec", "lstm_sequence"]
+
+_ln_backward = torch.ops.aten.native_layer_norm_backward
+
+
+@dataclass(frozen=True)
+class LSTMSpec:
+    """Static configuration of one LSTM-family cell, as the BPTT function needs it.
+
+    Attributes:
+        variant: the cell's switches.
+        proj: whether the output is projected (``weight_hr``).
+        ln_eps: layer-norm epsilon.
+    """
+
+    variant: LSTMVariant
+    proj: bool = False
+    ln_eps: float = 1e-5
+
+    @property
+    def has_i(self) -> bool:
+        return self.variant.input_gate
+
+    @property
+    def has_f(self) -> bool:
+        return self.variant.has_forget_weights
+
+    @property
+    def has_o(self) -> bool:
+        return self.variant.output_gate
+
+    @property
+    def n_pre(self) -> int:
+        """Sigmoid gates computed before ``c_t`` (``i`` and ``f`` where present)."""
+        return int(self.has_i) + int(self.has_f)
+
+    @property
+    def n_sig(self) -> int:
+        """All sigmoid gates (``S``)."""
+        return self.n_pre + int(self.has_o)
+
+    def internal_order(self) -> tuple[str, ...]:
+        """Gate blocks in the internal order ``[o, i, f, g]``."""
+        return tuple(n for n in ("o", "i", "f", "g") if n in self.variant.gate_names())
+
+    def cell_update(self) -> str:
+        """How ``c_t`` is formed: ``std``, ``nfg`` (f = 1), ``cifg`` (f = 1 - i), ``nig``
+        (i = 1) or ``add`` (i = f = 1)."""
+        v = self.variant
+        if v.coupled:
+            return "cifg"
+        if not v.input_gate:
+            return "nig" if v.forget_gate else "add"
+        return "std" if v.forget_gate else "nfg"
+
+    def gate_perm(self, H: int, device) -> Tensor | None:
+        """Row index: internal gate rows -> torch.nn rows (``None`` if the orders agree)."""
+        ext = self.variant.gate_names()
+        internal = self.internal_order()
+        if internal == ext:
+            return None
+        return _block_index([ext.index(n) for n in internal], H, device)
+
+    def state_perm(self, H: int, device) -> Tensor | None:
+        """Index of FGR's ``s``: internal order ``[o, i, f]`` -> the state's order ``[i, f,
+        o]`` (:meth:`LSTMVariant.recurrent_gate_names`); ``None`` if they agree."""
+        ext = self.variant.recurrent_gate_names()
+        internal = tuple(n for n in self.internal_order() if n != "g")
+        if internal == ext:
+            return None
+        return _block_index([ext.index(n) for n in internal], H, device)
+
+
+def _block_index(blocks: list[int], H: int, device) -> Tensor:
+    return torch.cat([torch.arange(b * H, (b + 1) * H, device=device) for b in blocks])
+
+
+def _inverse(perm: Tensor) -> Tensor:
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(perm.numel(), device=perm.device)
+    return inv
+
+
+def _rows(t: Tensor | None, perm: Tensor | None) -> Tensor | None:
+    return t if t is None or perm is None else t.index_select(0, perm)
+
+
+class LSTMFunction(torch.autograd.Function):
+    """One LSTM-family cell over a whole sequence.
+
+    ``apply(spec, x, h0, c0, s0, mask, weight_ih, weight_hh, bias_ih, bias_hh, weight_ci,
+    weight_cf, weight_co, weight_gg, ln_ih_weight, ln_hh_weight, ln_c_weight, ln_c_bias,
+    weight_hr)`` with absent weights (and ``s0`` without FGR, ``mask``) ``None``; weights in
+    torch.nn's gate order.
+
+    Returns ``(hs, cs, gates)`` or, with FGR, ``(hs, cs, ss, gates)``: the states after every
+    step, ``(T, B, P)``, ``(T, B, H)`` and ``(T, B, S*H)`` (frozen past a sequence's end), and
+    the gate activations ``(T, B, G*H)`` in the internal order ``[o, i, f, g]`` (not masked;
+    not differentiable). Differentiable in ``x``, the initial state and every weight; not
+    twice.
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        spec: LSTMSpec,
+        x: Tensor,
+        h0: Tensor,
+        c0: Tensor,
+        s0: Tensor | None,
+        mask: Tensor | None,
+        weight_ih: Tensor,
+        weight_hh: Tensor,
+        bias_ih: Tensor | None,
+        bias_hh: Tensor | None,
+        weight_ci: Tensor | None,
+        weight_cf: Tensor | None,
+        weight_co: Tensor | None,
+        weight_gg: Tensor | None,
+        ln_ih_weight: Tensor | None,
+        ln_hh_weight: Tensor | None,
+        ln_c_weight: Tensor | None,
+        ln_c_bias: Tensor | None,
+        weight_hr: Tensor | None,
+    ):
+        v = spec.variant
+        T, B, I = x.shape
+        H = c0.shape[-1]
+        P = h0.shape[-1]
+        GH = weight_ih.shape[0]
+        S, n_pre = spec.n_sig, spec.n_pre
+        SH = S * H
+        has_o, peephole = spec.has_o, v.peephole
+        fgr, ln, proj = v.full_gate_recurrence, v.layer_norm, spec.proj
+        o_off = H if has_o else 0
+        eps = spec.ln_eps
+        dev = x.device
+        # --- weights in the internal gate order [o, i, f, g]
+        perm = spec.gate_perm(H, dev)
+        w_ih = _rows(weight_ih, perm)
+        w_hh = _rows(weight_hh, perm)
+        bias = None if bias_ih is None else _rows(bias_ih + bias_hh, perm)
+        gam_ih, gam_hh = _rows(ln_ih_weight, perm), _rows(ln_hh_weight, perm)
+        # g_t = tanh(a^g_t) = 2 sigmoid(2 a^g_t) - 1: the forward pass uses copies whose g rows
+        # are doubled (exact), so one sigmoid covers every gate (see _common.sigmoid_tanh)
+        g_sig = v.input_activation
+        fw_ih, fw_hh, fbias, fgam_ih, fgam_hh = w_ih, w_hh, bias, gam_ih, gam_hh
+        if g_sig:
+            fbias = scale_rows(bias, SH, GH)
+            if ln:  # LN(W x) gamma: double gamma, not W (the statistics see every gate)
+                fgam_ih, fgam_hh = scale_rows(gam_ih, SH, GH), scale_rows(gam_hh, SH, GH)
+            else:
+                fw_ih, fw_hh = scale_rows(w_ih, SH, GH), scale_rows(w_hh, SH, GH)
+        act_sig = v.output_activation and sigmoid_tanh(B * H, dev)  # tanh(c) likewise
+        w_pre = None
+        if peephole and n_pre:
+            w_pre = torch.stack([w for w in (weight_ci, weight_cf) if w is not None])  # (nP, H)
+        sperm = spec.state_perm(H, dev) if fgr else None
+        w_gg = s_prev0 = None
+        if fgr:
+            w_gg = weight_gg if sperm is None else weight_gg[sperm][:, sperm]
+            s_prev0 = s0 if sperm is None else s0.index_select(1, sperm)
+        minus_one = x.new_full((1,), -1.0)
+        two = x.new_full((1,), 2.0)
+        # --- input projections of all steps at once
+        x2 = x.reshape(T * B, I)
+        xz = mu_x = rs_x = None
+        if ln:
+            xz = x2.mm(w_ih.t())  # (T*B, GH)
+            gates2, mu_x, rs_x = torch.native_layer_norm(xz, [GH], fgam_ih, None, eps)
+            if fbias is not None:
+                gates2.add_(fbias)
+            gates = gates2.view(T, B, GH)
+        else:
+            gates = x.new_empty(T, B, GH)
+            if fbias is not None:
+                torch.addmm(fbias, x2, fw_ih.t(), out=gates.view(T * B, GH))
+            else:
+                torch.mm(x2, fw_ih.t(), out=gates.view(T * B, GH))
+        hs = x.new_empty(T, B, P)
+        cs = x.new_empty(T, B, H)
+        acts = x.new_empty(T, B, H) if v.output_activation or ln else cs  # tanh(c_t)
+        ms = x.new_empty(T, B, H) if proj and has_o else acts  # o_t tanh(c_t)
+        mv = masks(mask, x.dtype)
+        ss = x.new_empty(T, B, SH) if fgr and mv is not None else None
+        zs = x.new_empty(T, B, GH) if ln else None  # W_hh h_{t-1} before its LN
+        mu_z, rs_z, mu_c, rs_c = [], [], [], []
+        gam_c = ln_c_weight
+        beta_c = ln_c_bias
+        if ln and act_sig:
+            gam_c, beta_c = 2.0 * ln_c_weight, 2.0 * ln_c_bias
+        # --- per-step views
+        # the block that gets its sigmoid before c_t: every gate without peepholes, else
+        # i, f (and g); o waits for c_t when it has a peephole
+        blk_lo = o_off if peephole else 0
+        blk_hi = GH if g_sig else SH
+        a_s = gates.unbind(0)
+        blk_s = gates[..., blk_lo:blk_hi].unbind(0) if blk_hi > blk_lo else None
+        sig_s = gates[..., :SH].unbind(0) if fgr else None
+        pre3_s = None
+        if peephole and n_pre:
+            pre3_s = gates[..., o_off:SH].unflatten(-1, (n_pre, H)).unbind(0)
+        g_s = gates[..., SH:].unbind(0)
+        o_s = gates[..., :H].unbind(0) if has_o else None
+        i_s = gates[..., o_off : o_off + H].unbind(0) if spec.has_i else None
+        f_s = gates[..., SH - H : SH].unbind(0) if spec.has_f else None
+        c_s, h_s, act_s, m_s = cs.unbind(0), hs.unbind(0), acts.unbind(0), ms.unbind(0)
+        z_s = zs.unbind(0) if ln else None
+        s_s = ss.unbind(0) if ss is not None else None
+        mb_s = mv.bool3.unbind(0) if mv is not None else None
+        update = spec.cell_update()
+        o_late = has_o and peephole
+        w_hh_t = fw_hh.t()
+        w_gg_t = w_gg.t() if fgr else None
+        w_hr_t = weight_hr.t() if proj else None
+        mul, add, where, tanh = torch.mul, torch.add, torch.where, torch.tanh
+        native_ln = torch.native_layer_norm
+        h, c, s = h0, c0, s_prev0
+        for t in range(T):
+            a = a_s[t]  # (B, GH): a_t, then the activations in place
+            if ln:
+                z = torch.mm(h, w_hh_t, out=z_s[t])
+                zn, mu, rs = native_ln(z, [GH], fgam_hh, None, eps)
+                a.add_(zn)  # + LN(W_hh h_{t-1}) gamma_hh
+                mu_z.append(mu)
+                rs_z.append(rs)
+            else:
+                a.addmm_(h, w_hh_t)  # + W_hh h_{t-1}
+            if fgr:
+                sig_s[t].addmm_(s, w_gg_t)  # + W_gg s_{t-1} on the sigmoid gates
+            if pre3_s is not None:
+                pre3_s[t].addcmul_(c.unsqueeze(1), w_pre)  # + w_ci c_{t-1}, w_cf c_{t-1}
+            if blk_s is not None:
+                blk_s[t].sigmoid_()  # [o,] i, f [, sigmoid(2 a^g)]
+            g = g_s[t]
+            if g_sig:
+                add(minus_one, g, alpha=2, out=g)  # g_t = 2 sigmoid(2 a^g) - 1 = tanh(a^g)
+            c_new = c_s[t]  # c_t = f c_{t-1} + i g
+            if update == "std":
+                mul(f_s[t], c, out=c_new).addcmul_(i_s[t], g)
+            elif update == "cifg":
+                torch.lerp(c, g, i_s[t], out=c_new)  # (1 - i) c_{t-1} + i g
+            elif update == "nfg":
+                torch.addcmul(c, i_s[t], g, out=c_new)
+            elif update == "nig":
+                torch.addcmul(g, f_s[t], c, out=c_new)
+            else:
+                add(c, g, out=c_new)
+            if o_late:
+                o_s[t].addcmul_(c_new, weight_co).sigmoid_()  # o_t sees c_t
+            act = act_s[t]
+            if ln:
+                cn, mu, rs = native_ln(c_new, [H], gam_c, beta_c, eps)  # LN(c_t) [times 2]
+                mu_c.append(mu)
+                rs_c.append(rs)
+                if act_sig:
+                    add(minus_one, cn.sigmoid_(), alpha=2, out=act)
+                elif v.output_activation:
+                    tanh(cn, out=act)
+                else:
+                    act.copy_(cn)
+            elif act_sig:
+                add(minus_one, mul(c_new, two, out=act).sigmoid_(), alpha=2, out=act)
+            elif v.output_activation:
+                tanh(c_new, out=act)
+            else:
+                act = c_new  # NOAF
+            if proj:
+                m_t = mul(o_s[t], act, out=m_s[t]) if has_o else act
+                h_new = torch.mm(m_t, w_hr_t, out=h_s[t])  # h_t = W_hr (o tanh c)
+            elif has_o:
+                h_new = mul(o_s[t], act, out=h_s[t])  # h_t = o tanh(c_t)
+            else:
+                h_new = h_s[t].copy_(act)
+            if mb_s is not None:  # frozen past the end
+                m_t = mb_s[t]
+                where(m_t, h_new, h, out=h_new)
+                where(m_t, c_new, c, out=c_new)
+                if fgr:
+                    s = where(m_t, sig_s[t], s, out=s_s[t])
+            elif fgr:
+                s = sig_s[t]
+            h, c = h_new, c_new
+        # FGR's state in the order of LSTMVariant.recurrent_gate_names
+        ss_out = None
+        if fgr:
+            s_int = ss if ss is not None else gates[..., :SH]
+            if sperm is not None:
+                ss_out = s_int.index_select(-1, _inverse(sperm))
+            else:
+                ss_out = s_int if ss is not None else s_int.clone()
+        ln_stats = ()
+        if ln:
+            ln_stats = (xz, mu_x, rs_x, zs, torch.stack(mu_z), torch.stack(rs_z),
+                        torch.stack(mu_c), torch.stack(rs_c), gam_ih, gam_hh)  # fmt: skip
+        ctx.spec = spec
+        ctx.has_bias = bias_ih is not None
+        ctx.save_for_backward(
+            x2, h0, c0, s_prev0, mask, w_ih, w_hh, w_pre, weight_co, w_gg, weight_hr,
+            ln_c_weight, ln_c_bias, perm, sperm, gates, hs, cs, acts, ms, ss, *ln_stats,
+        )  # fmt: skip
+        ctx.mark_non_differentiable(gates)
+        ctx.set_materialize_grads(False)
+        if fgr:
+            return hs, cs, ss_out, gates
+        return hs, cs, gates
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads):
+        spec: LSTMSpec = ctx.spec
+        v = spec.variant
+        fgr, ln, peephole, has_o = v.full_gate_recurrence, v.layer_norm, v.peephole, spec.has_o
+        proj = spec.proj
+        grad_hs, grad_cs = grads[0], grads[1]
+        grad_ss = grads[2] if fgr else None
+        if grad_hs is None and grad_cs is None and grad_ss is None:
+            return (None,) * 19
+        saved = ctx.saved_tensors
+        (x2, h0, c0, s0, mask, w_ih, w_hh, w_pre, w_co, w_gg, w_hr, ln_c_weight, ln_c_bias,
+         perm, sperm, gates, hs, cs, acts, ms, ss) = saved[:21]  # fmt: skip
+        if ln:
+            xz, mu_x, rs_x, zs, mu_z, rs_z, mu_c, rs_c, gam_ih, gam_hh = saved[21:]
+        needs = ctx.needs_input_grad
+        T, B, P = hs.shape
+        H = cs.shape[-1]
+        I = x2.shape[-1]
+        GH = gates.shape[-1]
+        S, n_pre = spec.n_sig, spec.n_pre
+        SH = S * H
+        o_off = H if has_o else 0
+        mv = masks(mask, hs.dtype)
+        mf = mv.float3 if mv is not None else None
+        one = hs.new_ones(1)
+        # --- gradient buffers: row t + 1 for the state after step t, row 0 for the initial one
+        dH = hs.new_empty(T + 1, B, P)
+        dH[0].zero_()
+        dH[1:].copy_(grad_hs) if grad_hs is not None else dH[1:].zero_()
+        dC = cs.new_empty(T + 1, B, H)
+        dC[0].zero_()
+        dC[1:].copy_(grad_cs) if grad_cs is not None else dC[1:].zero_()
+        dS = None
+        if fgr:
+            dS = cs.new_zeros(T + 1, B, SH)
+            if grad_ss is not None:
+                dS[1:].copy_(grad_ss if sperm is None else grad_ss.index_select(-1, sperm))
+        # --- local derivatives of every step at once (the mask folded in)
+        sig = gates[..., :SH]
+        dsig = torch.addcmul(sig, sig, sig, value=-1.0)  # sigma' = s (1 - s) for o, i, f
+        o = gates[..., :H] if has_o else None
+        g = gates[..., SH:]
+        i = gates[..., o_off : o_off + H] if spec.has_i else None
+        c_prev = prev_states(c0, cs)
+        # q: d c_t (or d LN(c_t)) per unit of dm_t, o (1 - tanh^2), as o - (o tanh) tanh
+        q = None
+        if v.output_activation:
+            if has_o:
+                q = torch.addcmul(o, ms if proj else o * acts, acts, value=-1.0)
+            else:
+                q = torch.addcmul(one, acts, acts, value=-1.0)
+        elif has_o:
+            q = o
+        if mf is not None:
+            q = mf.expand(T, B, H) if q is None else q * mf
+        k_o = torch.mul(acts, dsig[..., :H]) if has_o else None  # d o-hat per unit of dm
+        # k_rest: d [i-hat, f-hat, g-hat] per unit of dc
+        k_rest = hs.new_empty(T, B, n_pre + 1, H)
+        j = 0
+        update = spec.cell_update()
+        if spec.has_i:
+            di = g - c_prev if update == "cifg" else g  # dc/di
+            torch.mul(di, dsig[..., o_off : o_off + H], out=k_rest[:, :, j])
+            j += 1
+        if spec.has_f:
+            torch.mul(c_prev, dsig[..., SH - H : SH], out=k_rest[:, :, j])
+            j += 1
+        kg = k_rest[:, :, j]
+        if v.input_activation:  # i (1 - g^2) = i - (i g) g
+            if i is not None:
+                torch.addcmul(i, i * g, g, value=-1.0, out=kg)
+            else:
+                torch.addcmul(one, g, g, value=-1.0, out=kg)
+        elif i is not None:
+            kg.copy_(i)
+        else:
+            kg.fill_(1.0)
+        if mf is not None:
+            k_rest.mul_(mf.unsqueeze(-1))
+            if k_o is not None:
+                k_o.mul_(mf)
+        # dc_{t-1} per unit of dc_t (the forget gate); 1 where the step is masked
+        f_eff = None
+        if update in ("std", "nig"):
+            f_eff = gates[..., SH - H : SH]
+        elif update == "cifg":
+            f_eff = 1.0 - i
+        if f_eff is not None and mv is not None:
+            f_eff = torch.where(mv.bool3, f_eff, 1.0)
+        dsig_m = None
+        if fgr:
+            dsig_m = dsig if mf is None else dsig * mf
+        # --- the backward loop
+        dA = torch.zeros_like(gates) if fgr else torch.empty_like(gates)
+        dcn = torch.empty_like(cs) if ln else None
+        dms = torch.empty_like(cs) if proj else None
+        dz_list = []
+        dH_s, dC_s = dH.unbind(0), dC.unbind(0)
+        dc3_s = dC.unsqueeze(2).unbind(0)
+        dS_s = dS.unbind(0) if fgr else None
+        dA_s = dA.unbind(0)
+        dAsig_s = dA[..., :SH].unbind(0) if fgr else None
+        dAo_s = dA[..., :H].unbind(0) if has_o else None
+        dArest_s = dA[..., o_off:].unflatten(-1, (n_pre + 1, H)).unbind(0)
+        dApre_s = []
+        if peephole and n_pre:
+            dApre_s = [d.unbind(0) for d in dA[..., o_off:SH].unflatten(-1, (n_pre, H)).unbind(2)]
+        w_pre_s = w_pre.unbind(0) if w_pre is not None else ()
+        q_s = q.unbind(0) if q is not None else None
+        ko_s = k_o.unbind(0) if has_o else None
+        kr_s = k_rest.unbind(0)
+        f_s = f_eff.unbind(0) if f_eff is not None else None
+        dsm_s = dsig_m.unbind(0) if fgr else None
+        inv_s = mv.inv3.unbind(0) if mv is not None else None
+        dcn_s = dcn.unbind(0) if ln else None
+        dm_s = dms.unbind(0) if proj else None
+        c_s = cs.unbind(0)
+        if ln:
+            z_s, muz_s, rsz_s = zs.unbind(0), mu_z.unbind(0), rs_z.unbind(0)
+            muc_s, rsc_s = mu_c.unbind(0), rs_c.unbind(0)
+        o_peep = has_o and peephole
+        mul, mm = torch.mul, torch.mm
+        for t in range(T - 1, -1, -1):
+            dh = dH_s[t + 1]  # delta h_t (complete: step t+1 has been peeled off)
+            dc = dC_s[t + 1]  # delta c_t so far
+            dm = mm(dh, w_hr, out=dm_s[t]) if proj else dh  # through W_hr
+            if fgr:
+                mul(dS_s[t + 1], dsm_s[t], out=dAsig_s[t])  # s_t = the sigmoid gates
+                if has_o:
+                    dAo_s[t].addcmul_(dm, ko_s[t])
+            elif has_o:
+                mul(dm, ko_s[t], out=dAo_s[t])  # delta o-hat
+            if ln:
+                d = mul(dm, q_s[t], out=dcn_s[t])  # delta LN(c_t)
+                dc.add_(_ln_backward(d, c_s[t], [H], muc_s[t], rsc_s[t], ln_c_weight,
+                                     ln_c_bias, (True, False, False))[0])  # fmt: skip
+            elif q_s is not None:
+                dc.addcmul_(dm, q_s[t])  # through h_t = o tanh(c_t)
+            else:
+                dc.add_(dm)
+            if o_peep:
+                dc.addcmul_(dAo_s[t], w_co)  # through w_co c_t
+            if fgr:
+                dArest_s[t].addcmul_(dc3_s[t + 1], kr_s[t])
+            else:
+                mul(dc3_s[t + 1], kr_s[t], out=dArest_s[t])  # delta i-hat, f-hat, g-hat
+            if f_s is None:
+                dC_s[t].add_(dc)  # f = 1 (NFG)
+            else:
+                dC_s[t].addcmul_(dc, f_s[t])  # delta c_{t-1} += delta c_t f_t
+            for d_pre, w in zip(dApre_s, w_pre_s):
+                dC_s[t].addcmul_(d_pre[t], w)  # through w_ci c_{t-1}, w_cf c_{t-1}
+            if ln:
+                dz = _ln_backward(dA_s[t], z_s[t], [GH], muz_s[t], rsz_s[t], gam_hh, None,
+                                  (True, False, False))[0]  # fmt: skip
+                dz_list.append(dz)
+                dH_s[t].addmm_(dz, w_hh)
+            else:
+                dH_s[t].addmm_(dA_s[t], w_hh)  # delta h_{t-1} += delta a_t W_hh
+            if inv_s is not None:
+                dH_s[t].addcmul_(dh, inv_s[t])  # a frozen state passes its gradient on
+            if fgr:
+                dS_s[t].addmm_(dAsig_s[t], w_gg)  # delta s_{t-1} += delta a^sigma_t W_gg
+                if inv_s is not None:
+                    dS_s[t].addcmul_(dS_s[t + 1], inv_s[t])
+        # --- weight gradients: one product over all steps each
+        dA2 = dA.view(T * B, GH)
+        g_ih = g_hh = g_c = b_c = None
+        if ln:
+            dxz, g_ih, _ = _ln_backward(dA2, xz, [GH], mu_x, rs_x, gam_ih, None,
+                                        (True, needs[14], False))  # fmt: skip
+            if needs[15]:
+                g_hh = _ln_backward(dA, zs, [GH], mu_z, rs_z, gam_hh, None,
+                                    (False, True, False))[1]  # fmt: skip
+            if needs[16] or needs[17]:
+                _, g_c, b_c = _ln_backward(dcn, cs, [H], mu_c, rs_c, ln_c_weight, ln_c_bias,
+                                           (False, needs[16], needs[17]))  # fmt: skip
+            dP2 = dxz
+            dW_hh = None
+            if needs[7]:
+                dW_hh = grad_with_prev(torch.stack(dz_list[::-1]), hs, h0)
+        else:
+            dP2 = dA2
+            dW_hh = grad_with_prev(dA, hs, h0) if needs[7] else None
+        dx = dP2.mm(w_ih).view(T, B, I) if needs[1] else None
+        dW_ih = dP2.t().mm(x2) if needs[6] else None
+        db_ih, db_hh = bias_grads(dA, ctx.has_bias, needs[8], needs[9])
+        d_ci = d_cf = d_co = None
+        if peephole:
+            if spec.has_i and needs[10]:
+                d_ci = (dA[..., o_off : o_off + H] * c_prev).sum((0, 1))
+            if spec.has_f and needs[11]:
+                d_cf = (dA[..., SH - H : SH] * c_prev).sum((0, 1))
+            if has_o and needs[12]:
+                d_co = (dA[..., :H] * cs).sum((0, 1))
+        dW_gg = ds0 = None
+        if fgr:
+            sinv = _inverse(sperm) if sperm is not None else None
+            if needs[13]:
+                s_int = ss if ss is not None else gates[..., :SH]
+                dW_gg = grad_with_prev(dA[..., :SH], s_int, s0)
+                if sinv is not None:
+                    dW_gg = dW_gg[sinv][:, sinv]
+            if needs[4]:
+                ds0 = dS[0] if sinv is None else dS[0].index_select(-1, sinv)
+        dW_hr = None
+        if proj and needs[18]:
+            dh_new = dH[1:] if mf is None else dH[1:] * mf
+            dW_hr = dh_new.reshape(T * B, P).t().mm(ms.reshape(T * B, H))
+        if perm is not None:  # back to torch.nn's gate order
+            inv = _inverse(perm)
+            dW_ih, dW_hh, db_ih, db_hh, g_ih, g_hh = (
+                _rows(t, inv) for t in (dW_ih, dW_hh, db_ih, db_hh, g_ih, g_hh)
+            )
+        dh0 = dH[0] if needs[2] else None
+        dc0 = dC[0] if needs[3] else None
+        return (
+            None, dx, dh0, dc0, ds0, None, dW_ih, dW_hh, db_ih, db_hh, d_ci, d_cf, d_co,
+            dW_gg, g_ih, g_hh, g_c, b_c, dW_hr,
+        )  # fmt: skip
+
+
+def lstm_sequence(cell, params: dict[str, Tensor], x: Tensor, state0, mask: Tensor | None):
+    """Run an :class:`~carousel.cells.LSTMCell` over ``x``.
+
+    Returns:
+        ``(states, gates)``: the per-step state (``LSTMState`` or ``LSTMGateState`` with
+        fields ``(T, B, *)``) and the gate activations by name, ``(T, B, H)`` each, in the
+        cell's gate order (``f = 1 - i`` included for CIFG), not masked, not differentiable.
+    """
+    v = cell.variant
+    spec = LSTMSpec(v, proj=bool(cell.proj_size), ln_eps=cell.ln_eps)
+    fgr = v.full_gate_recurrence
+    out = LSTMFunction.apply(
+        spec,
+        x,
+        state0[0],
+        state0[1],
+        state0[2] if fgr else None,
+        mask,
+        params["weight_ih"],
+        params["weight_hh"],
+        params.get("bias_ih"),
+        params.get("bias_hh"),
+        params.get("weight_ci"),
+        params.get("weight_cf"),
+        params.get("weight_co"),
+        params.get("weight_gg"),
+        params.get("ln_ih_weight"),
+        params.get("ln_hh_weight"),
+        params.get("ln_c_weight"),
+        params.get("ln_c_bias"),
+        params.get("weight_hr"),
+    )
+    gates_int = out[-1]
+    H = state0[1].shape[-1]
+    blocks = {n: gates_int[..., k * H : (k + 1) * H] for k, n in enumerate(spec.internal_order())}
+    gates = {}
+    for name in ("i", "f", "g", "o"):  # the order of lstm_step's gate dict
+        if name in blocks:
+            gates[name] = blocks[name]
+        elif name == "f" and v.coupled:
+            gates["f"] = 1.0 - blocks["i"]  # CIFG
+    states = LSTMGateState(*out[:3]) if fgr else LSTMState(*out[:2])
+    return states, gates
