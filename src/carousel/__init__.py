@@ -4,7 +4,10 @@ Every LSTM/GRU/RNN variant as a drop-in for torch.nn, with explicit backpropagat
 time, training, analysis, echo state networks and Hessian-free optimisation.
 """
 
-from carousel import optim  # carousel.optim.HessianFree
+from carousel import (
+    init,  # carousel.init: orthogonal_, identity_, echo_state_, ...
+    optim,  # carousel.optim.HessianFree
+)
 from carousel.cells import Cell, GRUCell, LSTMCell, RecurrentCell, RNNCell
 from carousel.functional import LSTM_VARIANTS, LSTMGateState, LSTMState, LSTMVariant
 
@@ -31,5 +34,6 @@ __all__ = [
     "RecurrentOutput",
     "__version__",
     "generate",
+    "init",
     "optim",
 ]

@@ -284,6 +284,9 @@ def test_other_config_refuses_to_resume_and_restart_starts_over(make_config):
     assert load_checkpoint(again.checkpoint).model["rnn.weight_hh_l0"].shape == (12, 12)
     done = train(make_config("train.steps=3", "model.hidden_size=12"))
     assert done.resumed_from == 3 and done.step == 3 and first.step == 3
+    assert done.checkpoint == again.checkpoint and done.evaluation == again.evaluation
+    evals = [r for r in read_metrics(done.run_dir) if r["kind"] == "eval"]
+    assert len(evals) == 3  # one final evaluation per split, not repeated
 
 
 def test_lbfgs_through_the_closure(make_config, monkeypatch):

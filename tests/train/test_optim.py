@@ -73,5 +73,18 @@ def test_errors_and_registration():
         )
     finally:
         OPTIMIZERS.pop("adagrad-test")
+    seen = {}
+
+    def needs_model(params, config, *, model):
+        seen["model"] = model
+        return torch.optim.SGD(params, lr=config.lr)
+
+    register_optimizer("needs-model", needs_model)
+    try:
+        net = torch.nn.Linear(2, 2)
+        build_optimizer(net.parameters(), OptimConfig(name="needs-model"), model=net)
+        assert seen["model"] is net
+    finally:
+        OPTIMIZERS.pop("needs-model")
     with pytest.raises(TypeError, match="factory must be callable"):
         register_optimizer("x", 3)

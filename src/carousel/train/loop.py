@@ -271,6 +271,9 @@ def train(config: Config, *, resume: bool = True, restart: bool = False) -> Trai
         resume: continue from the run directory's last checkpoint if there is one.
         restart: start from step 0, deleting the run directory's checkpoints and metrics.
 
+    Like any training script, it seeds torch's global generator (dropout draws come from it);
+    ``train.threads`` applies for the run only.
+
     Returns:
         :class:`TrainResult`.
 
@@ -290,9 +293,11 @@ def train(config: Config, *, resume: bool = True, restart: bool = False) -> Trai
         else "cpu"
     )
     info = distributed.setup(device_type)
+    threads = torch.get_num_threads()
     try:
         return _train(config, info, resume=resume and not restart, restart=restart)
     finally:
+        torch.set_num_threads(threads)
         distributed.cleanup(info)
 
 
@@ -316,7 +321,7 @@ def _train(config: Config, info: distributed.DistInfo, *, resume: bool, restart:
         config.model, generator=_generator(config.seed, "init"), device=device, dtype=dtype
     )
     # 4. optimizer
-    optimizer = build_optimizer(model.parameters(), config.optim)
+    optimizer = build_optimizer(model.parameters(), config.optim, model=model)
     run = _Run(config, info, device, dtype, task, model, optimizer, model, run_dir)
     # 5. resume
     ckpt_path = latest_checkpoint(run_dir) if resume else None
@@ -385,6 +390,7 @@ def _train(config: Config, info: distributed.DistInfo, *, resume: bool, restart:
 def _clear_run(run_dir: Path) -> None:
     for p in list_checkpoints(run_dir):
         shutil.rmtree(p, ignore_errors=True)
+    shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
     last = run_dir / "last"
     if last.is_symlink() or last.is_file():
         last.unlink()
@@ -611,7 +617,7 @@ def _nonfinite(
 # ---------------------------------------------------------------------------- eval, checkpoints
 
 
-def _evaluate(run: _Run, splits, step: int) -> dict[str, dict[str, float]]:
+def _evaluate(run: _Run, splits, step: int, record: bool = True) -> dict[str, dict[str, float]]:
     results: dict[str, dict[str, float]] = {}
     if run.info.is_main:
         for split in splits:
@@ -624,7 +630,7 @@ def _evaluate(run: _Run, splits, step: int) -> dict[str, dict[str, float]]:
             )
             results[split] = m
             run.last_eval[split] = m
-            if run.logger is not None:
+            if run.logger is not None and record:
                 run.logger.log({"kind": "eval", "step": step, "split": split, **m})
             log.info(
                 "step %d, %s: %s", step, split, ", ".join(f"{k} {v:.4g}" for k, v in m.items())
@@ -639,7 +645,7 @@ def _final(run: _Run) -> dict[str, dict[str, float]]:
         evaluation = _evaluate(run, run.task.eval_splits, max(run.start, steps))
         _save(run, run.start)
         return evaluation
-    return _evaluate(run, run.task.eval_splits, run.start)
+    return _evaluate(run, run.task.eval_splits, run.start, record=False)  # already logged
 
 
 def _state_type_name(state: Any) -> str:
@@ -749,6 +755,7 @@ def _restore(run: _Run, ckpt: Checkpoint) -> None:
     trainer = ckpt.meta.get("trainer", {})
     run.start = ckpt.step
     run.resumed_from = ckpt.step
+    run.last_checkpoint = ckpt.path if run.info.is_main else None
     run.skipped = int(trainer.get("skipped", 0))
     metrics = ckpt.metrics
     run.last_train = dict(metrics.get("train", {}))

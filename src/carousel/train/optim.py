@@ -85,16 +85,37 @@ OPTIMIZERS: dict[str, OptimizerFactory] = {
 def register_optimizer(name: str, factory: OptimizerFactory) -> None:
     """Make ``optim.name = NAME`` build an optimizer with ``factory(params, config)``.
 
-    The optimizer must follow ``torch.optim.Optimizer`` (``step(closure)``, ``state_dict()``),
-    so the loop and the checkpoints handle it like the built-in ones.
+    A factory that also takes a keyword argument ``model`` gets the model being trained (an
+    optimizer that needs the network itself, such as Hessian-free's Gauss-Newton products).
+    ``config.options`` (the ``[optim.options]`` table) carries the optimizer's own settings.
+    The optimizer must follow ``torch.optim.Optimizer`` (``step(closure)``, all state in
+    ``state_dict()``), so the loop and the checkpoints handle it like the built-in ones.
+
+    Example:
+        >>> import torch
+        >>> register_optimizer("adagrad", lambda params, c: torch.optim.Adagrad(params, lr=c.lr))
+        >>> opt = build_optimizer([torch.nn.Parameter(torch.zeros(2))], OptimConfig(name="adagrad"))
+        >>> type(opt).__name__
+        'Adagrad'
+        >>> del OPTIMIZERS["adagrad"]
     """
     if not callable(factory):
         raise TypeError(f"register_optimizer: factory must be callable, got {factory!r}")
     OPTIMIZERS[name] = factory
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], config: OptimConfig):
+def build_optimizer(
+    params: Iterable[torch.nn.Parameter],
+    config: OptimConfig,
+    *,
+    model: torch.nn.Module | None = None,
+):
     """The optimizer ``config`` names, over ``params``.
+
+    Args:
+        params: the parameters to optimise.
+        config: the ``[optim]`` table.
+        model: the model being trained, passed to factories that take ``model``.
 
     Raises:
         ConfigError: an unknown name, or options the optimizer does not accept.
@@ -104,8 +125,14 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], config: OptimConfig):
         raise ConfigError(
             [f"optim.name must be one of {sorted(OPTIMIZERS)}, got {config.name!r}"], "optim"
         )
+    kwargs = {}
     try:
-        return factory(list(params), config)
+        if "model" in inspect.signature(factory).parameters:
+            kwargs["model"] = model
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        pass
+    try:
+        return factory(list(params), config, **kwargs)
     except TypeError as e:
         raise ConfigError([f"optim.options: {e}"], "optim") from None
     except ValueError as e:
