@@ -180,7 +180,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--damping", type=float, default=1.0, help="initial Tikhonov damping")
     parser.add_argument("--structural-damping", type=float, default=0.03, help="mu")
     parser.add_argument("--max-seconds", type=float, default=600.0, help="HF time budget")
-    parser.add_argument("--sgd-lrs", default="0.01,0.1", help="comma-separated SGD rates")
+    parser.add_argument(
+        "--sgd-lrs", default="0.01,0.1", help="comma-separated SGD rates (empty: no SGD)"
+    )
     parser.add_argument("--sgd-batch", type=int, default=32, help="SGD minibatch")
     parser.add_argument(
         "--sgd-seconds",
@@ -209,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
     hf = train_hf(model, task, args, test, log)
     sgd_seconds = min(args.sgd_seconds, hf["seconds"])
     sgd = []
-    for lr in (float(v) for v in args.sgd_lrs.split(",")):
+    for lr in (float(v) for v in args.sgd_lrs.split(",") if v.strip()):
         model = RNNModel(task, args.hidden)
         model.load_state_dict(init)
         sgd.append(train_sgd(model, task, args, test, lr, sgd_seconds, log))

@@ -256,6 +256,28 @@ def test_captured_curvature_inputs_equal_explicit_ones():
         assert torch.equal(p, q)
 
 
+def test_output_fn_selects_the_output_tensor():
+    """A bare carousel layer returns (output, state); output_fn picks the tensor."""
+    torch.manual_seed(0)
+    layer = carousel.RNN(2, 3, impl="reference")
+    x, y = torch.randn(4, 8, 2), torch.randn(4, 8, 3)
+    opt = HessianFree(layer.parameters(), model=layer, loss="mse", output_fn=lambda r: r.output)
+
+    def closure():
+        opt.zero_grad()
+        value = nn.functional.mse_loss(layer(x).output, y)
+        value.backward()
+        return value
+
+    opt.step(closure)
+    assert opt.last_diagnostics.curvature_rows == 32
+    plain = HessianFree(layer.parameters(), model=layer, loss="mse")
+    with pytest.raises(TypeError, match="must return the output tensor"):
+        plain.step(closure)
+    with pytest.raises(TypeError, match="output_fn must be callable"):
+        HessianFree(layer.parameters(), model=layer, output_fn=3)
+
+
 def test_structural_modules_default_to_the_recurrent_layers():
     model = LastStep()
     opt = HessianFree(model.parameters(), model=model, loss="mse", structural_damping=0.1)

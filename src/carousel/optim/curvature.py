@@ -218,6 +218,7 @@ def model_function(
     kwargs: dict[str, Any] | None = None,
     structural_modules: Sequence[nn.Module] = (),
     owner: str = "GaussNewton",
+    output_fn: Callable[[Any], Tensor] | None = None,
 ) -> Callable[[dict[str, Tensor]], tuple[Tensor, tuple[Tensor, ...]]]:
     """``params -> (outputs, hidden)``: ``model(*args, **kwargs)`` as a pure function of the
     named parameters it is given (``torch.func.functional_call``; other parameters and buffers
@@ -230,6 +231,8 @@ def model_function(
         structural_modules: submodules whose outputs are the hidden states of structural
             damping.
         owner: name used in error messages.
+        output_fn: maps the model's return value to the output tensor (``None``: the return
+            value is the tensor), e.g. ``lambda r: r.output`` for a carousel layer.
 
     Returns:
         The function.
@@ -246,6 +249,8 @@ def model_function(
         ]
         try:
             out = functional_call(model, params, tuple(args), kwargs)
+            if output_fn is not None:
+                out = output_fn(out)
         finally:
             for h in handles:
                 h.remove()

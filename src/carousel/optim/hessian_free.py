@@ -169,6 +169,10 @@ class HessianFree(torch.optim.Optimizer):
         structural_modules: the submodules whose outputs are the hidden states :math:`h` of
             structural damping; default: the outermost carousel and torch.nn recurrent layers
             of ``model`` (their output sequence, i.e. the top layer's hidden states).
+        output_fn: maps ``model(...)``'s return value to the output tensor :math:`z` the loss
+            sees (``None``: the return value is that tensor), e.g. ``lambda r: r.output`` for
+            a carousel layer or ``lambda o: o[-1]`` for the last step; it must be a function
+            of the return value alone and is applied inside the ``torch.func`` transforms.
         max_cg_iter: most CG iterations per step (Martens: 250).
         cg_tol: :math:`\varepsilon` of the CG stopping rule (Martens: 5e-4).
         cg_decay: :math:`\zeta` of the warm start, in ``[0, 1]`` (Martens: 0.95).
@@ -219,6 +223,7 @@ class HessianFree(torch.optim.Optimizer):
         damping: float = 1.0,
         structural_damping: float = 0.0,
         structural_modules: Sequence[nn.Module] | None = None,
+        output_fn: Callable[[Any], Tensor] | None = None,
         max_cg_iter: int = 250,
         cg_tol: float = 5e-4,
         cg_decay: float = 0.95,
@@ -296,6 +301,11 @@ class HessianFree(torch.optim.Optimizer):
                 "structural_modules=[...] (modules returning hidden states)"
             )
         self._structural_modules = modules
+        if output_fn is not None and not callable(output_fn):
+            raise TypeError(
+                f"HessianFree: output_fn must be callable, got {type(output_fn).__name__}"
+            )
+        self._output_fn = output_fn
         self.last_diagnostics: HFDiagnostics | None = None
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -459,7 +469,12 @@ class HessianFree(torch.optim.Optimizer):
         # 2. the damped Gauss-Newton operator on the curvature mini-batch
         args, kwargs = self._curvature_call(captured, curvature_inputs, curvature_kwargs)
         fn = model_function(
-            self._model, args, kwargs, self._structural_modules, owner="HessianFree"
+            self._model,
+            args,
+            kwargs,
+            self._structural_modules,
+            owner="HessianFree",
+            output_fn=self._output_fn,
         )
         gn = GaussNewton(
             fn,
