@@ -38,6 +38,7 @@ __all__ = [
     "HandwritingTask",
     "Sample",
     "collate",
+    "leave_one_face_out",
     "load_words",
 ]
 
@@ -91,6 +92,20 @@ class HandwritingConfig:
     @property
     def train_faces(self) -> tuple[str, ...]:
         return self.faces or tuple(f for f in LATIN_FACES if f not in self.held_out_faces)
+
+
+def leave_one_face_out(**options: Any) -> list[HandwritingConfig]:
+    """One configuration per Latin face, holding that face out and training on the others
+    (the leave-one-face-out measure of generalisation to a new writer).
+
+    Args:
+        **options: other :class:`HandwritingConfig` fields, the same for every run.
+
+    Example:
+        >>> [c.held_out_faces for c in leave_one_face_out()][:2]
+        [('cursive',), ('scripts',)]
+    """
+    return [HandwritingConfig(held_out_faces=(face,), **options) for face in LATIN_FACES]
 
 
 class Sample(NamedTuple):
