@@ -196,3 +196,72 @@ def test_pathological_problems_join_the_study(tmp_path):
     (rec,) = run_study(config, tmp_path)
     assert rec["cell"]["task"] == "addition" and rec["settings"]["task"]["T"] == 20
     assert "Martens & Sutskever 2011" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_killed_study_leaves_no_workers_and_resumes(tmp_path):
+    """Kill -9 the study process mid-grid: its workers exit (no orphan keeps training), no
+    partial cell file is left, and the same command finishes the grid."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "study"
+    args = [sys.executable, "-m", "carousel", "study", "long-lag", "--models", "lstm",
+            "--tasks", "adding-1997", "--T", "100", "--seeds", "2", "--max-sequences", "60000",
+            "--test-size", "8", "--workers", "2", "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children: list[int] = []
+    deadline = time.time() + 120
+    while time.time() < deadline and len(children) < 2:
+        time.sleep(1)
+        children = [
+            int(p) for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == proc.pid
+        ]
+    assert len(children) >= 2, "workers did not start"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(6)
+    assert not [c for c in children if os.path.exists(f"/proc/{c}") and _ppid(c) != 0]
+    assert list((out / "cells").glob("*.json")) == []
+    assert subprocess.run(args, stdout=subprocess.DEVNULL, timeout=1200).returncode == 0
+    assert len(list((out / "cells").glob("*.json"))) == 2
+
+
+def _ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def test_cli_capacity_and_binary_addition_call_the_library(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    import carousel.study.binary_addition as ba
+    import carousel.study.capacity as cap
+
+    seen = {}
+
+    def fake_capacity(**kw):
+        seen["capacity"] = kw
+        return SimpleNamespace(markdown="CAPACITY TABLE")
+
+    def fake_addition(**kw):
+        seen["addition"] = kw
+        return SimpleNamespace(markdown="ADDITION TABLE", automaton=None)
+
+    monkeypatch.setattr(cap, "capacity_study", fake_capacity)
+    monkeypatch.setattr(ba, "binary_addition_study", fake_addition)
+    assert main(["study", "capacity", "--bits", "1,2", "--states", "2", "--out", "x"]) == 0
+    assert seen["capacity"]["bits"] == (1, 2) and seen["capacity"]["states"] == (2,)
+    args = ["study", "binary-addition", "--seeds", "2", "--batch-size", "64", "--out", "y"]
+    assert main(args) == 0
+    assert seen["addition"] == dict(
+        seeds=2, hidden_size=3, delay=0, steps=3000, batch_size=64, out_dir="y"
+    )
+    out = capsys.readouterr().out
+    assert "CAPACITY TABLE" in out and "ADDITION TABLE" in out

@@ -162,6 +162,9 @@ def register(subparsers) -> None:
         "--steps", type=int, default=3000, help="updates per run (default: %(default)s)"
     )
     ba.add_argument(
+        "--batch-size", type=int, default=128, help="additions per update (default: %(default)s)"
+    )
+    ba.add_argument(
         "--out", default="runs/study-binary-addition", help="output folder (default: %(default)s)"
     )
     ba.set_defaults(func=_binary_addition)
@@ -259,6 +262,7 @@ def _binary_addition(args) -> int:
         hidden_size=args.hidden_size,
         delay=args.delay,
         steps=args.steps,
+        batch_size=args.batch_size,
         out_dir=args.out,
     )
     print(study.markdown)
