@@ -15,7 +15,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -187,15 +187,20 @@ def load_recognizer(path: str | os.PathLike, *, device=None) -> tuple[CTCRecogni
     return model.to(device).eval(), meta
 
 
-class Recognition:
-    """The result of :func:`recognize`: ``text``, the best ``hypothesis``, the input
-    ``features`` ``(N, 4)`` and per-frame ``log_probs`` ``(T', C)``."""
+class Recognition(NamedTuple):
+    """What :func:`recognize` returns.
 
-    def __init__(self, text, hypothesis, features, log_probs):
-        self.text = text
-        self.hypothesis = hypothesis
-        self.features = features
-        self.log_probs = log_probs
+    Attributes:
+        text: the recognised text.
+        hypothesis: the best :class:`~carousel.ctc.CTCHypothesis` (tokens, score, timesteps).
+        features: ``(N, 4)`` the normalised input (see :func:`~carousel.handwriting.pen_features`).
+        log_probs: ``(T', C)`` per-frame log probabilities.
+    """
+
+    text: str
+    hypothesis: CTCHypothesis
+    features: np.ndarray
+    log_probs: torch.Tensor
 
 
 @torch.no_grad()
@@ -206,6 +211,7 @@ def recognize(
     beam_width: int = 0,
     scorer=None,
     lm_weight: float = 0.5,
+    spacing: float = 0.2,
 ) -> Recognition:
     """Read handwriting: strokes (y up) -> text.
 
@@ -215,9 +221,9 @@ def recognize(
         beam_width: 0 for greedy decoding, else the prefix beam search's width.
         scorer, lm_weight: optional character LM fusion (see
             :func:`carousel.ctc.prefix_beam_search`).
+        spacing: the resampling distance the model was trained with.
     """
-    cfg = getattr(model, "data_config", None) or HandwritingConfig()
-    feats = pen_features(strokes, spacing=cfg.spacing)
+    feats = pen_features(strokes, spacing=spacing)
     x = torch.from_numpy(feats).unsqueeze(1).to(next(model.parameters()).device)
     lp = model(x).output[:, 0]  # (T', C)
     if beam_width:
