@@ -184,6 +184,10 @@ def _all_variants():
         kw = dict(zip(switches, values))
         if kw["coupled"] and not (kw["input_gate"] and kw["forget_gate"]):
             continue  # contradictory (LSTMVariant rejects it)
+        if kw["full_gate_recurrence"] and not (
+            kw["input_gate"] or kw["forget_gate"] or kw["output_gate"]
+        ):
+            continue  # FGR without a sigmoid gate: nothing recurs (lstm_step cannot run it)
         yield LSTMVariant(**kw)
 
 

@@ -38,7 +38,14 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from carousel.bptt._common import bias_grads, grad_with_prev, masks, prev_states, sum_rows
+from carousel.bptt._common import (
+    bias_grads,
+    grad_with_prev,
+    masks,
+    scale_rows,
+    sigmoid_tanh,
+    sum_rows,
+)
 
 __all__ = ["GRUFunction"]
 
@@ -67,61 +74,83 @@ class GRUFunction(torch.autograd.Function):
         H = weight_hh.shape[1]
         x2 = x.reshape(T * B, I)
         has_bias = bias_ih is not None
+        # n_t = tanh(u) = 2 sigmoid(2u) - 1: with sig_n the forward pass uses copies of the
+        # weights whose n rows are doubled (exact; see _common.sigmoid_tanh)
+        sig_n = sigmoid_tanh(B * H, x.device)
+        lo, hi = 2 * H, 3 * H
+        w_ih = scale_rows(weight_ih, lo, hi) if sig_n else weight_ih
         gates = x.new_empty(T, B, 3 * H)  # pre-activations, then activations r, z, n
         g2 = gates.view(T * B, 3 * H)
         hs = x.new_empty(T, B, H)
         mv = masks(mask, x.dtype)
-        where, lerp = torch.where, torch.lerp
+        where, lerp, add, mul = torch.where, torch.lerp, torch.add, torch.mul
+        minus_one = x.new_full((1,), -1.0)
         m_steps = mv.bool3.unbind(0) if mv is not None else (None,) * T
-        rz_s = gates[..., : 2 * H].unbind(0)
-        n_s = gates[..., 2 * H :].unbind(0)
+        rz_s = gates[..., :lo].unbind(0)
+        r_s = gates[..., :H].unbind(0)
+        z_s = gates[..., H:lo].unbind(0)
+        n_s = gates[..., lo:].unbind(0)
         h_s = hs.unbind(0)
         h = h0
         if reset_after:
             # xbar_t = W_ih x_t + b_ih for all t; b_hh stays with p_t (it sits inside r * p)
             if has_bias:
-                torch.addmm(bias_ih, x2, weight_ih.t(), out=g2)
+                b_ih = scale_rows(bias_ih, lo, hi) if sig_n else bias_ih
+                torch.addmm(b_ih, x2, w_ih.t(), out=g2)
             else:
-                torch.mm(x2, weight_ih.t(), out=g2)
-            hp = x.new_empty(T, B, 3 * H)  # W_hh h_{t-1} + b_hh, kept for the backward pass
+                torch.mm(x2, w_ih.t(), out=g2)
+            w_hh = scale_rows(weight_hh, lo, hi) if sig_n else weight_hh
+            b_hh = scale_rows(bias_hh, lo, hi) if sig_n else bias_hh
+            hp = x.new_empty(T, B, 3 * H)  # W_hh h_{t-1} + b_hh (p_t in the n rows), kept
             hp_s = hp.unbind(0)
-            hrz_s = hp[..., : 2 * H].unbind(0)
-            pn_s = hp[..., 2 * H :].unbind(0)
-            w_hh_t = weight_hh.t()
+            hrz_s = hp[..., :lo].unbind(0)
+            pn_s = hp[..., lo:].unbind(0)
+            w_hh_t = w_hh.t()
             for t in range(T):
                 if has_bias:
-                    torch.addmm(bias_hh, h, w_hh_t, out=hp_s[t])
+                    torch.addmm(b_hh, h, w_hh_t, out=hp_s[t])
                 else:
                     torch.mm(h, w_hh_t, out=hp_s[t])
-                rz = rz_s[t].add_(hrz_s[t]).sigmoid_()  # r_t, z_t
-                n = n_s[t].addcmul_(rz[:, :H], pn_s[t]).tanh_()  # n_t = tanh(xbar + r p)
-                h_t = lerp(n, h, rz[:, H:], out=h_s[t])  # h_t = (1 - z) n + z h_{t-1}
+                rz_s[t].add_(hrz_s[t]).sigmoid_()  # r_t, z_t
+                n = n_s[t].addcmul_(r_s[t], pn_s[t])  # xbar^n + r p
+                if sig_n:
+                    add(minus_one, n.sigmoid_(), alpha=2, out=n)  # n_t
+                else:
+                    n.tanh_()
+                h_t = lerp(n, h, z_s[t], out=h_s[t])  # h_t = (1 - z) n + z h_{t-1}
                 if m_steps[t] is not None:
-                    where(m_steps[t], h_t, h, out=h_t)
+                    where(m_steps[t], h_t, h, out=h_t)  # frozen past the end
                 h = h_t
-            saved = hp[..., 2 * H :]  # p_t
+            saved = hp[..., lo:]  # p_t (doubled with sig_n)
         else:
             # all biases act outside r: xbar_t = W_ih x_t + b_ih + b_hh
             if has_bias:
-                torch.addmm(bias_ih + bias_hh, x2, weight_ih.t(), out=g2)
+                b = bias_ih + bias_hh
+                if sig_n:
+                    b[lo:].mul_(2.0)
+                torch.addmm(b, x2, w_ih.t(), out=g2)
             else:
-                torch.mm(x2, weight_ih.t(), out=g2)
-            w_rz_t = weight_hh[: 2 * H].t()
-            w_n_t = weight_hh[2 * H :].t()
+                torch.mm(x2, w_ih.t(), out=g2)
+            w_rz_t = weight_hh[:lo].t()
+            w_n_t = (2.0 * weight_hh[lo:] if sig_n else weight_hh[lo:]).t()
             rh = x.new_empty(T, B, H)  # r_t * h_{t-1}, kept for the backward pass
             rh_s = rh.unbind(0)
-            mul = torch.mul
             for t in range(T):
-                rz = rz_s[t].addmm_(h, w_rz_t).sigmoid_()
-                rh_t = mul(rz[:, :H], h, out=rh_s[t])
-                n = n_s[t].addmm_(rh_t, w_n_t).tanh_()  # Cho et al. eq. 8
-                h_t = lerp(n, h, rz[:, H:], out=h_s[t])
+                rz_s[t].addmm_(h, w_rz_t).sigmoid_()  # r_t, z_t
+                rh_t = mul(r_s[t], h, out=rh_s[t])
+                n = n_s[t].addmm_(rh_t, w_n_t)  # xbar^n + W_hn (r h_{t-1}), Cho et al. eq. 8
+                if sig_n:
+                    add(minus_one, n.sigmoid_(), alpha=2, out=n)  # n_t
+                else:
+                    n.tanh_()
+                h_t = lerp(n, h, z_s[t], out=h_s[t])
                 if m_steps[t] is not None:
                     where(m_steps[t], h_t, h, out=h_t)
                 h = h_t
             saved = rh
         ctx.reset_after = reset_after
         ctx.has_bias = has_bias
+        ctx.p_scale = 0.5 if sig_n else 1.0  # saved p_t = p_scale^-1 p_t
         ctx.save_for_backward(x2, h0, mask, weight_ih, weight_hh, hs, gates, saved)
         ctx.mark_non_differentiable(gates)
         ctx.set_materialize_grads(False)
@@ -135,79 +164,111 @@ class GRUFunction(torch.autograd.Function):
             return (None,) * 8
         T, B, H = hs.shape
         I = x2.shape[-1]
+        lo = 2 * H
         needs = ctx.needs_input_grad
         mv = masks(mask, hs.dtype)
+        mf = mv.float3 if mv is not None else None
         dH = hs.new_empty(T + 1, B, H)  # dH[t + 1]: gradient of h_t; dH[0]: of h_0
         dH[0].zero_()
         dH[1:].copy_(grad_hs)
-        r, z, n = gates[..., :H], gates[..., H : 2 * H], gates[..., 2 * H :]
-        h_prev = prev_states(h0, hs)
+        r, z, n = gates[..., :H], gates[..., H:lo], gates[..., lo:]
         # factors multiplying delta h_t, for all steps at once (mask folded in)
-        k_n = (1.0 - z) * (1.0 - n * n)  # d n-hat / d h_t
-        k_z = (h_prev - n) * z * (1.0 - z)  # d z-hat / d h_t
-        dsig_r = r * (1.0 - r)
+        one = hs.new_ones(1)
+        dtanh_n = torch.addcmul(one, n, n, value=-1.0)  # 1 - n^2
+        dsig_z = torch.addcmul(z, z, z, value=-1.0)  # z (1 - z)
+        dsig_r = torch.addcmul(r, r, r, value=-1.0)  # r (1 - r)
         # h_{t-1} receives delta h_t * z_t directly (and everything where the step is masked)
         z_eff = z if mv is None else torch.where(mv.bool3, z, 1.0)
-        if mv is not None:
-            k_n.mul_(mv.float3)
-            k_z.mul_(mv.float3)
-        mul, mm = torch.mul, torch.mm
+        mul = torch.mul
         dHs = dH.unbind(0)
-        z_s = z_eff.unbind(0)
+        zf_s = z_eff.unbind(0)
+
+        def fill_k_z(out):  # d z-hat per unit of delta h_t: (h_{t-1} - n_t) z (1 - z)
+            torch.sub(h0, n[0], out=out[0])
+            torch.sub(hs[:-1], n[1:], out=out[1:])
+            out.mul_(dsig_z)
+
         if ctx.reset_after:
-            p = saved
             k = torch.empty_like(gates)  # [d r-hat, d z-hat, d p] per unit of delta h_t
-            k[..., :H] = k_n * p * dsig_r
-            k[..., H : 2 * H] = k_z
-            torch.mul(k_n, r, out=k[..., 2 * H :])
+            k_r, k_z, k_p = k[..., :H], k[..., H:lo], k[..., lo:]
+            k_n = torch.addcmul(dtanh_n, z, dtanh_n, value=-1.0)  # (1 - z)(1 - n^2)
+            fill_k_z(k_z)
+            torch.mul(k_n, saved, out=k_r).mul_(dsig_r)  # (1 - z)(1 - n^2) p r (1 - r)
+            if ctx.p_scale != 1.0:
+                k_r.mul_(ctx.p_scale)
+            torch.mul(k_n, r, out=k_p)
+            if mf is not None:
+                k.mul_(mf)
+                k_n.mul_(mf)
             dP = torch.empty_like(gates)  # gradient of W_hh h_{t-1} + b_hh, all gates
             k3 = k.view(T, B, 3, H).unbind(0)
             dP3 = dP.view(T, B, 3, H).unbind(0)
             dP_s = dP.unbind(0)
+            dh3 = dH.unsqueeze(2).unbind(0)
             for t in range(T - 1, -1, -1):
-                dh = dHs[t + 1]
-                mul(dh.unsqueeze(1), k3[t], out=dP3[t])
-                dHs[t].addcmul_(dh, z_s[t])  # through h_t = ... + z_t h_{t-1}
+                mul(dh3[t + 1], k3[t], out=dP3[t])  # delta [r-hat, z-hat, p]
+                dHs[t].addcmul_(dHs[t + 1], zf_s[t])  # through h_t = ... + z_t h_{t-1}
                 dHs[t].addmm_(dP_s[t], weight_hh)  # through W_hh h_{t-1}
-            # gradient of xbar: r and z as for p, n-hat = delta h_t * k_n
-            dX = torch.cat([dP[..., : 2 * H], dH[1:] * k_n], dim=-1)
+            # the pre-activations' gradient: r-hat and z-hat as for p, n-hat = delta h_t k_n
+            dA_n = dH[1:].mul(k_n).view(T * B, H)
+            dP2 = dP.view(T * B, 3 * H)
+            dRZ2 = dP2[:, :lo]
+            dx = None
+            if needs[0]:
+                dx = dRZ2.mm(weight_ih[:lo]).addmm_(dA_n, weight_ih[lo:]).view(T, B, I)
+            dw_ih = None
+            if needs[3]:
+                dw_ih = torch.cat([dRZ2.t().mm(x2), dA_n.t().mm(x2)])
             dw_hh = grad_with_prev(dP, hs, h0) if needs[4] else None
-            db_hh = sum_rows(dP) if ctx.has_bias and needs[6] else None
-            db_ih = sum_rows(dX) if ctx.has_bias and needs[5] else None
+            db_ih = db_hh = None
+            if ctx.has_bias:
+                db_hh = sum_rows(dP) if needs[6] or needs[5] else None
+                if needs[5]:
+                    db_ih = torch.cat([db_hh[:lo], dA_n.sum(0)])
+                if not needs[6]:
+                    db_hh = None
         else:
             rh = saved
-            k_zn = torch.stack([k_z, k_n], dim=2)  # (T, B, 2, H)
-            dsig_r.mul_(h_prev)  # d r-hat / d (r h_{t-1}) elementwise
+            k_zn = hs.new_empty(T, B, 2, H)  # [d z-hat, d n-hat] per unit of delta h_t
+            fill_k_z(k_zn[:, :, 0])
+            torch.addcmul(dtanh_n, z, dtanh_n, value=-1.0, out=k_zn[:, :, 1])
+            if mf is not None:
+                k_zn.mul_(mf.unsqueeze(-1))
+            # d r-hat per unit of delta (r h_{t-1}): h_{t-1} r (1 - r)
+            dsig_r[0].mul_(h0)
+            dsig_r[1:].mul_(hs[:-1])
             dX = torch.empty_like(gates)  # gradient of every pre-activation
             drh = torch.empty_like(hs)  # gradient of r_t * h_{t-1}
-            w_rz, w_n = weight_hh[: 2 * H], weight_hh[2 * H :]
+            w_rz, w_n = weight_hh[:lo], weight_hh[lo:]
             k_zn_s = k_zn.unbind(0)
             dzn_s = dX[..., H:].unflatten(-1, (2, H)).unbind(0)
-            dn_s = dX[..., 2 * H :].unbind(0)
+            dn_s = dX[..., lo:].unbind(0)
             dr_s = dX[..., :H].unbind(0)
-            drz_s = dX[..., : 2 * H].unbind(0)
+            drz_s = dX[..., :lo].unbind(0)
             drh_s = drh.unbind(0)
             kr_s = dsig_r.unbind(0)
             r_s = r.unbind(0)
+            dh3 = dH.unsqueeze(2).unbind(0)
+            mm = torch.mm
             for t in range(T - 1, -1, -1):
                 dh = dHs[t + 1]
-                mul(dh.unsqueeze(1), k_zn_s[t], out=dzn_s[t])  # z-hat, n-hat
+                mul(dh3[t + 1], k_zn_s[t], out=dzn_s[t])  # delta z-hat, n-hat
                 d_rh = mm(dn_s[t], w_n, out=drh_s[t])  # through W_hn (r h_{t-1})
-                mul(d_rh, kr_s[t], out=dr_s[t])  # r-hat
-                dHs[t].addcmul_(dh, z_s[t])
+                mul(d_rh, kr_s[t], out=dr_s[t])  # delta r-hat
+                dHs[t].addcmul_(dh, zf_s[t])
                 dHs[t].addcmul_(d_rh, r_s[t])
                 dHs[t].addmm_(drz_s[t], w_rz)
             dw_hh = None
             if needs[4]:
                 dw_hh = torch.cat(
                     [
-                        grad_with_prev(dX[..., : 2 * H], hs, h0),
-                        dX[..., 2 * H :].reshape(T * B, H).t().mm(rh.view(T * B, H)),
+                        grad_with_prev(dX[..., :lo], hs, h0),
+                        dX[..., lo:].reshape(T * B, H).t().mm(rh.view(T * B, H)),
                     ]
                 )
             db_ih, db_hh = bias_grads(dX, ctx.has_bias, needs[5], needs[6])
-        dX2 = dX.reshape(T * B, 3 * H)
-        dx = dX2.mm(weight_ih).view(T, B, I) if needs[0] else None
+            dX2 = dX.view(T * B, 3 * H)
+            dx = dX2.mm(weight_ih).view(T, B, I) if needs[0] else None
+            dw_ih = dX2.t().mm(x2) if needs[3] else None
         dh0 = dH[0] if needs[1] else None
-        dw_ih = dX2.t().mm(x2) if needs[3] else None
         return dx, dh0, None, dw_ih, dw_hh, db_ih, db_hh, None

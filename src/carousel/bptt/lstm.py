@@ -510,7 +510,8 @@ class LSTMFunction(torch.autograd.Function):
             elif has_o:
                 mul(dm, ko_s[t], out=dAo_s[t])  # delta o-hat
             if ln:
-                d = mul(dm, q_s[t], out=dcn_s[t])  # delta LN(c_t)
+                # delta LN(c_t)
+                d = mul(dm, q_s[t], out=dcn_s[t]) if q_s is not None else dcn_s[t].copy_(dm)
                 dc.add_(_ln_backward(d, c_s[t], [H], muc_s[t], rsc_s[t], ln_c_weight,
                                      ln_c_bias, (True, False, False))[0])  # fmt: skip
             elif q_s is not None:

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from carousel.bptt._common import bias_grads, grad_with_prev, masks
+from carousel.bptt._common import bias_grads, grad_with_prev, masks, sigmoid_tanh
 
 __all__ = ["RNNFunction"]
 
@@ -56,19 +56,32 @@ class RNNFunction(torch.autograd.Function):
         H = weight_hh.shape[0]
         x2 = x.reshape(T * B, I)
         hs = x.new_empty(T, B, H)
+        # tanh(a) = 2 sigmoid(2a) - 1 with the weights doubled (exact; _common.sigmoid_tanh)
+        sig = not relu and sigmoid_tanh(B * H, x.device)
+        scale = 2.0 if sig else 1.0
+        w_ih = weight_ih * scale if sig else weight_ih
+        w_hh_t = (weight_hh * scale if sig else weight_hh).t()
         # input projections of all steps in one product: W_ih x_t + b_ih + b_hh
         if bias_ih is not None:
-            torch.addmm(bias_ih + bias_hh, x2, weight_ih.t(), out=hs.view(T * B, H))
+            bias = bias_ih + bias_hh
+            if sig:
+                bias.mul_(scale)
+            torch.addmm(bias, x2, w_ih.t(), out=hs.view(T * B, H))
         else:
-            torch.mm(x2, weight_ih.t(), out=hs.view(T * B, H))
-        w_hh_t = weight_hh.t()
+            torch.mm(x2, w_ih.t(), out=hs.view(T * B, H))
         steps = hs.unbind(0)
         mv = masks(mask, x.dtype)
+        minus_one = x.new_full((1,), -1.0)
+        add = torch.add
         h = h0
         if mv is None:
             if relu:
                 for h_t in steps:
                     h_t.addmm_(h, w_hh_t).relu_()  # h_t = phi(a_t)
+                    h = h_t
+            elif sig:
+                for h_t in steps:
+                    add(minus_one, h_t.addmm_(h, w_hh_t).sigmoid_(), alpha=2, out=h_t)
                     h = h_t
             else:
                 for h_t in steps:
@@ -78,7 +91,12 @@ class RNNFunction(torch.autograd.Function):
             where = torch.where
             for h_t, m_t in zip(steps, mv.bool3.unbind(0)):
                 h_t.addmm_(h, w_hh_t)
-                h_t.relu_() if relu else h_t.tanh_()
+                if relu:
+                    h_t.relu_()
+                elif sig:
+                    add(minus_one, h_t.sigmoid_(), alpha=2, out=h_t)
+                else:
+                    h_t.tanh_()
                 where(m_t, h_t, h, out=h_t)  # frozen past the end
                 h = h_t
         ctx.relu = relu
@@ -105,7 +123,7 @@ class RNNFunction(torch.autograd.Function):
         if ctx.relu:
             k = (hs > 0).to(hs.dtype)
         else:
-            k = torch.mul(hs, hs).neg_().add_(1.0)
+            k = torch.addcmul(hs.new_ones(1), hs, hs, value=-1.0)
         if mv is not None:
             k.mul_(mv.float3)
         dA = torch.empty_like(hs)
