@@ -59,6 +59,13 @@ def test_train_then_eval(tmp_path, capsys):
     assert "6 steps" in capsys.readouterr().out
 
 
+def test_several_values_after_one_set(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "binary-addition", "--quiet", "--json", "--set", *FAST]
+    assert main([*args, "train.steps=1", "--set", f"log.dir={run}"]) == 0
+    assert json.loads(capsys.readouterr().out)["step"] == 1
+
+
 def test_train_with_a_config_file(tmp_path, capsys):
     f = tmp_path / "c.toml"
     f.write_text('[model]\ncell = "gru"\n[train]\nsteps = 2\n')

@@ -34,27 +34,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from carousel.cli._common import format_metrics
-    from carousel.train import CheckpointError, ConfigError, load_checkpoint
-    from carousel.train.loop import evaluate_checkpoint
+    from carousel.train import CheckpointError, ConfigError
+    from carousel.train.loop import evaluate_trained, load_trained
 
     try:
-        results = evaluate_checkpoint(args.checkpoint, args.splits, device=args.device)
-        ckpt = load_checkpoint(args.checkpoint, verify=False)
+        model, task, config, ckpt = load_trained(args.checkpoint, device=args.device)
+        results = evaluate_trained(model, task, config, args.splits)
     except (CheckpointError, ConfigError, ValueError) as e:
         print(f"carousel eval: {e}", file=sys.stderr)
         return 2
     if args.json:
-        print(
-            json.dumps(
-                {"checkpoint": str(ckpt.path), "step": ckpt.step, "evaluation": results}, indent=1
-            )
-        )
+        doc = {"checkpoint": str(ckpt.path), "step": ckpt.step, "evaluation": results}
+        print(json.dumps(doc, indent=1))
         return 0
-    from carousel.tasks import make_task
-    from carousel.train import config_from_dict
-
-    config = config_from_dict(ckpt.config)
-    task = make_task(config.task, config.data)
     print(f"{ckpt.path} ({config.task}, step {ckpt.step})")
     width = max(len(s) for s in results)
     for split, metrics in results.items():

@@ -30,9 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--set",
         dest="overrides",
         metavar="KEY=VALUE",
-        action="append",
+        action="extend",
+        nargs="+",
         default=[],
-        help="override one config value, e.g. --set model.hidden_size=128 (repeatable)",
+        help="override config values, e.g. --set model.hidden_size=128 optim.lr=0.01 (repeatable)",
     )
     p.add_argument(
         "--restart",

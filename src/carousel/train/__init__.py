@@ -35,6 +35,7 @@ from carousel.train.loop import (
     TrainResult,
     derive_seed,
     evaluate_checkpoint,
+    evaluate_trained,
     load_trained,
     train,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "config_to_toml",
     "derive_seed",
     "evaluate_checkpoint",
+    "evaluate_trained",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",

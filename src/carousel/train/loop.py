@@ -61,6 +61,7 @@ __all__ = [
     "TrainResult",
     "derive_seed",
     "evaluate_checkpoint",
+    "evaluate_trained",
     "load_trained",
     "resolve_device",
     "train",
@@ -849,6 +850,18 @@ def evaluate_checkpoint(
         ``{split: {metric: value}}``.
     """
     model, task, config, _ = load_trained(path, device=device)
+    return evaluate_trained(model, task, config, splits)
+
+
+def evaluate_trained(
+    model: nn.Module, task: Task, config: Config, splits: list[str] | None = None
+) -> dict[str, dict[str, float]]:
+    """Evaluate a model on its task's held-out splits, with the data the training loop uses
+    for evaluation (see :func:`load_trained`).
+
+    Raises:
+        ValueError: for a split the task does not have.
+    """
     names = list(task.eval_splits) if splits is None else list(splits)
     for s in names:
         if s not in task.eval_splits:
