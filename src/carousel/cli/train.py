@@ -80,6 +80,13 @@ def run(args: argparse.Namespace) -> int:
     except NonFiniteError as e:
         print(f"carousel train: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(
+            "carousel train: interrupted; run the same command again to resume from the last "
+            "checkpoint",
+            file=sys.stderr,
+        )
+        return 130
     if result.rank != 0:
         return 0
     from carousel.tasks import make_task
