@@ -23,6 +23,7 @@ from carousel._checks import check_choice, check_positive_int
 
 __all__ = [
     "EXACT_EIGVALS_MAX",
+    "SMALL_CHUNK_WORK",
     "SMALL_STEP_WORK",
     "arnoldi_spectral_radius",
     "random_matrix",
@@ -40,8 +41,13 @@ EXACT_EIGVALS_MAX = 512
 SMALL_STEP_WORK = 2**20
 
 
+#: Multiply-adds of a whole chunk of work (e.g. one chunk's ridge sums) below which all of
+#: it runs on one torch thread.
+SMALL_CHUNK_WORK = 2**26
+
+
 @contextmanager
-def small_step_threads(work: int) -> Iterator[None]:
+def small_step_threads(work: int, limit: int | None = None) -> Iterator[None]:
     """Run a loop of many small sequential steps on one torch thread when each step does less
     than :data:`SMALL_STEP_WORK` multiply-adds, then restore the thread count.
 
@@ -50,10 +56,11 @@ def small_step_threads(work: int) -> Iterator[None]:
     threads' synchronisation at every step costs far more than the step (measured on a 2-core
     machine under load: a 1000-unit fit took 57 s with 2 threads and 4.6 s with 1). The thread
     count is process-wide, so torch code running concurrently in other Python threads also sees
-    one thread while the loop runs.
+    one thread while the loop runs. ``limit`` replaces :data:`SMALL_STEP_WORK` (e.g.
+    :data:`SMALL_CHUNK_WORK` for a whole small training call).
     """
     threads = torch.get_num_threads()
-    if work >= SMALL_STEP_WORK or threads == 1:
+    if work >= (SMALL_STEP_WORK if limit is None else limit) or threads == 1:
         yield
         return
     torch.set_num_threads(1)

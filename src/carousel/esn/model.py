@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from carousel._checks import check_choice, check_positive_int, check_probability, shape_str
-from carousel.esn.matrices import random_stream, small_step_threads
+from carousel.esn.matrices import SMALL_CHUNK_WORK, random_stream, small_step_threads
 from carousel.esn.readout import RidgeReadout, RLSReadout, _check_ridge
 from carousel.esn.reservoir import Reservoir
 
@@ -410,8 +410,19 @@ class EchoStateNetwork(nn.Module):
         """Feedback rows ``y_{t-1}``: the previous state's output, then the targets."""
         return torch.cat([y_prev.unsqueeze(0), y[:-1]], 0)
 
+    def _small_call(self, batch_size: int):
+        """One torch thread for a whole call whose chunks are small (see
+        :func:`~carousel.esn.matrices.small_step_threads`)."""
+        features = self.readout.in_features
+        work = self.chunk_size * batch_size * features * features
+        return small_step_threads(work, limit=SMALL_CHUNK_WORK)
+
     @torch.no_grad()
     def _accumulate(self, u: Tensor | None, y: Tensor, washout: int, st: ESNState) -> ESNState:
+        with self._small_call(y.shape[1]):
+            return self._accumulate_chunks(u, y, washout, st)
+
+    def _accumulate_chunks(self, u, y, washout, st) -> ESNState:
         res = self.reservoir
         T, B = y.shape[0], y.shape[1]
         h, y_prev = st
@@ -490,7 +501,6 @@ class EchoStateNetwork(nn.Module):
             :class:`ESNOutput` ``(outputs, state)``; no side effects on the network.
         """
         self._require_built("forward")
-        res = self.reservoir
         u = t_seq = None
         if inputs is not None:
             u, batched = self._as_seq("inputs", inputs, self.input_size)
@@ -510,6 +520,12 @@ class EchoStateNetwork(nn.Module):
             raise ValueError(
                 f"EchoStateNetwork: expected inputs with {self.input_size} features, got None"
             )
+        ref = u if u is not None else t_seq
+        with self._small_call(ref.shape[1]):
+            return self._forward(u, t_seq, state, batched)
+
+    def _forward(self, u, t_seq, state, batched) -> ESNOutput:
+        res = self.reservoir
         ref = u if u is not None else t_seq
         T, B = ref.shape[0], ref.shape[1]
         st = self._state_in(state, B, batched)
