@@ -29,6 +29,7 @@ COMMAND_MODULES: list[str] = [
     "analyze",
     "esn",
     "serve",
+    "transcribe",
 ]
 
 
