@@ -199,6 +199,9 @@ def main(argv: list[str] | None = None) -> dict:
         default=300.0,
         help="most CPU seconds per SGD learning rate (else HF's)",
     )
+    parser.add_argument(
+        "--skip-hf", action="store_true", help="run SGD only, for --sgd-seconds CPU seconds"
+    )
     parser.add_argument("--eval-every", type=int, default=5, help="HF steps between tests")
     parser.add_argument("--test", type=int, default=1000, help="held-out sequences")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
@@ -215,10 +218,13 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     init = RNNModel(task, args.hidden).state_dict()
 
-    model = RNNModel(task, args.hidden)
-    model.load_state_dict(init)
-    hf = train_hf(model, task, args, test, log)
-    sgd_seconds = min(args.sgd_seconds, hf["cpu_seconds"])
+    hf = None
+    sgd_seconds = args.sgd_seconds
+    if not args.skip_hf:
+        model = RNNModel(task, args.hidden)
+        model.load_state_dict(init)
+        hf = train_hf(model, task, args, test, log)
+        sgd_seconds = min(args.sgd_seconds, hf["cpu_seconds"])
     sgd = []
     for lr in (float(v) for v in args.sgd_lrs.split(",") if v.strip()):
         model = RNNModel(task, args.hidden)
@@ -247,11 +253,12 @@ def main(argv: list[str] | None = None) -> dict:
         "| optimizer | steps | sequences | CPU s | wall s | test loss | test error rate | solved |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    print(
-        f"| HF (mu={args.structural_damping}) | {hf['steps']} | {hf['sequences']} | "
-        f"{hf['cpu_seconds']:.0f} | {hf['seconds']:.0f} | {hf['test_loss']:.4f} | "
-        f"{hf['test_error']:.3f} | {'yes' if hf['solved'] else 'no'} |"
-    )
+    if hf is not None:
+        print(
+            f"| HF (mu={args.structural_damping}) | {hf['steps']} | {hf['sequences']} | "
+            f"{hf['cpu_seconds']:.0f} | {hf['seconds']:.0f} | {hf['test_loss']:.4f} | "
+            f"{hf['test_error']:.3f} | {'yes' if hf['solved'] else 'no'} |"
+        )
     for r in sgd:
         print(
             f"| SGD lr={r['lr']:g} | {r['steps']} | {r['sequences']} | {r['cpu_seconds']:.0f} | "
