@@ -117,7 +117,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(cases: list[Case], x: torch.Tensor, rounds: int, warmup: int) -> dict[str, float]:
+def measure(
+    cases: list[Case], x: torch.Tensor, rounds: int, warmup: int, clock: Callable[[], float]
+) -> dict[str, float]:
     """Median seconds per training step of each case, interleaved over ``rounds``."""
     steps = {c.name: train_step(c.model, x) for c in cases}
     for _ in range(warmup):
@@ -127,10 +129,10 @@ def measure(cases: list[Case], x: torch.Tensor, rounds: int, warmup: int) -> dic
     for _ in range(rounds):
         for c in cases:
             sync(x.device)
-            t0 = time.perf_counter()
+            t0 = clock()
             steps[c.name]()
             sync(x.device)
-            times[c.name].append(time.perf_counter() - t0)
+            times[c.name].append(clock() - t0)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
@@ -173,6 +175,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="torch device")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights and inputs")
+    parser.add_argument(
+        "--timer",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: elapsed time (default); cpu: this process's CPU time, which a shared "
+        "machine's load does not inflate (use with --threads 1: with more threads it counts "
+        "their spin-waits)",
+    )
     args = parser.parse_args(argv)
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)  # rows appear as they are measured
@@ -193,14 +203,18 @@ def main(argv: list[str] | None = None) -> int:
         "command: python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
     )
     print("machine: " + machine(device))
-    print(f"float32, forward + backward of output.sum(), median of {rounds} interleaved rounds")
+    clock = time.perf_counter if args.timer == "wall" else time.process_time
+    print(
+        f"float32, forward + backward of output.sum(), median of {rounds} interleaved rounds, "
+        f"{args.timer} time"
+    )
     failures: list[str] = []
     for shape_idx, (B, T, I, H) in enumerate(shapes):
         gen = torch.Generator().manual_seed(args.seed)
         torch.manual_seed(args.seed)
         cases = make_cases(I, H, families, variants, device, dtype)
         x = torch.randn(T, B, I, generator=gen).to(device=device, dtype=dtype)
-        med = measure(cases, x, rounds, args.warmup)
+        med = measure(cases, x, rounds, args.warmup, clock)
         tok = {name: B * T / t for name, t in med.items()}
         base = {c.family: tok[c.name] for c in cases if c.impl == "torch"}
         ref = {(c.family, c.config): tok[c.name] for c in cases if c.impl == "reference"}

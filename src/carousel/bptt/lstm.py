@@ -265,7 +265,9 @@ class LSTMFunction(torch.autograd.Function):
         blk_lo = o_off if peephole else 0
         blk_hi = GH if g_sig else SH
         a_s = gates.unbind(0)
-        blk_s = gates[..., blk_lo:blk_hi].unbind(0) if blk_hi > blk_lo else None
+        blk_s = None
+        if blk_hi > blk_lo:
+            blk_s = a_s if blk_hi - blk_lo == GH else gates[..., blk_lo:blk_hi].unbind(0)
         sig_s = gates[..., :SH].unbind(0) if fgr else None
         pre3_s = None
         if peephole and n_pre:
@@ -274,7 +276,9 @@ class LSTMFunction(torch.autograd.Function):
         o_s = gates[..., :H].unbind(0) if has_o else None
         i_s = gates[..., o_off : o_off + H].unbind(0) if spec.has_i else None
         f_s = gates[..., SH - H : SH].unbind(0) if spec.has_f else None
-        c_s, h_s, act_s, m_s = cs.unbind(0), hs.unbind(0), acts.unbind(0), ms.unbind(0)
+        c_s, h_s = cs.unbind(0), hs.unbind(0)
+        act_s = acts.unbind(0) if acts is not cs else c_s
+        m_s = ms.unbind(0) if proj and has_o else None
         z_s = zs.unbind(0) if ln else None
         s_s = ss.unbind(0) if ss is not None else None
         mb_s = mv.bool3.unbind(0) if mv is not None else None
@@ -493,8 +497,8 @@ class LSTMFunction(torch.autograd.Function):
         inv_s = mv.inv3.unbind(0) if mv is not None else None
         dcn_s = dcn.unbind(0) if ln else None
         dm_s = dms.unbind(0) if proj else None
-        c_s = cs.unbind(0)
         if ln:
+            c_s = cs.unbind(0)
             z_s, muz_s, rsz_s = zs.unbind(0), mu_z.unbind(0), rs_z.unbind(0)
             muc_s, rsc_s = mu_c.unbind(0), rs_c.unbind(0)
         o_peep = has_o and peephole
