@@ -310,6 +310,11 @@ class LSTM(_Standard):
     def _fused_supported(self) -> bool:
         return self.variant.is_standard
 
+    def _fused_preferred(self, device: torch.device) -> bool:
+        # With proj_size torch has no oneDNN kernel on CPU (it warns and runs a generic loop);
+        # the hand-written BPTT is faster there (benchmarks/layers.py, docs/performance.md).
+        return not (device.type == "cpu" and self.proj_size > 0)
+
     def _hx_for_vf(self, states0):
         return (torch.stack([s.h for s in states0]), torch.stack([s.c for s in states0]))
 
