@@ -47,7 +47,10 @@ Internally the gate blocks are ordered ``[o, i, f, g]`` (absent gates left out) 
 sigmoid gates form one contiguous block (one ``sigmoid`` per step, and FGR's ``s_t`` is a slice)
 and the gates multiplied by ``\delta c_t`` form another (one product per step). The weights are
 permuted to this order on entry and their gradients back on exit; the interface uses torch.nn's
-order.
+order. On the CPU ``g_t = tanh(a^g_t)`` is computed as ``2 sigmoid(2 a^g_t) - 1`` by the same
+``sigmoid`` call as the gates, with the ``g`` rows of the forward pass's weight copies doubled
+(exact in floating point), and ``tanh(c_t)`` likewise from about a thousand elements a step
+(:func:`carousel.bptt._common.sigmoid_tanh`): ``torch.tanh`` costs about four sigmoids there.
 """
 
 from __future__ import annotations
