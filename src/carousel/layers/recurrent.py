@@ -23,8 +23,9 @@ from carousel.layers.sequence import (
 __all__ = ["IMPLS", "Recurrent", "RecurrentBase", "RecurrentOutput"]
 
 #: The implementation paths (STYLE.md section 2): ``"auto"`` picks the fastest path whose
-#: results equal the reference; see :meth:`RecurrentBase.resolve_impl`.
-IMPLS = ("auto", "fused", "bptt", "reference")
+#: results equal the reference; see :meth:`RecurrentBase.resolve_impl`. ``"compiled"`` is the
+#: C++ kernel of :mod:`carousel.kernels`, which falls back to ``"bptt"`` where it is unavailable.
+IMPLS = ("auto", "fused", "compiled", "bptt", "reference")
 
 
 class _OutputPair(NamedTuple):
@@ -178,6 +179,13 @@ class RecurrentBase(nn.Module):
         """Whether the native kernel is the faster path on ``device`` (subclasses say)."""
         return True
 
+    def _compiled_preferred(self, device: torch.device) -> bool:
+        """Whether every cell has a compiled kernel on ``device`` and it is built (builds it
+        once on first call; see :mod:`carousel.kernels`)."""
+        from carousel import kernels
+
+        return all(kernels.supports(c, device) for c in self._all_cells()) and (kernels.available())
+
     def resolve_impl(
         self, *, return_states: bool = False, return_gates: bool = False, device=None
     ) -> str:
@@ -187,7 +195,11 @@ class RecurrentBase(nn.Module):
         which the hand-written and native backward passes do not support; else the native
         kernel where the configuration is standard, no trace is requested and the native kernel
         is faster on this device (measured: LSTM on CPU and GPU; GRU and RNN on GPU only);
-        else the hand-written BPTT for built-in cells; else the reference loop.
+        else the compiled kernel (:mod:`carousel.kernels`) where it covers every cell and is
+        available (CPU); else the hand-written BPTT for built-in cells; else the reference
+        loop. ``"compiled"`` runs the compiled kernel where it covers a cell and is available,
+        and the hand-written BPTT ``"bptt"`` otherwise; ``"bptt"`` is always the pure-PyTorch
+        path.
 
         Raises:
             ValueError: if an explicit ``impl`` cannot compute this configuration.
@@ -201,7 +213,7 @@ class RecurrentBase(nn.Module):
             if not want_trace and self._fused_supported() and self._fused_preferred(device):
                 return "fused"
             if self._bptt_supported():
-                return "bptt"
+                return "compiled" if self._compiled_preferred(device) else "bptt"
             return "reference"
         if self.impl == "fused":
             if not self._fused_supported():
@@ -215,14 +227,18 @@ class RecurrentBase(nn.Module):
                     f"{name}: impl='fused' cannot return per-step states or gates; use "
                     "impl='bptt' or 'auto' with return_states/return_gates"
                 )
-        if self.impl == "bptt" and not self._bptt_supported():
+        if self.impl in ("bptt", "compiled") and not self._bptt_supported():
             raise ValueError(
-                f"{name}: impl='bptt' has no hand-written backward for "
+                f"{name}: impl={self.impl!r} has no hand-written backward for "
                 f"{type(self.cell()).__name__}; use impl='reference' or 'auto'"
             )
         return self.impl
 
     def _runner(self, impl: str):
+        if impl == "compiled":
+            from carousel import kernels
+
+            return kernels.run_sequence
         if impl == "bptt":
             from carousel import bptt
 
@@ -503,7 +519,7 @@ class Recurrent(RecurrentBase):
         learn_initial_state: the initial state is a parameter per layer and direction
             (``initial_{field}_l{k}[_reverse]``, zeros at first), trained by backpropagating
             through time to the first step (Hinton, lecture 7b).
-        impl: ``"auto"``, ``"bptt"`` (built-in cells) or ``"reference"``; see
+        impl: ``"auto"``, ``"compiled"``, ``"bptt"`` (built-in cells) or ``"reference"``; see
             :meth:`RecurrentBase.resolve_impl`.
 
     The cells must follow the contract of :class:`~carousel.cells.Cell`. Parameters keep the

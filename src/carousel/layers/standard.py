@@ -87,7 +87,8 @@ class RNN(_Standard):
         input_size, hidden_size, num_layers, nonlinearity, bias, batch_first, dropout,
         bidirectional, device, dtype: as ``torch.nn.RNN``.
         learn_initial_state: learn ``h_0`` per layer and direction (``initial_h_l0``, ...).
-        impl: ``"auto"`` (default), ``"fused"``, ``"bptt"`` or ``"reference"``.
+        impl: ``"auto"`` (default), ``"fused"``, ``"compiled"``, ``"bptt"`` or
+            ``"reference"``.
 
     Shape:
         - input ``(T, B, I)``; output ``(T, B, D*H)``; ``h_n`` ``(L*D, B, H)``.
@@ -161,7 +162,8 @@ class GRU(_Standard):
         reset_after: ``False`` applies the reset gate before the recurrent matrix, as in Cho et
             al. 2014 (see :class:`~carousel.cells.GRUCell`).
         learn_initial_state: learn ``h_0`` per layer and direction.
-        impl: ``"auto"`` (default), ``"fused"``, ``"bptt"`` or ``"reference"``.
+        impl: ``"auto"`` (default), ``"fused"``, ``"compiled"``, ``"bptt"`` or
+            ``"reference"``.
 
     Shape:
         - input ``(T, B, I)``; output ``(T, B, D*H)``; ``h_n`` ``(L*D, B, H)``.
@@ -242,7 +244,8 @@ class LSTM(_Standard):
             :class:`~carousel.cells.LSTMCell`).
         learn_initial_state: learn ``h_0`` and ``c_0`` per layer and direction
             (``initial_h_l0``, ``initial_c_l0``, ...).
-        impl: ``"auto"`` (default), ``"fused"``, ``"bptt"`` or ``"reference"``.
+        impl: ``"auto"`` (default), ``"fused"``, ``"compiled"``, ``"bptt"`` or
+            ``"reference"``.
 
     Shape:
         - input ``(T, B, I)``; output ``(T, B, D*H)``; state ``LSTMState(h_n, c_n)`` each

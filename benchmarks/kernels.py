@@ -1,0 +1,165 @@
+"""Speed of the compiled kernels (``impl="compiled"``, carousel.kernels) against torch.nn and
+the pure-PyTorch BPTT (``impl="bptt"``): the bars of issue 5.
+
+One process; for each shape every row is timed once per round, the rounds repeated
+(interleaved, so a burst of load on a shared machine hits all rows alike), and the table gives
+the median. Training: forward plus backward of ``output.sum()`` for every parameter, float32,
+CPU; throughput ``B * T`` tokens per second. Inference: batch 1, forward only under
+``torch.no_grad()``, one step per call carrying the state (as in generation).
+
+Bars (issue 5): GRU and RNN (compiled) >= 2x torch.nn.GRU / torch.nn.RNN at
+(32,100,64,128) and (8,200,16,32); every LSTM variant the kernel covers >= 0.8x torch.nn.LSTM
+at (32,100,64,128) and (32,100,128,512), >= 0.5x at (8,200,16,32); batch-1 step-by-step
+inference >= torch.nn.LSTM.
+
+Usage::
+
+    python benchmarks/kernels.py --threads 1 --timer cpu    # the issue's shapes
+    python benchmarks/kernels.py --quick                     # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+
+import carousel
+from carousel import kernels
+
+SHAPES = [(32, 100, 64, 128), (32, 100, 128, 512), (8, 200, 16, 32)]  # (B, T, I, H)
+QUICK_SHAPES = [(4, 12, 8, 16)]
+COVERED = ["NP", "vanilla", "NIG", "NFG", "NOG", "NIAF", "NOAF", "CIFG"]
+
+
+def _cases(I: int, H: int, variants: list[str]) -> dict[str, tuple[str, torch.nn.Module]]:
+    """name -> (baseline family, module)."""
+    rows: dict[str, tuple[str, torch.nn.Module]] = {
+        "torch.nn.LSTM": ("LSTM", torch.nn.LSTM(I, H)),
+        "torch.nn.GRU": ("GRU", torch.nn.GRU(I, H)),
+        "torch.nn.RNN": ("RNN", torch.nn.RNN(I, H)),
+    }
+    for impl in ("compiled", "bptt"):
+        rows[f"GRU {impl}"] = ("GRU", carousel.GRU(I, H, impl=impl))
+        rows[f"RNN {impl}"] = ("RNN", carousel.RNN(I, H, impl=impl))
+        for v in variants:
+            rows[f"LSTM {v} {impl}"] = ("LSTM", carousel.LSTM(I, H, variant=v, impl=impl))
+    return rows
+
+
+def _train_step(model: torch.nn.Module, x: torch.Tensor):
+    params = list(model.parameters())
+
+    def step() -> None:
+        for p in params:
+            p.grad = None
+        model(x)[0].sum().backward()
+
+    return step
+
+
+def _infer_steps(model: torch.nn.Module, x: torch.Tensor):
+    def run() -> None:
+        with torch.no_grad():
+            state = None
+            for t in range(x.shape[0]):
+                _, state = model(x[t : t + 1], state)
+
+    return run
+
+
+def _medians(fns: dict, rounds: int, clock) -> dict[str, float]:
+    for fn in fns.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t0 = clock()
+            fn()
+            times[k].append(clock() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one tiny shape, two rounds")
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 7)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument(
+        "--timer",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall time, or this process's CPU time (robust to other load; use --threads 1)",
+    )
+    parser.add_argument("--variants", default=",".join(COVERED), help="LSTM variants")
+    args = parser.parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    rounds = args.rounds or (2 if args.quick else 7)
+    clock = time.perf_counter if args.timer == "wall" else time.process_time
+    shapes = QUICK_SHAPES if args.quick else SHAPES
+    variants = [v.strip() for v in args.variants.split(",")]
+    argv_s = argv if argv is not None else sys.argv[1:]
+    print("command: python " + " ".join([sys.argv[0], *argv_s]))
+    print(f"compiled kernels available: {kernels.available()}")
+    print(
+        f"torch {torch.__version__}; threads {torch.get_num_threads()}; "
+        f"load average {' '.join(f'{v:.1f}' for v in __import__('os').getloadavg())}; "
+        f"median of {rounds} interleaved rounds, {args.timer} time"
+    )
+    failures: list[str] = []
+    for k, (B, T, I, H) in enumerate(shapes):
+        rows = _cases(I, H, variants)
+        x = torch.randn(T, B, I)
+        med = _medians({n: _train_step(m, x) for n, (_, m) in rows.items()}, rounds, clock)
+        tok = {n: B * T / s for n, s in med.items()}
+        print(f"\n## training B={B} T={T} I={I} H={H}\n")
+        print("| layer | tokens/s | vs torch.nn | vs bptt |")
+        print("|---|---:|---:|---:|")
+        for n, (fam, _) in rows.items():
+            vs = tok[n] / tok[f"torch.nn.{fam}"]
+            twin = n.replace(" compiled", " bptt")
+            vb = f"{tok[n] / tok[twin]:.2f}x" if n.endswith("compiled") else ""
+            print(f"| {n} | {tok[n]:,.0f} | {vs:.2f}x | {vb} |")
+            if not n.endswith("compiled") or args.quick:
+                continue
+            if fam in ("GRU", "RNN") and k != 1 and vs < 2.0:
+                failures.append(f"{n} at {(B, T, I, H)}: {vs:.2f}x < 2x")
+            bar = 0.5 if k == 2 else 0.8
+            if fam == "LSTM" and vs < bar:
+                failures.append(f"{n} at {(B, T, I, H)}: {vs:.2f}x < {bar}x")
+    # batch-1 step-by-step inference
+    I, H, T = (8, 16, 10) if args.quick else (64, 128, 100)
+    x = torch.randn(T, 1, I)
+    inf = {"torch.nn.LSTM": torch.nn.LSTM(I, H)}
+    for v in variants:
+        inf[f"LSTM {v}"] = carousel.LSTM(I, H, variant=v)
+    inf["torch.nn.GRU"] = torch.nn.GRU(I, H)
+    inf["GRU"] = carousel.GRU(I, H)
+    med = _medians({n: _infer_steps(m, x) for n, m in inf.items()}, rounds, clock)
+    print(f"\n## inference, batch 1, one step per call, I={I} H={H}, {T} steps\n")
+    print("| layer (impl auto) | steps/s | vs torch.nn |")
+    print("|---|---:|---:|")
+    for n, s in med.items():
+        base = med["torch.nn.GRU" if "GRU" in n else "torch.nn.LSTM"]
+        print(f"| {n} | {T / s:,.0f} | {base / s:.2f}x |")
+        if n.startswith("LSTM") and base / s < 1.0 and not args.quick:
+            failures.append(f"inference {n}: {base / s:.2f}x torch.nn.LSTM < 1x")
+    print()
+    if args.quick:
+        print("bars: not checked (--quick)")
+    elif failures:
+        print("bars missed:\n" + "\n".join("  - " + f for f in failures))
+    else:
+        print("bars: all met")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

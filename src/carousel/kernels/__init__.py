@@ -1,0 +1,493 @@
+r"""Compiled CPU kernels for the recurrent layers (the ``impl="compiled"`` path).
+
+A C++ extension (``csrc/recurrent.cpp``) runs the time loop of the forward and the backward
+pass through time: per step one matrix product into a preallocated buffer
+(``at::addmm_out``) and one fused pass of the gate arithmetic over the ``B x H`` units
+(``at::parallel_for`` over the batch), instead of the several PyTorch operations per step of
+the pure-PyTorch path :mod:`carousel.bptt`. The math, the mask convention and the results
+are those of :mod:`carousel.bptt` (the oracle it is tested against, tests/test_kernels.py;
+the equations are in the docstrings of :mod:`carousel.bptt.lstm`, :mod:`~carousel.bptt.gru`
+and :mod:`~carousel.bptt.rnn`, after Werbos 1990). As there, the input projections of all
+steps and every weight gradient, summed over time, are single matrix products outside the
+loop.
+
+The extension is built on first use with :func:`torch.utils.cpp_extension.load` (needs a C++
+compiler and ``ninja``: ``pip install carousel-rnn[compiled]``) and cached under
+``$CAROUSEL_KERNEL_DIR`` or ``$XDG_CACHE_HOME/carousel/kernels`` (default
+``~/.cache/carousel/kernels``), in a directory keyed by the torch version and a hash of the
+source, so it is built once per machine and torch version; a message is logged (logger
+``carousel.kernels``, level WARNING) while it builds. Where no compiler or ``ninja`` is
+present, the build fails, or ``CAROUSEL_NO_COMPILE=1`` is set, :func:`available` is False and
+``impl="compiled"`` runs the pure-PyTorch path :mod:`carousel.bptt` instead.
+
+Covered: the Elman RNN (tanh, ReLU), torch.nn's GRU (``reset_after=True``) and the LSTM
+family without projection, layer normalisation or full gate recurrence, i.e. torch.nn's cell
+with any combination of the switches peephole, NIG, NFG, NOG, NIAF, NOAF and CIFG. Other
+cells (Cho's GRU, LSTM with ``proj_size``, ``layer_norm`` or ``full_gate_recurrence``) run on
+the pure-PyTorch path (:func:`supports`). Floating dtypes float32 and float64, on the CPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+__all__ = ["available", "load", "run_sequence", "supports"]
+
+_log = logging.getLogger("carousel.kernels")
+_SOURCE = Path(__file__).with_name("csrc") / "recurrent.cpp"
+_lock = threading.Lock()
+_state: dict[str, Any] = {"tried": False, "ok": False, "error": None}
+
+
+#: Compiler flags: optimised for the building machine's CPU (the cache is keyed by it).
+_CFLAGS = ["-O3", "-march=native", "-fno-math-errno"]
+
+
+def _cpu_id() -> str:
+    """The CPU's model and feature flags (Linux), else the platform's description."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            keep = [ln for ln in f if ln.startswith(("model name", "flags"))][:2]
+        return "".join(keep) or platform.processor()
+    except OSError:
+        return platform.machine() + platform.processor()
+
+
+def _disabled() -> bool:
+    return os.environ.get("CAROUSEL_NO_COMPILE", "").strip() not in ("", "0")
+
+
+def cache_dir() -> Path:
+    """The directory the built extension is cached in (created on build).
+
+    ``$CAROUSEL_KERNEL_DIR`` if set, else ``$XDG_CACHE_HOME/carousel/kernels`` (default
+    ``~/.cache/carousel/kernels``), then a subdirectory keyed by the torch version and the
+    source's hash.
+    """
+    root = os.environ.get("CAROUSEL_KERNEL_DIR")
+    if root:
+        base = Path(root)
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        base = Path(xdg) / "carousel" / "kernels"
+    h = hashlib.sha256(_SOURCE.read_bytes())
+    h.update(" ".join(_CFLAGS).encode())
+    h.update(_cpu_id().encode())  # -march=native: one build per kind of CPU
+    digest = h.hexdigest()[:12]
+    tv = torch.__version__.replace("+", "_")
+    return base / f"torch{tv}-{digest}"
+
+
+def load() -> bool:
+    """Build (once, cached) and load the extension; True when it is usable.
+
+    Never raises: without a compiler or ``ninja``, with ``CAROUSEL_NO_COMPILE=1`` or when the
+    build fails it returns False (and logs why once), and ``impl="compiled"`` falls back to
+    :mod:`carousel.bptt`.
+
+    Returns:
+        Whether the compiled kernels are loaded.
+    """
+    if _disabled():
+        return False
+    with _lock:
+        if _state["tried"]:
+            return _state["ok"]
+        _state["tried"] = True
+        try:
+            from torch.utils import cpp_extension
+
+            cpp_extension.verify_ninja_availability()
+            build = cache_dir()
+            build.mkdir(parents=True, exist_ok=True)
+            if not any(build.glob("*.so")):
+                _log.warning(
+                    "carousel: building the compiled recurrent kernels in %s (once per "
+                    "machine and torch version; takes a minute or two) ...",
+                    build,
+                )
+            cpp_extension.load(
+                name="carousel_kernels",
+                sources=[str(_SOURCE)],
+                extra_cflags=_CFLAGS,
+                build_directory=str(build),
+                is_python_module=False,
+                verbose=False,
+            )
+            _state["ok"] = hasattr(torch.ops.carousel_kernels, "lstm_forward")
+        except Exception as err:  # no compiler, no ninja, a failed build: fall back
+            _state["error"] = err
+            _log.warning(
+                "carousel: compiled kernels unavailable (%s: %s); impl='compiled' runs the "
+                "pure-PyTorch 'bptt' path",
+                type(err).__name__,
+                str(err).splitlines()[0] if str(err) else "",
+            )
+        return _state["ok"]
+
+
+def available() -> bool:
+    """Whether the compiled kernels can be used (builds them on first call; see :func:`load`).
+
+    Returns:
+        False with ``CAROUSEL_NO_COMPILE=1``, without a compiler or ``ninja``, or when the
+        build failed; else True.
+    """
+    return load()
+
+
+def supports(cell: Any, device: torch.device | str | None = None) -> bool:
+    """Whether a compiled kernel exists for ``cell`` (regardless of :func:`available`).
+
+    True for :class:`~carousel.cells.RNNCell`, :class:`~carousel.cells.GRUCell` with
+    ``reset_after=True`` and :class:`~carousel.cells.LSTMCell` without projection, layer
+    norm and full gate recurrence, with the step methods not overridden, on the CPU.
+    """
+    if device is not None and torch.device(device).type != "cpu":
+        return False
+    _, RNNCell, GRUCell, LSTMCell = _cells()
+    fam = _family(cell)
+    if fam is RNNCell:
+        return True
+    if fam is GRUCell:
+        return bool(cell.reset_after)
+    if fam is LSTMCell:
+        v = cell.variant
+        return not (cell.proj_size or v.layer_norm or v.full_gate_recurrence)
+    return False
+
+
+def _family(cell: Any):
+    from carousel.bptt import _family as family
+
+    return family(cell)
+
+
+_CELLS: list = []
+
+
+def _cells():
+    """``(bptt module, RNNCell, GRUCell, LSTMCell)``, imported once (lazily: carousel.cells
+    imports this package's users)."""
+    if not _CELLS:
+        from carousel import bptt
+        from carousel.cells.gru import GRUCell
+        from carousel.cells.lstm import LSTMCell
+        from carousel.cells.rnn import RNNCell
+
+        _CELLS.extend([bptt, RNNCell, GRUCell, LSTMCell])
+    return _CELLS
+
+
+def _ops():
+    return torch.ops.carousel_kernels
+
+
+def _contig(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.contiguous()
+
+
+def _lstm_forward(x, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co, offsets, flags):
+    """The forward pass: ``(x2, h0, c0, w_hh, w_ci, w_cf, w_co, hs, cs, gates, acts)``."""
+    T, B, I = x.shape
+    x2 = x.reshape(T * B, I)
+    if b_ih is not None:
+        xw = torch.addmm(b_ih + b_hh, x2, w_ih.t())
+    else:
+        xw = x2.mm(w_ih.t())
+    xw = xw.view(T, B, -1)
+    w_hh = w_hh.contiguous()
+    w_ci, w_cf, w_co = _contig(w_ci), _contig(w_cf), _contig(w_co)
+    h0, c0 = h0.contiguous(), c0.contiguous()
+    hs, cs, gates, acts = _ops().lstm_forward(
+        xw, h0, c0, mask, w_hh, w_ci, w_cf, w_co, list(offsets), list(flags)
+    )
+    return x2, h0, c0, w_hh, w_ci, w_cf, w_co, hs, cs, gates, acts
+
+
+def _gru_forward(x, h0, mask, w_ih, w_hh, b_ih, b_hh):
+    """The forward pass: ``(x2, h0, w_hh, hs, gates, pn)``."""
+    T, B, I = x.shape
+    x2 = x.reshape(T * B, I)
+    xw = torch.addmm(b_ih, x2, w_ih.t()) if b_ih is not None else x2.mm(w_ih.t())
+    w_hh = w_hh.contiguous()
+    h0 = h0.contiguous()
+    hs, gates, pn = _ops().gru_forward(xw.view(T, B, -1), h0, mask, w_hh, _contig(b_hh))
+    return x2, h0, w_hh, hs, gates, pn
+
+
+def _rnn_forward(x, h0, mask, w_ih, w_hh, b_ih, b_hh, relu):
+    """The forward pass: ``(x2, h0, w_hh, hs)``."""
+    T, B, I = x.shape
+    x2 = x.reshape(T * B, I)
+    if b_ih is not None:
+        xw = torch.addmm(b_ih + b_hh, x2, w_ih.t())
+    else:
+        xw = x2.mm(w_ih.t())
+    w_hh = w_hh.contiguous()
+    h0 = h0.contiguous()
+    return x2, h0, w_hh, _ops().rnn_forward(xw.view(T, B, -1), h0, mask, w_hh, relu)
+
+
+class LSTMKernelFunction(torch.autograd.Function):
+    """The LSTM family over a sequence with the compiled loop.
+
+    ``apply(x, h0, c0, mask, W_ih, W_hh, b_ih, b_hh, w_ci, w_cf, w_co, offsets, flags)``;
+    ``offsets`` the column offsets of ``i, f, g, o`` in the gate rows (-1: absent), ``flags``
+    ``(peephole, input_activation, output_activation, coupled)``. Returns ``(hs, cs, gates)``
+    as :class:`carousel.bptt.LSTMFunction` but with the gates in torch.nn's order.
+    """
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co, offsets, flags):
+        x2, h0, c0, w_hh, w_ci, w_cf, w_co, hs, cs, gates, acts = _lstm_forward(
+            x, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co, offsets, flags
+        )
+        ctx.offsets, ctx.flags = list(offsets), list(flags)
+        ctx.has_bias = b_ih is not None
+        ctx.save_for_backward(x2, h0, c0, mask, w_ih, w_hh, w_ci, w_cf, w_co, gates, hs, cs, acts)
+        ctx.mark_non_differentiable(gates)
+        ctx.set_materialize_grads(False)
+        return hs, cs, gates
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_hs, grad_cs, _grad_gates):
+        from carousel.bptt._common import bias_grads, grad_with_prev, prev_states
+
+        if grad_hs is None and grad_cs is None:
+            return (None,) * 13
+        x2, h0, c0, mask, w_ih, w_hh, w_ci, w_cf, w_co, gates, hs, cs, acts = ctx.saved_tensors
+        T, B, H = hs.shape
+        needs = ctx.needs_input_grad
+        dH = hs.new_zeros(T + 1, B, H)
+        if grad_hs is not None:
+            dH[1:].copy_(grad_hs)
+        dC = cs.new_zeros(T + 1, B, H)
+        if grad_cs is not None:
+            dC[1:].copy_(grad_cs)
+        dA = _ops().lstm_backward(
+            gates, cs, c0, acts, dH, dC, mask, w_hh, w_ci, w_cf, w_co, ctx.offsets, ctx.flags
+        )
+        GH = dA.shape[-1]
+        dA2 = dA.view(T * B, GH)
+        dx = dA2.mm(w_ih).view(T, B, -1) if needs[0] else None
+        dW_ih = dA2.t().mm(x2) if needs[4] else None
+        dW_hh = grad_with_prev(dA, hs, h0) if needs[5] else None
+        db_ih, db_hh = bias_grads(dA, ctx.has_bias, needs[6], needs[7])
+        oi, of, _, oo = ctx.offsets
+        d_ci = d_cf = d_co = None
+        if w_ci is not None or w_cf is not None or w_co is not None:
+            c_prev = prev_states(c0, cs)
+            if w_ci is not None and needs[8]:
+                d_ci = (dA[..., oi : oi + H] * c_prev).sum((0, 1))
+            if w_cf is not None and needs[9]:
+                d_cf = (dA[..., of : of + H] * c_prev).sum((0, 1))
+            if w_co is not None and needs[10]:
+                d_co = (dA[..., oo : oo + H] * cs).sum((0, 1))
+        return (
+            dx, dH[0] if needs[1] else None, dC[0] if needs[2] else None, None,
+            dW_ih, dW_hh, db_ih, db_hh, d_ci, d_cf, d_co, None, None,
+        )  # fmt: skip
+
+
+class GRUKernelFunction(torch.autograd.Function):
+    """torch.nn's GRU over a sequence with the compiled loop: ``apply(x, h0, mask, W_ih,
+    W_hh, b_ih, b_hh)``; returns ``(hs, gates)`` as :class:`carousel.bptt.GRUFunction`."""
+
+    @staticmethod
+    def forward(ctx, x, h0, mask, w_ih, w_hh, b_ih, b_hh):
+        x2, h0, w_hh, hs, gates, pn = _gru_forward(x, h0, mask, w_ih, w_hh, b_ih, b_hh)
+        ctx.has_bias = b_ih is not None
+        ctx.save_for_backward(x2, h0, mask, w_ih, w_hh, hs, gates, pn)
+        ctx.mark_non_differentiable(gates)
+        ctx.set_materialize_grads(False)
+        return hs, gates
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_hs, _grad_gates):
+        from carousel.bptt._common import grad_with_prev, sum_rows
+
+        if grad_hs is None:
+            return (None,) * 7
+        x2, h0, mask, w_ih, w_hh, hs, gates, pn = ctx.saved_tensors
+        T, B, H = hs.shape
+        needs = ctx.needs_input_grad
+        dH = hs.new_zeros(T + 1, B, H)
+        dH[1:].copy_(grad_hs)
+        dX, dP = _ops().gru_backward(gates, pn, hs, h0, dH, mask, w_hh)
+        dX2 = dX.view(T * B, 3 * H)
+        dx = dX2.mm(w_ih).view(T, B, -1) if needs[0] else None
+        dW_ih = dX2.t().mm(x2) if needs[3] else None
+        dW_hh = grad_with_prev(dP, hs, h0) if needs[4] else None
+        db_ih = sum_rows(dX) if ctx.has_bias and needs[5] else None
+        db_hh = sum_rows(dP) if ctx.has_bias and needs[6] else None
+        return dx, dH[0] if needs[1] else None, None, dW_ih, dW_hh, db_ih, db_hh
+
+
+class RNNKernelFunction(torch.autograd.Function):
+    """Elman RNN over a sequence with the compiled loop: ``apply(x, h0, mask, W_ih, W_hh,
+    b_ih, b_hh, relu)``; returns the states as :class:`carousel.bptt.RNNFunction`."""
+
+    @staticmethod
+    def forward(ctx, x, h0, mask, w_ih, w_hh, b_ih, b_hh, relu):
+        x2, h0, w_hh, hs = _rnn_forward(x, h0, mask, w_ih, w_hh, b_ih, b_hh, relu)
+        ctx.relu = relu
+        ctx.has_bias = b_ih is not None
+        ctx.save_for_backward(x2, h0, mask, w_ih, w_hh, hs)
+        ctx.set_materialize_grads(False)
+        return hs
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_hs):
+        from carousel.bptt._common import bias_grads, grad_with_prev
+
+        if grad_hs is None:
+            return (None,) * 8
+        x2, h0, mask, w_ih, w_hh, hs = ctx.saved_tensors
+        T, B, H = hs.shape
+        needs = ctx.needs_input_grad
+        dH = hs.new_zeros(T + 1, B, H)
+        dH[1:].copy_(grad_hs)
+        dA = _ops().rnn_backward(hs, dH, mask, w_hh, ctx.relu)
+        dA2 = dA.view(T * B, H)
+        dx = dA2.mm(w_ih).view(T, B, -1) if needs[0] else None
+        dW_ih = dA2.t().mm(x2) if needs[3] else None
+        dW_hh = grad_with_prev(dA, hs, h0) if needs[4] else None
+        db_ih, db_hh = bias_grads(dA, ctx.has_bias, needs[5], needs[6])
+        return dx, dH[0] if needs[1] else None, None, dW_ih, dW_hh, db_ih, db_hh, None
+
+
+def _fields(state) -> tuple:
+    return (state,) if isinstance(state, Tensor) else tuple(state)
+
+
+def _lstm_layout(cell) -> tuple[list[int], list[int]]:
+    v = cell.variant
+    names = v.gate_names()
+    H = cell.hidden_size
+    offsets = [names.index(n) * H if n in names else -1 for n in ("i", "f", "g", "o")]
+    flags = [int(v.peephole), int(v.input_activation), int(v.output_activation), int(v.coupled)]
+    return offsets, flags
+
+
+def run_sequence(
+    cell: Any,
+    params: dict[str, Tensor] | None,
+    x: Tensor,
+    state0: Any,
+    mask: Tensor | None,
+    *,
+    return_states: bool = False,
+    return_gates: bool = False,
+):
+    """Run a built-in cell over a sequence with the compiled kernel.
+
+    Same contract and results as :func:`carousel.bptt.run_sequence`, which it calls instead
+    where the kernel is not :func:`available` or the cell or device is not covered
+    (:func:`supports`), and for dtypes other than float32/float64.
+
+    Args:
+        cell: a built-in cell (see :func:`carousel.bptt.supports`).
+        params: the weights by the cell's parameter names, or ``None`` for the cell's own.
+        x: ``(T, B, I)``.
+        state0: the initial state, fields ``(B, *)``.
+        mask: ``(T, B)`` bool, True where a step is valid, or ``None``.
+        return_states: also return the state after every step (differentiable).
+        return_gates: also return the gate activations (not differentiable).
+
+    Returns:
+        :class:`~carousel.layers.sequence.SequenceResult` ``(output, state, states, gates)``.
+
+    Raises:
+        TypeError: if ``cell`` is not a supported built-in cell.
+
+    Shape:
+        - output ``(T, B, O)``; state and states fields ``(B, *)`` and ``(T, B, *)``.
+    """
+    from carousel.functional.lstm import LSTMState
+    from carousel.layers.sequence import SequenceResult
+
+    bptt, _, GRUCell, LSTMCell = _cells()
+    if (
+        x.dtype not in (torch.float32, torch.float64)
+        or not supports(cell, x.device)
+        or not available()
+    ):
+        return bptt.run_sequence(
+            cell, params, x, state0, mask, return_states=return_states, return_gates=return_gates
+        )
+    if params is None:
+        params = {n: getattr(cell, n) for n in cell.param_names()}
+    x = x.contiguous()
+    if mask is not None:
+        mask = mask.contiguous()
+    gates: dict[str, Tensor] = {}
+    fam = _family(cell)
+    # without autograd (inference), the forward pass alone, without the Function's overhead
+    grad = torch.is_grad_enabled() and (
+        x.requires_grad
+        or any(t.requires_grad for t in _fields(state0))
+        or any(p.requires_grad for p in params.values())
+    )
+    if fam is LSTMCell:
+        offsets, flags = _lstm_layout(cell)
+        args = (
+            x, state0[0], state0[1], mask, params["weight_ih"], params["weight_hh"],
+            params.get("bias_ih"), params.get("bias_hh"), params.get("weight_ci"),
+            params.get("weight_cf"), params.get("weight_co"), offsets, flags,
+        )  # fmt: skip
+        if grad:
+            hs, cs, g = LSTMKernelFunction.apply(*args)
+        else:
+            hs, cs, g = _lstm_forward(*args)[-4:-1]
+        states = LSTMState(hs, cs)
+        if return_gates:
+            H = cell.hidden_size
+            names = cell.variant.gate_names()
+            blocks = {n: g[..., k * H : (k + 1) * H] for k, n in enumerate(names)}
+            for name in ("i", "f", "g", "o"):
+                if name in blocks:
+                    gates[name] = blocks[name]
+                elif name == "f" and cell.variant.coupled:
+                    gates["f"] = 1.0 - blocks["i"]
+    elif fam is GRUCell:
+        args = (x, state0, mask, params["weight_ih"], params["weight_hh"],
+                params.get("bias_ih"), params.get("bias_hh"))  # fmt: skip
+        if grad:
+            hs, g = GRUKernelFunction.apply(*args)
+        else:
+            hs, g = _gru_forward(*args)[3:5]
+        states = hs
+        if return_gates:
+            gates = dict(zip(("r", "z", "n"), g.chunk(3, dim=-1)))
+    else:
+        relu = cell.nonlinearity == "relu"
+        args = (x, state0, mask, params["weight_ih"], params["weight_hh"],
+                params.get("bias_ih"), params.get("bias_hh"), relu)  # fmt: skip
+        hs = RNNKernelFunction.apply(*args) if grad else _rnn_forward(*args)[3]
+        states = hs
+    if mask is None:
+        output = hs
+    else:
+        m = mask.unsqueeze(-1).to(hs.dtype)
+        output = hs * m
+        if return_gates:
+            gates = {k: v * m for k, v in gates.items()}
+    final = states[-1] if isinstance(states, Tensor) else type(states)(*(s[-1] for s in states))
+    return SequenceResult(
+        output, final, states if return_states else None, gates if return_gates else None
+    )

@@ -1,0 +1,326 @@
+"""Compiled kernels (carousel.kernels, impl="compiled") against the pure-PyTorch BPTT and the
+reference loop.
+
+In float64: outputs, final states, per-step states, gates and the gradients of every
+parameter, of the input and of the initial state, with random upstream gradients on all of
+them, with and without a mask, for every covered cell (RNN tanh/ReLU, torch.nn's GRU, every
+LSTM variant without projection, layer norm or FGR); through the layers with two layers,
+both directions and lengths; ``gradcheck`` on each Function. In float32 against the
+pure-PyTorch path at a larger size. The fallback (``CAROUSEL_NO_COMPILE=1``, a failed build)
+is tested without the build. The compiled tests skip when the extension cannot be built (no
+compiler or ninja); the build happens once per machine (cached) and in this process only.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+import carousel
+from carousel import bptt, kernels
+from carousel.layers.sequence import run_reference
+
+D = torch.float64
+T, B, I, H = 5, 3, 4, 6
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def built():
+    if not kernels.available():
+        pytest.skip(f"compiled kernels unavailable: {kernels._state['error']!r}")
+
+
+def _lstm(**kw):
+    return lambda: carousel.LSTMCell(I, H, dtype=D, **kw)
+
+
+CELLS = {
+    "rnn_tanh": lambda: carousel.RNNCell(I, H, dtype=D),
+    "rnn_relu": lambda: carousel.RNNCell(I, H, nonlinearity="relu", dtype=D),
+    "rnn_no_bias": lambda: carousel.RNNCell(I, H, bias=False, dtype=D),
+    "gru": lambda: carousel.GRUCell(I, H, dtype=D),
+    "gru_no_bias": lambda: carousel.GRUCell(I, H, bias=False, dtype=D),
+    **{
+        f"lstm_{name}": _lstm(variant=name)
+        for name in carousel.LSTM_VARIANTS
+        if name not in ("FGR", "LN")
+    },
+    "lstm_no_bias": _lstm(bias=False),
+    "lstm_NIG+NFG": _lstm(variant="NIG", forget_gate=False),
+    "lstm_P+CIFG+NOAF": _lstm(peephole=True, coupled=True, output_activation=False),
+    "lstm_P+NOG": _lstm(peephole=True, output_gate=False),
+    "lstm_all_off": _lstm(
+        input_gate=False,
+        forget_gate=False,
+        output_gate=False,
+        input_activation=False,
+        output_activation=False,
+    ),
+}
+UNCOVERED = {
+    "gru_cho": lambda: carousel.GRUCell(I, H, reset_after=False, dtype=D),
+    "lstm_proj": _lstm(proj_size=3),
+    "lstm_LN": _lstm(layer_norm=True),
+    "lstm_FGR": _lstm(full_gate_recurrence=True),
+}
+
+
+def _randomize(module):
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if "ln_" in name and "weight" in name:
+                p.uniform_(0.5, 1.5)
+            else:
+                p.uniform_(-0.6, 0.6)
+
+
+def _fields(state):
+    return (state,) if isinstance(state, torch.Tensor) else tuple(state)
+
+
+def _random_state(cell, batch, dtype):
+    ref = cell.initial_state(batch, dtype=dtype)
+    fields = [
+        (torch.rand_like(t) if n == "gates" else torch.randn_like(t)).requires_grad_()
+        for n, t in zip(getattr(ref, "_fields", ("h",)), _fields(ref))
+    ]
+    return fields[0] if isinstance(ref, torch.Tensor) else type(ref)(*fields)
+
+
+def _mask(kind, steps=T, batch=B):
+    if kind == "none":
+        return None
+    return torch.rand(steps, batch) < 0.6  # any pattern: frozen wherever False
+
+
+def _run_all(cell, runners, mask_kind, steps=T, batch=B, dtype=D, size=I):
+    """Results and gradients of each runner on the same inputs and upstream gradients."""
+    _randomize(cell)
+    x = torch.randn(steps, batch, size, dtype=dtype, requires_grad=True)
+    s0 = _random_state(cell, batch, dtype)
+    mask = _mask(mask_kind, steps, batch)
+    kw = {"return_states": True, "return_gates": True}
+    inputs = [x, *_fields(s0), *cell.parameters()]
+    out, ups = [], None
+    for run in runners:
+        res = run(cell, None, x, s0, mask, **kw)
+        if ups is None:
+            ups = [torch.randn_like(t) for t in (res.output, *_fields(res.state))]
+            ups += [torch.randn_like(t) for t in _fields(res.states)]
+        tensors = [res.output, *_fields(res.state), *_fields(res.states)]
+        loss = sum((t * u).sum() for t, u in zip(tensors, ups, strict=True))
+        out.append((res, torch.autograd.grad(loss, inputs)))
+    names = ["x", *(f"state0.{k}" for k in range(len(_fields(s0))))]
+    return out, names + [n for n, _ in cell.named_parameters()]
+
+
+def _assert_same(a, b, names, **tol):
+    (ra, ga), (rb, gb) = a, b
+    torch.testing.assert_close(ra.output, rb.output, **tol)
+    for u, v in zip(_fields(ra.state), _fields(rb.state), strict=True):
+        torch.testing.assert_close(u, v, **tol)
+    assert type(ra.states) is type(rb.states)
+    for u, v in zip(_fields(ra.states), _fields(rb.states), strict=True):
+        torch.testing.assert_close(u, v, **tol)
+    assert list(ra.gates) == list(rb.gates)
+    for k in rb.gates:
+        torch.testing.assert_close(ra.gates[k], rb.gates[k], msg=k, **tol)
+    for name, u, v in zip(names, ga, gb, strict=True):
+        if tol:  # float32: sums over many steps; absolute tolerance relative to the scale
+            tol = {"rtol": tol["rtol"], "atol": tol["atol"] * max(1.0, v.abs().max().item())}
+        torch.testing.assert_close(u, v, msg=lambda m, name=name: f"grad of {name}: {m}", **tol)
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "random"])
+@pytest.mark.parametrize("config", list(CELLS))
+def test_matches_bptt_and_reference_float64(config, mask_kind, built):
+    cell = CELLS[config]()
+    assert kernels.supports(cell)
+    runs, names = _run_all(
+        cell, [kernels.run_sequence, bptt.run_sequence, run_reference], mask_kind
+    )
+    _assert_same(runs[0], runs[1], names)
+    _assert_same(runs[0], runs[2], names)
+
+
+@pytest.mark.parametrize("config", ["rnn_tanh", "gru", "lstm_NP", "lstm_PNIGNOAF"])
+def test_matches_bptt_float32(config, built):
+    make = {
+        "rnn_tanh": lambda: carousel.RNNCell(16, 40),
+        "gru": lambda: carousel.GRUCell(16, 40),
+        "lstm_NP": lambda: carousel.LSTMCell(16, 40),
+        "lstm_PNIGNOAF": lambda: carousel.LSTMCell(
+            16, 40, peephole=True, input_gate=False, output_activation=False
+        ),
+    }[config]
+    runs, names = _run_all(
+        make(),
+        [kernels.run_sequence, bptt.run_sequence],
+        "random",
+        steps=30,
+        batch=8,
+        dtype=torch.float32,
+        size=16,
+    )
+    _assert_same(runs[0], runs[1], names, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("config", list(UNCOVERED))
+def test_uncovered_cells_fall_back_to_bptt(config, built):
+    cell = UNCOVERED[config]()
+    assert not kernels.supports(cell)
+    runs, names = _run_all(cell, [kernels.run_sequence, bptt.run_sequence], "random")
+    _assert_same(runs[0], runs[1], names, rtol=0, atol=0)
+
+
+LAYERS = {
+    "LSTM": lambda **kw: carousel.LSTM(I, H, **kw),
+    "LSTM_vanilla": lambda **kw: carousel.LSTM(I, H, variant="vanilla", **kw),
+    "LSTM_CIFG": lambda **kw: carousel.LSTM(I, H, variant="CIFG", **kw),
+    "GRU": lambda **kw: carousel.GRU(I, H, **kw),
+    "RNN_relu": lambda **kw: carousel.RNN(I, H, nonlinearity="relu", **kw),
+}
+
+
+@pytest.mark.parametrize("use_lengths", [False, True])
+@pytest.mark.parametrize("layer", list(LAYERS))
+def test_layer_compiled_matches_reference(layer, use_lengths, built):
+    kw = {"num_layers": 2, "bidirectional": True, "batch_first": True, "dtype": D}
+    ref = LAYERS[layer](impl="reference", learn_initial_state=True, **kw)
+    _randomize(ref)
+    ours = LAYERS[layer](impl="compiled", learn_initial_state=True, **kw)
+    ours.load_state_dict(ref.state_dict())
+    assert ours.resolve_impl() == "compiled"
+    x = torch.randn(B, T, I, dtype=D, requires_grad=True)
+    lengths = torch.tensor([5, 2, 4]) if use_lengths else None
+    a = ours(x, lengths=lengths, return_states=True, return_gates=True)
+    b = ref(x, lengths=lengths, return_states=True, return_gates=True)
+    torch.testing.assert_close(a.output, b.output)
+    for u, v in zip(
+        [*_fields(a.state), *_fields(a.states)], [*_fields(b.state), *_fields(b.states)]
+    ):
+        torch.testing.assert_close(u, v)
+    for k in b.gates:
+        torch.testing.assert_close(a.gates[k], b.gates[k])
+    g = torch.randn_like(b.output)
+    ga = torch.autograd.grad((a.output * g).sum(), [x, *ours.parameters()])
+    gb = torch.autograd.grad((b.output * g).sum(), [x, *ref.parameters()])
+    for u, v in zip(ga, gb, strict=True):
+        torch.testing.assert_close(u, v)
+
+
+def test_auto_prefers_compiled(built):
+    assert carousel.GRU(I, H).resolve_impl() == "compiled"
+    assert carousel.RNN(I, H).resolve_impl() == "compiled"
+    assert carousel.LSTM(I, H, variant="CIFG").resolve_impl() == "compiled"
+    assert carousel.LSTM(I, H).resolve_impl() == "fused"  # oneDNN for the standard LSTM
+    assert carousel.LSTM(I, H).resolve_impl(return_states=True) == "compiled"
+    assert carousel.GRU(I, H, reset_after=False).resolve_impl() == "bptt"  # not covered
+    assert carousel.LSTM(I, H, variant="LN").resolve_impl() == "bptt"
+
+
+GT, GB, GI, GH = 3, 2, 2, 3
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("family", ["rnn", "gru", "lstm_NP", "lstm_vanilla", "lstm_CIFG"])
+def test_gradcheck(family, masked, built):
+    mask = torch.tensor([[True, True], [True, False], [False, False]]) if masked else None
+    x = torch.randn(GT, GB, GI, dtype=D, requires_grad=True)
+    h0 = torch.randn(GB, GH, dtype=D, requires_grad=True)
+    if family in ("rnn", "gru"):
+        n = 1 if family == "rnn" else 3
+        ws = [
+            torch.randn(s, dtype=D, requires_grad=True)
+            for s in [(n * GH, GI), (n * GH, GH), (n * GH,), (n * GH,)]
+        ]
+        if family == "rnn":
+            fn = lambda *a: kernels.RNNKernelFunction.apply(*a[:2], mask, *a[2:], False)  # noqa: E731
+        else:
+            fn = lambda *a: kernels.GRUKernelFunction.apply(*a[:2], mask, *a[2:])[0]  # noqa: E731
+        assert torch.autograd.gradcheck(fn, (x, h0, *ws))
+        return
+    cell = carousel.LSTMCell(GI, GH, variant=family[5:], dtype=D)
+    offsets, flags = kernels._lstm_layout(cell)
+    G = len(cell.variant.gate_names())
+    c0 = torch.randn(GB, GH, dtype=D, requires_grad=True)
+    ws = [torch.randn(s, dtype=D, requires_grad=True) for s in [(G * GH, GI), (G * GH, GH)]]
+    ws += [torch.randn(G * GH, dtype=D, requires_grad=True) for _ in range(2)]
+    peep = [torch.randn(GH, dtype=D, requires_grad=True) if flags[0] else None for _ in range(3)]
+    if flags[0] and flags[3]:
+        peep[1] = None  # CIFG has no forget-gate peephole
+
+    def fn(x, h0, c0, *w):
+        return kernels.LSTMKernelFunction.apply(x, h0, c0, mask, *w[:4], *w[4:], offsets, flags)[:2]
+
+    assert torch.autograd.gradcheck(fn, (x, h0, c0, *ws, *peep))
+
+
+# ------------------------------------------------------------------ fallback (no build needed)
+def test_disabled_by_env_falls_back(monkeypatch):
+    monkeypatch.setenv("CAROUSEL_NO_COMPILE", "1")
+    assert not kernels.available()
+    gru = carousel.GRU(I, H, impl="compiled", dtype=D)
+    assert carousel.GRU(I, H).resolve_impl() == "bptt"
+    ref = carousel.GRU(I, H, impl="bptt", dtype=D)
+    ref.load_state_dict(gru.state_dict())
+    x = torch.randn(T, B, I, dtype=D)
+    torch.testing.assert_close(gru(x)[0], ref(x)[0], rtol=0, atol=0)
+
+
+def test_failed_build_falls_back(monkeypatch, caplog):
+    from torch.utils import cpp_extension
+
+    def no_ninja():
+        raise RuntimeError("Ninja is required to load C++ extensions")
+
+    monkeypatch.delenv("CAROUSEL_NO_COMPILE", raising=False)
+    monkeypatch.setattr(kernels, "_state", {"tried": False, "ok": False, "error": None})
+    monkeypatch.setattr(cpp_extension, "verify_ninja_availability", no_ninja)
+    with caplog.at_level(logging.WARNING, logger="carousel.kernels"):
+        assert not kernels.available()
+        assert not kernels.available()  # tried once, logged once
+    assert sum("unavailable" in r.getMessage() for r in caplog.records) == 1
+    rnn = carousel.RNN(I, H, impl="compiled", dtype=D)
+    assert carousel.RNN(I, H).resolve_impl() == "bptt"
+    ref = carousel.RNN(I, H, impl="bptt", dtype=D)
+    ref.load_state_dict(rnn.state_dict())
+    x = torch.randn(T, B, I, dtype=D)
+    torch.testing.assert_close(rnn(x)[0], ref(x)[0], rtol=0, atol=0)
+
+
+def test_cache_dir_keyed_by_torch_and_source(monkeypatch, tmp_path):
+    monkeypatch.setenv("CAROUSEL_KERNEL_DIR", str(tmp_path))
+    d = kernels.cache_dir()
+    assert d.parent == tmp_path
+    assert torch.__version__.replace("+", "_") in d.name
+
+
+@pytest.mark.parametrize("config", ["rnn_relu", "gru", "lstm_vanilla", "lstm_CIFG"])
+def test_inference_without_autograd(config, built):
+    """Under no_grad the kernel runs without the autograd Function: same results."""
+    cell = CELLS[config]()
+    _randomize(cell)
+    x = torch.randn(T, B, I, dtype=D)
+    s0 = cell.initial_state(B, dtype=D)
+    s0 = type(s0)(*(torch.randn_like(t) for t in s0)) if not torch.is_tensor(s0) else s0 + 1
+    mask = _mask("random")
+    with torch.no_grad():
+        a = kernels.run_sequence(cell, None, x, s0, mask, return_states=True, return_gates=True)
+    b = bptt.run_sequence(cell, None, x, s0, mask, return_states=True, return_gates=True)
+    assert not a.output.requires_grad
+    torch.testing.assert_close(a.output, b.output)
+    for u, v in zip(_fields(a.states), _fields(b.states), strict=True):
+        torch.testing.assert_close(u, v)
+    for k in b.gates:
+        torch.testing.assert_close(a.gates[k], b.gates[k])
