@@ -156,6 +156,12 @@ class HessianFree(torch.optim.Optimizer):
     (carousel layers switch to their autograd reference path under ``torch.func``
     transforms) and deterministic (no dropout).
 
+    **Cost.** A CG iteration is one ``jvp`` (which recomputes the forward pass) and one reverse
+    pass on the curvature batch. In torch 2.13, ``jvp`` runs products and sums between a
+    transformed tensor and a Python scalar or a constant tensor through Python reference
+    implementations, about 100x slower than the kernels: write custom cells with operations
+    between parameters and activations, or ``torch.lerp``/``torch.addmm``, where speed matters.
+
     All state (:math:`\lambda`, the step count, the warm-start direction) lives in
     ``self.state``, so ``state_dict()``/``load_state_dict()`` resume a run exactly; the
     random vectors of the preconditioner are drawn from ``seed`` and the step count.
