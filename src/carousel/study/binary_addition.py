@@ -84,6 +84,8 @@ class AdditionRun:
         long_accuracy: final fraction of ``test_bits``-bit additions right.
         long_bit_accuracy: final fraction of their sum bits right.
         run_dir: the engine's run directory.
+        automaton_states: states of the automaton read out of this run (delay 0 only).
+        carry_automaton: whether that automaton is lecture 7c's (delay 0 only).
     """
 
     seed: int
@@ -93,6 +95,8 @@ class AdditionRun:
     long_accuracy: float
     long_bit_accuracy: float
     run_dir: str
+    automaton_states: int | None = None
+    carry_automaton: bool | None = None
 
 
 @dataclass
@@ -221,6 +225,10 @@ def binary_addition_study(
             )
         )
         models[seed] = result.model
+        if delay == 0:
+            machine = extract_adder_automaton(result.model)
+            runs[-1].automaton_states = machine.num_states
+            runs[-1].carry_automaton = machine.equivalent(carry_automaton()[0])
     best = max(runs, key=lambda r: (r.long_accuracy, r.valid_accuracy, -r.seed))
     automaton, matches, adds = None, False, 0.0
     if delay == 0:  # the hidden state is then the lecture's Moore state (module docstring)
@@ -271,14 +279,17 @@ def _markdown(runs, automaton, seed, matches, adds, hidden_size, delay, steps, b
         f"{len(perfect_long)} of {n} add every 64-bit test number right.",
         "",
         "| seed | updates to 100% (8-bit) | 8-bit additions right | 64-bit additions right "
-        "| 64-bit sum bits right |",
-        "|---:|---:|---:|---:|---:|",
+        "| 64-bit sum bits right | automaton states |",
+        "|---:|---:|---:|---:|---:|---|",
     ]
     for r in runs:
         first = "-" if r.steps_to_100 is None else str(r.steps_to_100)
+        fsa = "-" if r.automaton_states is None else str(r.automaton_states)
+        if r.carry_automaton:
+            fsa += " (carry automaton)"
         lines.append(
             f"| {r.seed} | {first} | {r.valid_accuracy:.4f} | {r.long_accuracy:.4f} | "
-            f"{r.long_bit_accuracy:.5f} |"
+            f"{r.long_bit_accuracy:.5f} | {fsa} |"
         )
     if automaton is None:
         return "\n".join(lines) + "\n"

@@ -420,8 +420,13 @@ def plot_success(config: StudyConfig, rows: list[dict], path: str | os.PathLike)
             if not mine:
                 continue
             xs = [r["T"] for r in mine]
-            axes[0][col].plot(xs, [r["success_rate"] for r in mine], marker="o", label=model)
-            axes[1][col].plot(xs, [r["test_error"] for r in mine], marker="o", label=model)
+            # a small vertical offset and its own marker per model, so equal curves stay visible
+            k = config.models.index(model)
+            dy = 0.015 * (k - (len(config.models) - 1) / 2)
+            style = dict(marker="osD^v<>ph*"[k % 10], linestyle=("-", "--", ":", "-.")[k % 4])
+            ys = [r["success_rate"] + dy for r in mine]
+            axes[0][col].plot(xs, ys, label=model, **style)
+            axes[1][col].plot(xs, [r["test_error"] + dy for r in mine], label=model, **style)
         axes[0][col].set_title(task)
         axes[0][col].set_ylabel("fraction of seeds solved")
         axes[1][col].set_ylabel("test sequences wrong")
