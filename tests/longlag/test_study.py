@@ -188,13 +188,13 @@ def test_pathological_problems_join_the_study(tmp_path):
     from carousel.study.tasks import make_study_task, study_task_names, task_has_lag
     from carousel.study.train import stop_rule_of
 
-    assert "addition" in study_task_names() and task_has_lag("addition")
-    task = make_study_task("addition", 20)
+    assert "addition-martens2011" in study_task_names() and task_has_lag("addition-martens2011")
+    task = make_study_task("addition-martens2011", 20)
     assert stop_rule_of(task).max_wrong == 20
     assert stop_rule_of(make_task("adding-1997", T=20)).max_mean_error == 0.01
-    config = StudyConfig(**{**TINY, "tasks": ("addition",), "lags": (20,), "seeds": 1})
+    config = StudyConfig(**{**TINY, "tasks": ("addition-martens2011",), "lags": (20,), "seeds": 1})
     (rec,) = run_study(config, tmp_path)
-    assert rec["cell"]["task"] == "addition" and rec["settings"]["task"]["T"] == 20
+    assert rec["cell"]["task"] == "addition-martens2011" and rec["settings"]["task"]["T"] == 20
     assert "Martens & Sutskever 2011" in (tmp_path / "results.md").read_text()
 
 
