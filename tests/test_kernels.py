@@ -324,3 +324,13 @@ def test_inference_without_autograd(config, built):
         torch.testing.assert_close(u, v)
     for k in b.gates:
         torch.testing.assert_close(a.gates[k], b.gates[k])
+
+
+def test_several_threads(built):
+    """The gate arithmetic splits the batch over threads (at::parallel_for): same results."""
+    torch.set_num_threads(2)  # restored by _one_thread
+    cell = carousel.LSTMCell(8, 16, peephole=True, dtype=D)  # grain 8192 / 16 = 512 rows
+    runs, names = _run_all(
+        cell, [kernels.run_sequence, bptt.run_sequence], "random", steps=4, batch=1100, size=8
+    )
+    _assert_same(runs[0], runs[1], names)

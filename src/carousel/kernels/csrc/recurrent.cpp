@@ -200,7 +200,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
   const int64_t T = xw.size(0), B = xw.size(1), GH = xw.size(2), H = c0.size(-1);
   LstmLayout L{offsets[0], offsets[1], offsets[2], offsets[3],
                flags[0] != 0, flags[1] != 0, flags[2] != 0, flags[3] != 0};
-  at::Tensor gates = xw.clone();  // overwritten step by step with the activations
+  // xw is a fresh buffer of the caller: overwritten in place, step by step, with the
+  // activations
+  at::Tensor gates = xw.is_contiguous() ? xw : xw.contiguous();
   at::Tensor hs = at::empty({T, B, H}, xw.options());
   at::Tensor cs = at::empty({T, B, H}, xw.options());
   at::Tensor acts = at::empty({T, B, H}, xw.options());
@@ -260,7 +262,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
     const at::Tensor& xw, const at::Tensor& h0, const c10::optional<at::Tensor>& mask,
     const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_hh) {
   const int64_t T = xw.size(0), B = xw.size(1), H = h0.size(-1), G = 3 * H;
-  at::Tensor gates = xw.clone();
+  at::Tensor gates = xw.is_contiguous() ? xw : xw.contiguous();  // overwritten in place
   at::Tensor hs = at::empty({T, B, H}, xw.options());
   at::Tensor pn = at::empty({T, B, H}, xw.options());
   at::Tensor p = at::empty({B, G}, xw.options());
@@ -362,7 +364,7 @@ at::Tensor rnn_forward(const at::Tensor& xw, const at::Tensor& h0,
                        const c10::optional<at::Tensor>& mask, const at::Tensor& w_hh,
                        bool relu) {
   const int64_t T = xw.size(0), B = xw.size(1), H = h0.size(-1);
-  at::Tensor hs = xw.clone();
+  at::Tensor hs = xw.is_contiguous() ? xw : xw.contiguous();  // overwritten in place
   at::Tensor w_t = w_hh.t();
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnn_forward", [&] {
     for (int64_t t = 0; t < T; ++t) {
