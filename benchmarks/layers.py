@@ -103,7 +103,7 @@ def make_cases(I: int, H: int, families: list[str], variants: list[str], device,
     if "GRU" in families:
         add("GRU", "reset_after", ["auto", "compiled", "bptt", "reference"],
             lambda impl: carousel.GRU(I, H, impl=impl, **kw), torch.nn.GRU(I, H, **kw))  # fmt: skip
-        add("GRU", "Cho", ["bptt", "reference"],
+        add("GRU", "Cho", ["compiled", "bptt", "reference"],
             lambda impl: carousel.GRU(I, H, reset_after=False, impl=impl, **kw))  # fmt: skip
     if "RNN" in families:
         add("RNN", "tanh", ["auto", "compiled", "bptt", "reference"],

@@ -50,6 +50,8 @@ CELLS = {
     "rnn_no_bias": lambda: carousel.RNNCell(I, H, bias=False, dtype=D),
     "gru": lambda: carousel.GRUCell(I, H, dtype=D),
     "gru_no_bias": lambda: carousel.GRUCell(I, H, bias=False, dtype=D),
+    "gru_cho": lambda: carousel.GRUCell(I, H, reset_after=False, dtype=D),
+    "gru_cho_no_bias": lambda: carousel.GRUCell(I, H, bias=False, reset_after=False, dtype=D),
     **{
         f"lstm_{name}": _lstm(variant=name)
         for name in carousel.LSTM_VARIANTS
@@ -68,7 +70,6 @@ CELLS = {
     ),
 }
 UNCOVERED = {
-    "gru_cho": lambda: carousel.GRUCell(I, H, reset_after=False, dtype=D),
     "lstm_proj": _lstm(proj_size=3),
     "lstm_LN": _lstm(layer_norm=True),
     "lstm_FGR": _lstm(full_gate_recurrence=True),
@@ -188,6 +189,7 @@ LAYERS = {
     "LSTM_vanilla": lambda **kw: carousel.LSTM(I, H, variant="vanilla", **kw),
     "LSTM_CIFG": lambda **kw: carousel.LSTM(I, H, variant="CIFG", **kw),
     "GRU": lambda **kw: carousel.GRU(I, H, **kw),
+    "GRU_cho": lambda **kw: carousel.GRU(I, H, reset_after=False, **kw),
     "RNN_relu": lambda **kw: carousel.RNN(I, H, nonlinearity="relu", **kw),
 }
 
@@ -225,7 +227,7 @@ def test_auto_prefers_compiled(built):
     assert carousel.LSTM(I, H, variant="CIFG").resolve_impl() == "compiled"
     assert carousel.LSTM(I, H).resolve_impl() == "fused"  # oneDNN for the standard LSTM
     assert carousel.LSTM(I, H).resolve_impl(return_states=True) == "compiled"
-    assert carousel.GRU(I, H, reset_after=False).resolve_impl() == "bptt"  # not covered
+    assert carousel.GRU(I, H, reset_after=False).resolve_impl() == "compiled"
     assert carousel.LSTM(I, H, variant="LN").resolve_impl() == "bptt"
 
 
@@ -233,12 +235,14 @@ GT, GB, GI, GH = 3, 2, 2, 3
 
 
 @pytest.mark.parametrize("masked", [False, True])
-@pytest.mark.parametrize("family", ["rnn", "gru", "lstm_NP", "lstm_vanilla", "lstm_CIFG"])
+@pytest.mark.parametrize(
+    "family", ["rnn", "gru", "gru_cho", "lstm_NP", "lstm_vanilla", "lstm_CIFG"]
+)
 def test_gradcheck(family, masked, built):
     mask = torch.tensor([[True, True], [True, False], [False, False]]) if masked else None
     x = torch.randn(GT, GB, GI, dtype=D, requires_grad=True)
     h0 = torch.randn(GB, GH, dtype=D, requires_grad=True)
-    if family in ("rnn", "gru"):
+    if family in ("rnn", "gru", "gru_cho"):
         n = 1 if family == "rnn" else 3
         ws = [
             torch.randn(s, dtype=D, requires_grad=True)
@@ -247,7 +251,8 @@ def test_gradcheck(family, masked, built):
         if family == "rnn":
             fn = lambda *a: kernels.RNNKernelFunction.apply(*a[:2], mask, *a[2:], False)  # noqa: E731
         else:
-            fn = lambda *a: kernels.GRUKernelFunction.apply(*a[:2], mask, *a[2:])[0]  # noqa: E731
+            f = kernels.GRUKernelFunction if family == "gru" else kernels.GRUChoKernelFunction
+            fn = lambda *a: f.apply(*a[:2], mask, *a[2:])[0]  # noqa: E731
         assert torch.autograd.gradcheck(fn, (x, h0, *ws))
         return
     cell = carousel.LSTMCell(GI, GH, variant=family[5:], dtype=D)
@@ -306,7 +311,7 @@ def test_cache_dir_keyed_by_torch_and_source(monkeypatch, tmp_path):
     assert torch.__version__.replace("+", "_") in d.name
 
 
-@pytest.mark.parametrize("config", ["rnn_relu", "gru", "lstm_vanilla", "lstm_CIFG"])
+@pytest.mark.parametrize("config", ["rnn_relu", "gru", "gru_cho", "lstm_vanilla", "lstm_CIFG"])
 def test_inference_without_autograd(config, built):
     """Under no_grad the kernel runs without the autograd Function: same results."""
     cell = CELLS[config]()

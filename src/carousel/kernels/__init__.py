@@ -20,10 +20,10 @@ source, so it is built once per machine and torch version; a message is logged (
 present, the build fails, or ``CAROUSEL_NO_COMPILE=1`` is set, :func:`available` is False and
 ``impl="compiled"`` runs the pure-PyTorch path :mod:`carousel.bptt` instead.
 
-Covered: the Elman RNN (tanh, ReLU), torch.nn's GRU (``reset_after=True``) and the LSTM
+Covered: the Elman RNN (tanh, ReLU), the GRU (both formulations) and the LSTM
 family without projection, layer normalisation or full gate recurrence, i.e. torch.nn's cell
 with any combination of the switches peephole, NIG, NFG, NOG, NIAF, NOAF and CIFG. Other
-cells (Cho's GRU, LSTM with ``proj_size``, ``layer_norm`` or ``full_gate_recurrence``) run on
+cells (LSTM with ``proj_size``, ``layer_norm`` or ``full_gate_recurrence``) run on
 the pure-PyTorch path (:func:`supports`). Floating dtypes float32 and float64, on the CPU.
 """
 
@@ -150,8 +150,8 @@ def available() -> bool:
 def supports(cell: Any, device: torch.device | str | None = None) -> bool:
     """Whether a compiled kernel exists for ``cell`` (regardless of :func:`available`).
 
-    True for :class:`~carousel.cells.RNNCell`, :class:`~carousel.cells.GRUCell` with
-    ``reset_after=True`` and :class:`~carousel.cells.LSTMCell` without projection, layer
+    True for :class:`~carousel.cells.RNNCell`, :class:`~carousel.cells.GRUCell` (both
+    formulations) and :class:`~carousel.cells.LSTMCell` without projection, layer
     norm and full gate recurrence, with the step methods not overridden, on the CPU.
     """
     if device is not None and torch.device(device).type != "cpu":
@@ -161,7 +161,7 @@ def supports(cell: Any, device: torch.device | str | None = None) -> bool:
     if fam is RNNCell:
         return True
     if fam is GRUCell:
-        return bool(cell.reset_after)
+        return True
     if fam is LSTMCell:
         v = cell.variant
         return not (cell.proj_size or v.layer_norm or v.full_gate_recurrence)
@@ -337,6 +337,62 @@ class GRUKernelFunction(torch.autograd.Function):
         return dx, dH[0] if needs[1] else None, None, dW_ih, dW_hh, db_ih, db_hh
 
 
+def _gru_cho_forward(x, h0, mask, w_ih, w_hh, b_ih, b_hh):
+    """The forward pass of Cho's GRU: ``(x2, h0, w_hh, hs, gates, rh)``."""
+    T, B, I = x.shape
+    x2 = x.reshape(T * B, I)
+    if b_ih is not None:
+        xw = torch.addmm(b_ih + b_hh, x2, w_ih.t())
+    else:
+        xw = x2.mm(w_ih.t())
+    w_hh = w_hh.contiguous()
+    h0 = h0.contiguous()
+    hs, gates, rh = _ops().gru_cho_forward(xw.view(T, B, -1), h0, mask, w_hh)
+    return x2, h0, w_hh, hs, gates, rh
+
+
+class GRUChoKernelFunction(torch.autograd.Function):
+    """Cho et al. 2014's GRU (``reset_after=False``) over a sequence with the compiled loop:
+    ``apply(x, h0, mask, W_ih, W_hh, b_ih, b_hh)``; returns ``(hs, gates)`` as
+    :class:`carousel.bptt.GRUFunction`."""
+
+    @staticmethod
+    def forward(ctx, x, h0, mask, w_ih, w_hh, b_ih, b_hh):
+        x2, h0, w_hh, hs, gates, rh = _gru_cho_forward(x, h0, mask, w_ih, w_hh, b_ih, b_hh)
+        ctx.has_bias = b_ih is not None
+        ctx.save_for_backward(x2, h0, mask, w_ih, w_hh, hs, gates, rh)
+        ctx.mark_non_differentiable(gates)
+        ctx.set_materialize_grads(False)
+        return hs, gates
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_hs, _grad_gates):
+        from carousel.bptt._common import bias_grads, grad_with_prev
+
+        if grad_hs is None:
+            return (None,) * 7
+        x2, h0, mask, w_ih, w_hh, hs, gates, rh = ctx.saved_tensors
+        T, B, H = hs.shape
+        needs = ctx.needs_input_grad
+        dH = hs.new_zeros(T + 1, B, H)
+        dH[1:].copy_(grad_hs)
+        dA = _ops().gru_cho_backward(gates, hs, h0, dH, mask, w_hh)
+        dA2 = dA.view(T * B, 3 * H)
+        dx = dA2.mm(w_ih).view(T, B, -1) if needs[0] else None
+        dW_ih = dA2.t().mm(x2) if needs[3] else None
+        dW_hh = None
+        if needs[4]:
+            dW_hh = torch.cat(
+                [
+                    grad_with_prev(dA[..., : 2 * H], hs, h0),  # sum_t d[r,z]_t^T h_{t-1}
+                    dA2[:, 2 * H :].t().mm(rh.view(T * B, H)),  # sum_t dn_t^T (r_t h_{t-1})
+                ]
+            )
+        db_ih, db_hh = bias_grads(dA, ctx.has_bias, needs[5], needs[6])
+        return dx, dH[0] if needs[1] else None, None, dW_ih, dW_hh, db_ih, db_hh
+
+
 class RNNKernelFunction(torch.autograd.Function):
     """Elman RNN over a sequence with the compiled loop: ``apply(x, h0, mask, W_ih, W_hh,
     b_ih, b_hh, relu)``; returns the states as :class:`carousel.bptt.RNNFunction`."""
@@ -467,10 +523,11 @@ def run_sequence(
     elif fam is GRUCell:
         args = (x, state0, mask, params["weight_ih"], params["weight_hh"],
                 params.get("bias_ih"), params.get("bias_hh"))  # fmt: skip
-        if grad:
-            hs, g = GRUKernelFunction.apply(*args)
+        if cell.reset_after:
+            fn, fwd = GRUKernelFunction, _gru_forward
         else:
-            hs, g = _gru_forward(*args)[3:5]
+            fn, fwd = GRUChoKernelFunction, _gru_cho_forward
+        hs, g = fn.apply(*args) if grad else fwd(*args)[3:5]
         states = hs
         if return_gates:
             gates = dict(zip(("r", "z", "n"), g.chunk(3, dim=-1)))

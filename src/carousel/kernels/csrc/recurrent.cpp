@@ -358,6 +358,122 @@ std::tuple<at::Tensor, at::Tensor> gru_backward(const at::Tensor& gates, const a
   return {dX, dP};
 }
 
+// Cho et al. 2014's GRU (reset_after=False): n_t = tanh(xbar^n + W_hn (r_t h_{t-1})), every
+// bias outside r. xw: (T, B, 3H) = W_ih x + b_ih + b_hh, overwritten in place. Returns (hs,
+// gates (T, B, 3H) = r, z, n, rh (T, B, H) = r_t h_{t-1}).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_cho_forward(
+    const at::Tensor& xw, const at::Tensor& h0, const c10::optional<at::Tensor>& mask,
+    const at::Tensor& w_hh) {
+  const int64_t T = xw.size(0), B = xw.size(1), H = h0.size(-1), G = 3 * H;
+  at::Tensor gates = xw.is_contiguous() ? xw : xw.contiguous();
+  at::Tensor hs = at::empty({T, B, H}, xw.options());
+  at::Tensor rh = at::empty({T, B, H}, xw.options());
+  at::Tensor w_rz_t = w_hh.narrow(0, 0, 2 * H).t();
+  at::Tensor w_n_t = w_hh.narrow(0, 2 * H, H).t();
+  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "gru_cho_forward", [&] {
+    for (int64_t t = 0; t < T; ++t) {
+      at::Tensor h_prev = t == 0 ? h0 : hs[t - 1];
+      at::Tensor g = gates[t];
+      at::Tensor rz = g.narrow(1, 0, 2 * H);
+      rz.addmm_(h_prev, w_rz_t);
+      scalar_t* a = g.data_ptr<scalar_t>();
+      const scalar_t* hp = h_prev.data_ptr<scalar_t>();
+      scalar_t* rht = rh[t].data_ptr<scalar_t>();
+      at::parallel_for(0, B, grain(H), [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          scalar_t* ab = a + b * G;
+          for (int64_t j = 0; j < 2 * H; ++j) ab[j] = sigm(ab[j]);  // r, z
+          const scalar_t* hpb = hp + b * H;
+          scalar_t* rhb = rht + b * H;
+          for (int64_t j = 0; j < H; ++j) rhb[j] = ab[j] * hpb[j];
+        }
+      });
+      g.narrow(1, 2 * H, H).addmm_(rh[t], w_n_t);
+      scalar_t* h = hs[t].data_ptr<scalar_t>();
+      const bool* m = mask_ptr(mask, t);
+      at::parallel_for(0, B, grain(H), [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          scalar_t* ab = a + b * G;
+          scalar_t* an = ab + 2 * H;
+          for (int64_t j = 0; j < H; ++j) an[j] = tanh_(an[j]);  // n
+          const scalar_t* hpb = hp + b * H;
+          scalar_t* hb = h + b * H;
+          if (m == nullptr || m[b]) {
+            const scalar_t* z = ab + H;
+            for (int64_t j = 0; j < H; ++j) hb[j] = an[j] + z[j] * (hpb[j] - an[j]);
+          } else {
+            for (int64_t j = 0; j < H; ++j) hb[j] = hpb[j];
+          }
+        }
+      });
+    }
+  });
+  return {hs, gates, rh};
+}
+
+// dH: (T+1, B, H) as for the LSTM. Returns dA (T, B, 3H), the gradients of the
+// pre-activations [r, z, n] (those of W_hn (r h) equal those of n).
+at::Tensor gru_cho_backward(const at::Tensor& gates, const at::Tensor& hs, const at::Tensor& h0,
+                            const at::Tensor& dH, const c10::optional<at::Tensor>& mask,
+                            const at::Tensor& w_hh) {
+  const int64_t T = gates.size(0), B = gates.size(1), H = h0.size(-1), G = 3 * H;
+  at::Tensor dA = at::empty_like(gates);
+  at::Tensor drh = at::empty({B, H}, gates.options());
+  at::Tensor w_rz = w_hh.narrow(0, 0, 2 * H);
+  at::Tensor w_n = w_hh.narrow(0, 2 * H, H);
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gru_cho_backward", [&] {
+    for (int64_t t = T - 1; t >= 0; --t) {
+      at::Tensor h_prev = t == 0 ? h0 : hs[t - 1];
+      at::Tensor dhp = dH[t];
+      at::Tensor dat = dA[t];
+      const scalar_t* gt = gates[t].data_ptr<scalar_t>();
+      const scalar_t* hp = h_prev.data_ptr<scalar_t>();
+      const scalar_t* dh = dH[t + 1].data_ptr<scalar_t>();
+      scalar_t* da = dat.data_ptr<scalar_t>();
+      scalar_t* dhpp = dhp.data_ptr<scalar_t>();
+      const bool* m = mask_ptr(mask, t);
+      at::parallel_for(0, B, grain(H), [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          const scalar_t* gb = gt + b * G;
+          scalar_t* dab = da + b * G;
+          const scalar_t* dhb = dh + b * H;
+          scalar_t* dhpb = dhpp + b * H;
+          if (m != nullptr && !m[b]) {
+            for (int64_t k = 0; k < G; ++k) dab[k] = scalar_t(0);
+            for (int64_t j = 0; j < H; ++j) dhpb[j] += dhb[j];
+            continue;
+          }
+          const scalar_t* hpb = hp + b * H;
+          for (int64_t j = 0; j < H; ++j) {
+            const scalar_t z = gb[H + j], n = gb[2 * H + j];
+            dab[2 * H + j] = dhb[j] * (scalar_t(1) - z) * (scalar_t(1) - n * n);
+            dab[H + j] = dhb[j] * (hpb[j] - n) * z * (scalar_t(1) - z);
+            dhpb[j] += dhb[j] * z;
+          }
+        }
+      });
+      at::mm_out(drh, dat.narrow(1, 2 * H, H), w_n);  // delta (r h_{t-1})
+      const scalar_t* drp = drh.data_ptr<scalar_t>();
+      at::parallel_for(0, B, grain(H), [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          const scalar_t* gb = gt + b * G;
+          scalar_t* dab = da + b * G;
+          const scalar_t* hpb = hp + b * H;
+          const scalar_t* drb = drp + b * H;
+          scalar_t* dhpb = dhpp + b * H;
+          for (int64_t j = 0; j < H; ++j) {
+            const scalar_t r = gb[j];
+            dab[j] = drb[j] * hpb[j] * r * (scalar_t(1) - r);
+            dhpb[j] += drb[j] * r;
+          }
+        }
+      });
+      dhp.addmm_(dat.narrow(1, 0, 2 * H), w_rz);
+    }
+  });
+  return dA;
+}
+
 // ------------------------------------------------------------------------------------- RNN
 // xw: (T, B, H) = W_ih x + b_ih + b_hh. Returns hs.
 at::Tensor rnn_forward(const at::Tensor& xw, const at::Tensor& h0,
@@ -438,6 +554,8 @@ TORCH_LIBRARY(carousel_kernels, m) {
   m.def("lstm_backward", &lstm_backward);
   m.def("gru_forward", &gru_forward);
   m.def("gru_backward", &gru_backward);
+  m.def("gru_cho_forward", &gru_cho_forward);
+  m.def("gru_cho_backward", &gru_cho_backward);
   m.def("rnn_forward", &rnn_forward);
   m.def("rnn_backward", &rnn_backward);
 }
