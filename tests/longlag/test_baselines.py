@@ -108,3 +108,21 @@ def test_hmm_capacity_at_most_log2_states_while_an_rnn_recalls():
     assert hmm.recall_accuracy < 0.6
     assert rnn.remembered > 1.5 and rnn.recall_accuracy == 1.0
     assert "HMM, 2 states" in res.markdown
+
+
+def test_unused_hmm_state_is_repaired_without_changing_likelihoods():
+    pytest.importorskip("hmmlearn")
+    from hmmlearn.hmm import CategoricalHMM
+
+    from carousel.baselines.hidden_state import _repair_unused_states
+
+    m = CategoricalHMM(n_components=3, n_features=2)
+    m.startprob_ = np.array([1.0, 0.0, 0.0])
+    m.transmat_ = np.array([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 0.0]])
+    m.emissionprob_ = np.array([[0.9, 0.1], [0.2, 0.8], [0.0, 0.0]])
+    X = np.array([[0], [1], [1], [0]])
+    with pytest.raises(ValueError, match="must sum to 1"):
+        m.score(X)
+    _repair_unused_states(m)
+    ref = np.log(0.9) + np.log(0.5 * 0.1 + 0.5 * 0.8)  # forward pass by hand, first 2 steps
+    assert m.score(X[:2]) == pytest.approx(ref)

@@ -53,6 +53,18 @@ def _check_tokens(owner: str, tokens: Tensor, num_symbols: int) -> Tensor:
     return tokens
 
 
+def _repair_unused_states(model) -> None:
+    """EM can leave a state that no sequence visits with an all-zero transition (or emission)
+    row, which hmmlearn then refuses to score; such a state carries no probability mass, so a
+    uniform row there changes no likelihood."""
+    for name in ("transmat_", "emissionprob_"):
+        rows = np.array(getattr(model, name), dtype=float)
+        empty = rows.sum(1) <= 0
+        if empty.any():
+            rows[empty] = 1.0 / rows.shape[1]
+            setattr(model, name, rows)
+
+
 class HMMBaseline:
     """A discrete hidden Markov model fitted by EM (``hmmlearn.hmm.CategoricalHMM``).
 
@@ -118,6 +130,7 @@ class HMMBaseline:
                 implementation="scaling",
             )
             model.fit(X, lengths)
+            _repair_unused_states(model)
             score = model.score(X, lengths)
             if score > best_score:
                 best, best_score = model, score

@@ -68,6 +68,8 @@ class ModelSpec:
         input_bias: initial LSTM input-gate bias; Hochreiter & Schmidhuber 1997 start input
             gates negative (-3, -6, ...) so that cells are not flooded before they learn what
             to store.
+        spectral_radius: recurrent spectral radius of the ``"sutskever2013"`` initialisation.
+        input_scale: standard deviation of its input weights.
     """
 
     name: str
@@ -84,6 +86,8 @@ class ModelSpec:
     window: int = 0
     forget_bias: float = 1.0
     input_bias: float = 0.0
+    spectral_radius: float = 1.1
+    input_scale: float = 0.001
 
     def __post_init__(self) -> None:
         check_choice("ModelSpec", "family", self.family, ("lstm", "gru", "rnn", "delay-tap"))
@@ -109,7 +113,10 @@ class ModelSpec:
             rnn = carousel.RNN(input_size, H, nonlinearity="tanh")
         model = RecurrentNet(rnn, output_size)
         if self.init == "sutskever2013":
-            init_sutskever2013(model, generator=torch.Generator().manual_seed(seed))
+            init_sutskever2013(
+                model, spectral_radius=self.spectral_radius, input_scale=self.input_scale,
+                generator=torch.Generator().manual_seed(seed),
+            )  # fmt: skip
         elif self.family == "lstm":
             _gate_bias(rnn, "f", self.forget_bias)
             _gate_bias(rnn, "i", self.input_bias)
