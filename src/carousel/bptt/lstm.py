@@ -272,9 +272,10 @@ class LSTMFunction(torch.autograd.Function):
         if blk_hi > blk_lo:
             blk_s = a_s if blk_hi - blk_lo == GH else gates[..., blk_lo:blk_hi].unbind(0)
         sig_s = gates[..., :SH].unbind(0) if fgr else None
-        pre3_s = None
+        pre3_s = cprev3_s = None
         if peephole and n_pre:
             pre3_s = gates[..., o_off:SH].unflatten(-1, (n_pre, H)).unbind(0)
+            cprev3_s = [c0.unsqueeze(1), *cs.unsqueeze(2).unbind(0)[:-1]]  # c_{t-1}, (B, 1, H)
         g_s = gates[..., SH:].unbind(0)
         o_s = gates[..., :H].unbind(0) if has_o else None
         i_s = gates[..., o_off : o_off + H].unbind(0) if spec.has_i else None
@@ -306,7 +307,7 @@ class LSTMFunction(torch.autograd.Function):
             if fgr:
                 sig_s[t].addmm_(s, w_gg_t)  # + W_gg s_{t-1} on the sigmoid gates
             if pre3_s is not None:
-                pre3_s[t].addcmul_(c.unsqueeze(1), w_pre)  # + w_ci c_{t-1}, w_cf c_{t-1}
+                pre3_s[t].addcmul_(cprev3_s[t], w_pre)  # + w_ci c_{t-1}, w_cf c_{t-1}
             if blk_s is not None:
                 blk_s[t].sigmoid_()  # [o,] i, f [, sigmoid(2 a^g)]
             g = g_s[t]
@@ -473,6 +474,23 @@ class LSTMFunction(torch.autograd.Function):
             f_eff = 1.0 - i
         if f_eff is not None and mv is not None:
             f_eff = torch.where(mv.bool3, f_eff, 1.0)
+        # peepholes: delta c gets delta o-hat w_co and delta [i, f]-hat w_c[i, f], which are
+        # delta m k_o w_co and delta c k_[i, f] w_c[i, f]: folded into q and f_eff (one
+        # operation a step each), except with FGR (delta s adds to the gates' gradients) and,
+        # for w_co, with LN (delta m reaches c through the layer norm)
+        fold = peephole and not fgr
+        o_peep = has_o and peephole and not (fold and not ln)
+        if fold and has_o and not ln:
+            q = torch.addcmul(q, k_o, w_co)
+        if fold and n_pre:
+            k_pre = k_rest[:, :, :n_pre]  # (T, B, nP, H), masked
+            f_eff = (
+                (k_pre * w_pre).sum(2)
+                if f_eff is None
+                else torch.add(f_eff, (k_pre * w_pre).sum(2))
+            )
+            if update in ("nfg", "add"):
+                f_eff.add_(1.0)  # f = 1
         dsig_m = None
         if fgr:
             dsig_m = dsig if mf is None else dsig * mf
@@ -489,7 +507,7 @@ class LSTMFunction(torch.autograd.Function):
         dAo_s = dA[..., :H].unbind(0) if has_o else None
         dArest_s = dA[..., o_off:].unflatten(-1, (n_pre + 1, H)).unbind(0)
         dApre_s = []
-        if peephole and n_pre:
+        if peephole and n_pre and not fold:
             dApre_s = [d.unbind(0) for d in dA[..., o_off:SH].unflatten(-1, (n_pre, H)).unbind(2)]
         w_pre_s = w_pre.unbind(0) if w_pre is not None else ()
         q_s = q.unbind(0) if q is not None else None
@@ -504,7 +522,6 @@ class LSTMFunction(torch.autograd.Function):
             c_s = cs.unbind(0)
             z_s, muz_s, rsz_s = zs.unbind(0), mu_z.unbind(0), rs_z.unbind(0)
             muc_s, rsc_s = mu_c.unbind(0), rs_c.unbind(0)
-        o_peep = has_o and peephole
         mul, mm = torch.mul, torch.mm
         for t in range(T - 1, -1, -1):
             dh = dH_s[t + 1]  # delta h_t (complete: step t+1 has been peeled off)
