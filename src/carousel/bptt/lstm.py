@@ -38,9 +38,10 @@ the state after step ``t``, and ``\delta m_t = \delta h_t W_{hr}`` (or ``\delta 
     \delta s_{t-1} \mathrel{+}= \delta a^{\sigma}_t W_{gg}
 
 (hats mark pre-activations). Every factor in these products depends only on stored activities,
-so it is computed for all steps at once before the loop, with the mask folded in; the loop does
-five operations per step for torch.nn's cell. Every weight gradient is one matrix product over
-all steps after the loop: ``\nabla W_{ih} = \sum_t \delta a_t^\top x_t``,
+so it is computed for all steps at once before the loop, with the mask and the peepholes folded
+in; the loop does five operations per step for every variant but FGR and LN. Every weight
+gradient is one matrix product over all steps after the loop:
+``\nabla W_{ih} = \sum_t \delta a_t^\top x_t``,
 ``\nabla W_{hh} = \sum_t \delta a_t^\top h_{t-1}``, ...
 
 Internally the gate blocks are ordered ``[o, i, f, g]`` (absent gates left out) so that the
