@@ -339,3 +339,17 @@ def test_several_threads(built):
         cell, [kernels.run_sequence, bptt.run_sequence], "random", steps=4, batch=1100, size=8
     )
     _assert_same(runs[0], runs[1], names)
+
+
+def test_stale_build_lock_is_removed(tmp_path, caplog):
+    import os
+
+    lock = tmp_path / "lock"
+    lock.write_text("")
+    kernels._clear_stale_lock(tmp_path)
+    assert lock.exists()  # fresh: another process may be building
+    old = lock.stat().st_mtime - 2 * kernels._STALE_LOCK_S
+    os.utime(lock, (old, old))
+    with caplog.at_level(logging.WARNING, logger="carousel.kernels"):
+        kernels._clear_stale_lock(tmp_path)
+    assert not lock.exists()

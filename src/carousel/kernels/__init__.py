@@ -89,6 +89,24 @@ def cache_dir() -> Path:
     return base / f"torch{tv}-{digest}"
 
 
+#: A build lock older than this (seconds) is left by an interrupted build: removed.
+_STALE_LOCK_S = 900.0
+
+
+def _clear_stale_lock(build: Path) -> None:
+    """torch's builder waits while a ``lock`` file exists in the build directory; one left by
+    a killed build would make every later load wait forever."""
+    import time
+
+    lock = build / "lock"
+    try:
+        if lock.exists() and time.time() - lock.stat().st_mtime > _STALE_LOCK_S:
+            _log.warning("carousel: removing a stale build lock %s", lock)
+            lock.unlink()
+    except OSError:
+        pass
+
+
 def load() -> bool:
     """Build (once, cached) and load the extension; True when it is usable.
 
@@ -111,6 +129,7 @@ def load() -> bool:
             cpp_extension.verify_ninja_availability()
             build = cache_dir()
             build.mkdir(parents=True, exist_ok=True)
+            _clear_stale_lock(build)
             if not any(build.glob("*.so")):
                 _log.warning(
                     "carousel: building the compiled recurrent kernels in %s (once per "
