@@ -76,5 +76,8 @@ def test_train_on_a_manifest_and_transcribe(tmp_path, one_thread, capsys):
         assert len(d["times"]) == len(d["text"]) and d["times"] == sorted(d["times"])
     assert main(["transcribe", str(tmp_path / "run"), files[0], "--beam", "4"]) == 0
     assert "@" in capsys.readouterr().out
+    assert main(["transcribe", str(tmp_path / "run"), "--evaluate", "--beam", "4", "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)["manifest"]
+    assert scores["utterances"] == 4 and 0 <= scores["beam_cer"] <= 1.5
     assert main(["transcribe", str(tmp_path / "run"), str(tmp_path / "no.wav")]) == 2
     assert "no such file" in capsys.readouterr().err
