@@ -205,7 +205,7 @@ MODELS: dict[str, ModelSpec] = {
     "rnn-sutskever2013": ModelSpec(
         "rnn-sutskever2013",
         "tanh RNN, 100 units, echo-state init (radius 1.1), Nesterov momentum to 0.99",
-        "rnn", hidden_size=100, init="sutskever2013", optimizer="nesterov", lr=1e-4,
+        "rnn", hidden_size=100, init="sutskever2013", optimizer="nesterov", lr=1e-3,
         momentum=0.99, batch_size=100,
     ),
     "delay-tap": ModelSpec(
