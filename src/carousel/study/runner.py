@@ -420,16 +420,17 @@ def plot_success(config: StudyConfig, rows: list[dict], path: str | os.PathLike)
             if not mine:
                 continue
             xs = [r["T"] for r in mine]
-            # a small vertical offset and its own marker per model, so equal curves stay visible
+            # its own marker and line per model, and on the success panel a small vertical
+            # offset, so that equal curves stay visible
             k = config.models.index(model)
             dy = 0.015 * (k - (len(config.models) - 1) / 2)
             style = dict(marker="osD^v<>ph*"[k % 10], linestyle=("-", "--", ":", "-.")[k % 4])
             ys = [r["success_rate"] + dy for r in mine]
             axes[0][col].plot(xs, ys, label=model, **style)
-            axes[1][col].plot(xs, [r["test_error"] + dy for r in mine], label=model, **style)
+            axes[1][col].plot(xs, [r["test_error"] for r in mine], label=model, **style)
         axes[0][col].set_title(task)
-        axes[0][col].set_ylabel("fraction of seeds solved")
-        axes[1][col].set_ylabel("test sequences wrong")
+        axes[0][col].set_ylabel("fraction of seeds solved (offset per model)")
+        axes[1][col].set_ylabel("fraction of test sequences wrong")
         for row in (0, 1):
             ax = axes[row][col]
             ax.set_ylim(-0.05, 1.05)
