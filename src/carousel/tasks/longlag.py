@@ -886,14 +886,15 @@ class BitMemorisation(LongLagTask):
     def recall_bits(self, outputs: Tensor, batch: LongLagBatch) -> Tensor:
         """Per-sequence log-loss of the recalled bits in bits (``-log2 q(bits | prefix)``).
 
-        The model's distribution over the recall tokens is read from its outputs restricted to
-        the two bit classes (renormalised), one factor per recalled bit.
+        The model's probability of each recalled bit is its softmax over all 3 output classes
+        (mass on "blank" counts as lost, exactly as in an HMM's predictive distribution over
+        the 3 tokens), one factor per recalled bit given the true earlier ones.
 
         Returns:
             ``(B,)`` float.
         """
         k = self.num_bits
-        logits = self.scored(outputs, batch)[-k:, :, :2]  # (k, B, 2)
+        logits = self.scored(outputs, batch)[-k:]  # (k, B, 3)
         logp = logits.log_softmax(-1).gather(-1, batch.targets[-k:].unsqueeze(-1)).squeeze(-1)
         return -logp.sum(0) / math.log(2)
 
