@@ -68,7 +68,6 @@ def test_momentum_schedule():
     assert get_model_spec("lstm").momentum_at(10) is None
 
 
-@pytest.mark.slow
 def test_lstm_learns_temporal_order_at_short_lag():
     """Learning, proven: an LSTM meets the 1997 stopping rule on temporal order at T=20."""
     task = make_task("temporal-order-1997", T=20)
