@@ -286,3 +286,27 @@ def test_errors_are_named():
     b = task.sample(2, generator=gen())
     with pytest.raises(ValueError, match=r"expected outputs of shape \(T, B, 1\)"):
         task.loss(torch.zeros(b.inputs.shape[0], 2, 3), b)
+
+
+@pytest.mark.parametrize("name", [n for n in LONGLAG_TASKS if n != "bit-memorisation"])
+def test_registered_in_the_engine(name):
+    from carousel.models import ModelConfig, ModelOutput
+    from carousel.tasks import get_task
+    from carousel.tasks.longlag import LongLagConfig
+
+    spec = get_task(name)
+    assert spec.source == LONGLAG_TASKS[name][0].source
+    task = spec.cls(LongLagConfig(T=24, test_size=40))
+    if name != "embedded-reber-1997":
+        assert task.task.lag == 24
+    g = gen(3)
+    batch = task.batch("train", 5, generator=g)
+    ref = task.task.sample(5, generator=gen(3))
+    assert torch.equal(batch.inputs, ref.inputs) and batch.per_step == (task.task.readout == "all")
+    out = oracle_outputs(task.task, ref)
+    assert task.loss(ModelOutput(out, None), batch) == task.task.loss(out, ref)
+    assert task.metrics(ModelOutput(out, None), batch) == {"accuracy": 1.0, "error": 0.0}
+    sizes = [b.batch_size for b in task.eval_batches("test", generator=gen(4))]
+    assert sum(sizes) == 40
+    model = task.make_model(ModelConfig(cell="lstm", hidden_size=4))
+    assert task.forward(model, batch).output.shape[-1] == task.task.output_size

@@ -140,6 +140,7 @@ class LongLagTask:
 
     Attributes:
         name: registry name.
+        summary: one line: what the model must do.
         source: the paper (and section) the definition follows.
         kind: ``"regression"``, ``"classification"`` or ``"multilabel"``.
         readout: ``"last"`` (scored at each sequence's end) or ``"all"`` (scored where
@@ -149,6 +150,7 @@ class LongLagTask:
     """
 
     name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
     source: ClassVar[str] = ""
     kind: ClassVar[str] = "regression"
     readout: ClassVar[str] = "last"
@@ -310,6 +312,9 @@ class HochreiterAdding(LongLagTask):
     T: int = 100
 
     name: ClassVar[str] = "adding-1997"
+    summary: ClassVar[str] = (
+        "output 0.5 + (X1 + X2) / 4 for the two marked values of T to 1.1 T (value, marker) pairs"
+    )
     source: ClassVar[str] = "Hochreiter & Schmidhuber 1997, Neural Computation 9(8), exp. 4"
     kind: ClassVar[str] = "regression"
     criterion: ClassVar[str] = "absolute error at the sequence end < 0.04"
@@ -387,6 +392,9 @@ class HochreiterMultiplication(HochreiterAdding):
     nseq: int = 140
 
     name: ClassVar[str] = "multiplication-1997"
+    summary: ClassVar[str] = (
+        "output X1 * X2 for the two marked values among T to 1.1 T (value, marker) pairs"
+    )
     source: ClassVar[str] = "Hochreiter & Schmidhuber 1997, Neural Computation 9(8), exp. 5"
     criterion: ClassVar[str] = "absolute error at the sequence end < 0.04"
     paper_results: ClassVar[str] = (
@@ -425,6 +433,9 @@ class AddingModern(LongLagTask):
     T: int = 100
 
     name: ClassVar[str] = "adding-modern"
+    summary: ClassVar[str] = (
+        "output the sum of the two marked values of T (value, marker) pairs (loose modern form)"
+    )
     source: ClassVar[str] = "Le, Jaitly & Hinton 2015 (loose modern variant, not the 1997 task)"
     kind: ClassVar[str] = "regression"
     criterion: ClassVar[str] = "absolute error < 0.1 (carousel's threshold)"
@@ -500,6 +511,9 @@ class HochreiterTemporalOrder(LongLagTask):
     num_relevant: int = 2
 
     source: ClassVar[str] = "Hochreiter & Schmidhuber 1997, Neural Computation 9(8), exp. 6a/6b"
+    summary: ClassVar[str] = (
+        "classify T to 1.1 T symbols by the order of the 2 (or 3) relevant X/Y symbols"
+    )
     kind: ClassVar[str] = "classification"
     criterion: ClassVar[str] = "every output within 0.3 of its target at the sequence end"
     paper_results: ClassVar[str] = (
@@ -583,6 +597,9 @@ class PascanuTemporalOrder(LongLagTask):
     T: int = 100
 
     name: ClassVar[str] = "temporal-order-pascanu2013"
+    summary: ClassVar[str] = (
+        "classify T symbols by the order of the two relevant ones (A/B; 4 classes)"
+    )
     source: ClassVar[str] = "Pascanu, Mikolov & Bengio 2013 (ICML), released tempOrder.py"
     kind: ClassVar[str] = "classification"
     criterion: ClassVar[str] = "arg-max class right (success: < 1% wrong)"
@@ -678,6 +695,9 @@ class EmbeddedReber(LongLagTask):
     """
 
     name: ClassVar[str] = "embedded-reber-1997"
+    summary: ClassVar[str] = (
+        "predict the legal next symbols of embedded Reber strings (the long lag: the 2nd symbol)"
+    )
     source: ClassVar[str] = "Hochreiter & Schmidhuber 1997, Neural Computation 9(8), exp. 1"
     kind: ClassVar[str] = "multilabel"
     readout: ClassVar[str] = "all"
@@ -769,6 +789,7 @@ class ArjovskyCopy(LongLagTask):
     length: int = 10
 
     name: ClassVar[str] = "copy-arjovsky2016"
+    summary: ClassVar[str] = "reproduce 10 symbols after T blank steps"
     source: ClassVar[str] = "Arjovsky, Shah & Bengio 2016 (ICML), copying memory problem"
     kind: ClassVar[str] = "classification"
     readout: ClassVar[str] = "all"
@@ -844,6 +865,7 @@ class BitMemorisation(LongLagTask):
     T: int = 1
 
     name: ClassVar[str] = "bit-memorisation"
+    summary: ClassVar[str] = "recall k random bits after T blanks"
     source: ClassVar[str] = "carousel (after Hinton's lecture 7a: HMM memory is log2 N bits)"
     kind: ClassVar[str] = "classification"
     readout: ClassVar[str] = "all"
@@ -943,3 +965,116 @@ def make_task(name: str, **kwargs) -> LongLagTask:
         return cls(**fixed, **kwargs)
     except TypeError as exc:
         raise TypeError(f"make_task: {name!r}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# The training engine's registry: `carousel tasks` lists these, `carousel train adding-1997`
+# trains one (the study, `carousel study long-lag`, runs them with the papers' stopping rules)
+# ---------------------------------------------------------------------------------------------
+
+from carousel._config import Checks  # noqa: E402
+from carousel.models import ModelConfig, ModelOutput, SequenceModel  # noqa: E402
+from carousel.tasks.base import Batch, Task  # noqa: E402
+from carousel.tasks.registry import register_task  # noqa: E402
+
+
+@dataclass(frozen=True)
+class LongLagConfig:
+    """Options of a long-lag task in the engine (the ``[data]`` table)."""
+
+    # the time-lag parameter T of the task (ignored by embedded-reber-1997, which has none)
+    T: int = 100
+    # fresh sequences in the held-out "test" split (the 1997 paper tests on 2560)
+    test_size: int = 2560
+
+    def __post_init__(self) -> None:
+        c = Checks("data")
+        c.positive_int("T", self.T)
+        c.positive_int("test_size", self.test_size)
+        c.done()
+
+
+_EVAL_CHUNK = 512
+
+
+class LongLagEngineTask(Task):
+    """A :class:`LongLagTask` as a task of the training engine: a
+    :class:`~carousel.models.SequenceModel` with a per-step linear read-out, the task's loss,
+    and as metrics ``accuracy`` (fraction of sequences passing the paper's success test) and
+    ``error`` (1 - accuracy). The defaults are a plain LSTM; the study's tuned settings
+    (gate biases, :mod:`carousel.study.models`) reach the papers' criteria more reliably, e.g.
+    ``--set model.init.forget_bias=5``.
+    """
+
+    Config = LongLagConfig
+    defaults: ClassVar[dict] = {
+        "model": {"cell": "lstm", "hidden_size": 8},
+        "optim": {"name": "adam", "lr": 0.01},
+        "train": {"steps": 3000, "batch_size": 32, "eval_every": 500, "clip_norm": 1.0},
+    }
+    eval_splits = ("test",)
+    primary_metric = "accuracy"
+    longlag_name: ClassVar[str] = ""
+
+    config: LongLagConfig
+
+    def __init__(self, config=None) -> None:
+        super().__init__(config)
+        cls, _ = LONGLAG_TASKS[self.longlag_name]
+        T = None if cls is EmbeddedReber else self.config.T
+        self.task = make_task(self.longlag_name, T=T)
+
+    def make_model(self, config: ModelConfig, *, generator=None, device=None, dtype=None):
+        t = self.task
+        return SequenceModel(
+            t.input_size, t.output_size, config, readout="per-step", generator=generator,
+            device=device, dtype=dtype,
+        )  # fmt: skip
+
+    def _to_batch(self, b: LongLagBatch) -> Batch:
+        per_step = self.task.readout == "all"
+        return Batch(
+            b.inputs, b.targets, mask=b.mask if per_step else None, lengths=b.lengths,
+            per_step=per_step,
+        )  # fmt: skip
+
+    def _from_batch(self, batch: Batch) -> LongLagBatch:
+        lengths = batch.lengths
+        mask = batch.mask if batch.mask is not None else _last_mask(lengths.cpu(), batch.num_steps)
+        return LongLagBatch(batch.inputs, batch.targets, lengths, mask.to(lengths.device))
+
+    def batch(self, split: str, batch_size: int, *, generator: torch.Generator) -> Batch:
+        return self._to_batch(self.task.sample(batch_size, generator=generator))
+
+    def eval_batches(self, split: str, *, generator: torch.Generator):
+        n = self.config.test_size
+        for i in range(0, n, _EVAL_CHUNK):
+            yield self._to_batch(self.task.sample(min(_EVAL_CHUNK, n - i), generator=generator))
+
+    def loss(self, output: ModelOutput, batch: Batch) -> Tensor:
+        return self.task.loss(output.output, self._from_batch(batch))
+
+    @torch.no_grad()
+    def metrics(self, output: ModelOutput, batch: Batch) -> dict[str, float]:
+        ok = self.task.correct(output.output, self._from_batch(batch)).float().mean().item()
+        return {"accuracy": ok, "error": 1.0 - ok}
+
+
+def _register_engine_tasks() -> None:
+    for name, (cls, _) in LONGLAG_TASKS.items():
+        if name == "bit-memorisation":
+            continue  # a baseline study's task, not a training target
+        engine_cls = type(
+            "LongLag_" + name.replace("-", "_"), (LongLagEngineTask,),
+            {"longlag_name": name, "__module__": __name__,
+             "__doc__": f"``{name}`` in the training engine ({cls.source})."},
+        )  # fmt: skip
+        register_task(
+            name,
+            summary=cls.summary,
+            source=cls.source,
+            success=f"{cls.criterion}; `carousel study long-lag` applies the paper's stopping rule",
+        )(engine_cls)
+
+
+_register_engine_tasks()
