@@ -26,8 +26,13 @@ def test_features_by_hand():
     assert f["line-position"].tolist()[-4:] == [0, 1, 2, 3]
     assert f["word-start"].tolist()[:5] == [1, 0, 0, 0, 1]
     assert f["indent"].tolist()[-3:] == [1, 2, 2]
-    # a triple quote opens a docstring: three toggles leave it inside
-    assert text_features('"""doc', ["quotes"])["quotes"].tolist() == [1, 0, 1, 1, 1, 1]
+    # a triple quote opens a docstring that spans lines; its last closing quote is outside
+    doc = text_features('"""a\nb""" x', ["quotes", "strings"])
+    assert "".join(str(int(v)) for v in doc["quotes"].tolist()) == "11111111000"
+    # apostrophes open nothing, escapes stay inside, an unclosed quote ends with its line
+    g = text_features("don't 'a\\'b' c\n\"x\ny", ["single-quotes", "quotes"])
+    assert "".join(str(int(v)) for v in g["single-quotes"].tolist()) == "0000001111100000000"
+    assert "".join(str(int(v)) for v in g["quotes"].tolist()) == "0000000000000001100"
     with pytest.raises(ValueError, match="feature must be one of"):
         text_features("abc", ["vowels"])
 

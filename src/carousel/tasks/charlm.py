@@ -124,15 +124,22 @@ class CharLMTask(Task):
     Config: ClassVar[type] = CharLMConfig
     ModelConfig: ClassVar[type] = CharLMModelConfig
     defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {
-        "model": {"cell": "lstm", "hidden_size": 128, "num_layers": 2, "embedding_size": 64},
-        "optim": {"name": "adam", "lr": 3e-3, "schedule": "cosine", "min_lr": 3e-4},
+        "model": {
+            "cell": "lstm",
+            "hidden_size": 128,
+            "num_layers": 2,
+            "embedding_size": 64,
+            "dropout": 0.25,
+            "init": {"forget_bias": 1.0},
+        },
+        "optim": {"name": "adam", "lr": 3e-3, "schedule": "cosine", "min_lr": 1e-4},
         "train": {
-            "steps": 3000,
+            "steps": 6000,
             "batch_size": 64,
             "tbptt_k1": 100,
             "clip_norm": 1.0,
-            "eval_every": 250,
-            "checkpoint_every": 250,
+            "eval_every": 500,
+            "checkpoint_every": 500,
             "threads": 1,
         },
     }

@@ -35,23 +35,59 @@ __all__ = [
 ]
 
 
-def _parity(text: str, quote: str) -> list[float]:
-    out, inside = [], False
-    for ch in text:
-        if ch == quote:
-            inside = not inside
-        out.append(float(inside))
+def _string_states(text: str) -> list[str]:
+    """The string each character leaves the reader in: a double or single quote, a triple of
+    either (a docstring), or ``""`` outside. An opening quote is inside, a closing quote (the
+    last of a closing triple) outside. A one-line string ends at its closing quote or, unclosed,
+    at the end of the line (so a stray quote does not leak); a triple-quoted one at its closing
+    triple; a backslash escapes the next character; an apostrophe after a letter or digit
+    (``don't``) opens nothing."""
+    out: list[str] = []
+    state, i, n = "", 0, len(text)
+    prev = " "
+    while i < n:
+        ch = text[i]
+        if not state:
+            if ch in "\"'" and not (ch == "'" and (prev.isalnum() or prev == "_")):
+                if text[i : i + 3] == ch * 3:
+                    out.extend([ch * 3] * 3)
+                    state, prev, i = ch * 3, ch, i + 3
+                    continue
+                state = ch
+            out.append(state)
+        elif len(state) == 3:
+            if text[i : i + 3] == state:
+                out.extend([state, state, ""])
+                state, prev, i = "", ch, i + 3
+                continue
+            out.append(state)
+            if ch == "\\" and i + 1 < n:
+                out.append(state)
+                i += 1
+        else:
+            if ch == "\\" and i + 1 < n and text[i + 1] != "\n":
+                out.extend([state, state])
+                i += 1
+            elif ch == state or ch == "\n":
+                state = ""
+                out.append("")
+            else:
+                out.append(state)
+        prev = text[i]
+        i += 1
     return out
 
 
 def _inside_quotes(text: str) -> list[float]:
-    # after each character: is an odd number of '"' behind it? A triple quote toggles three
-    # times, so docstrings count as inside too.
-    return _parity(text, '"')
+    return [float(st[:1] == '"') for st in _string_states(text)]
 
 
 def _inside_single_quotes(text: str) -> list[float]:
-    return _parity(text, "'")
+    return [float(st[:1] == "'") for st in _string_states(text)]
+
+
+def _inside_strings(text: str) -> list[float]:
+    return [float(bool(st)) for st in _string_states(text)]
 
 
 _OPEN, _CLOSE = "([{", ")]}"
@@ -102,13 +138,16 @@ def _indent(text: str) -> list[float]:
 
 
 #: Features of a text, one value per character (the value after reading it):
-#: ``quotes`` inside double quotes (triple quotes too), ``single-quotes`` inside single quotes,
+#: ``quotes`` inside a double-quoted string (``"..."`` or a ``"""`` docstring), ``single-quotes``
+#: inside a single-quoted one, ``strings`` inside either (see :func:`_string_states`: one-line
+#: strings end at the end of the line, apostrophes open nothing),
 #: ``brackets`` inside any ``()[]{}``, ``bracket-depth`` their nesting depth,
 #: ``line-position`` characters since the last newline, ``word-start`` the first character of a
 #: word, ``indent`` the leading spaces of the current line.
 FEATURES: dict[str, Callable[[str], list[float]]] = {
     "quotes": _inside_quotes,
     "single-quotes": _inside_single_quotes,
+    "strings": _inside_strings,
     "brackets": _inside_brackets,
     "bracket-depth": _bracket_depth,
     "line-position": _line_position,
