@@ -1,23 +1,30 @@
 """The task registry, and a sweep over every registered task."""
 
 import math
+import shutil
 
 import pytest
 import torch
 
 from carousel.models import ModelOutput
 from carousel.tasks import Batch, Task, all_tasks, get_task, make_task, register_task, task_names
+from carousel.train import load_config
 
 
-@pytest.mark.parametrize("name", task_names())
+def _needs(name: str) -> list[pytest.MarkDecorator]:
+    if name.startswith("speech"):
+        reason = "espeak-ng is not installed (apt-get install espeak-ng)"
+        return [pytest.mark.skipif(shutil.which("espeak-ng") is None, reason=reason)]
+    return []
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=_needs(n)) for n in task_names()])
 def test_every_registered_task_runs_one_batch(name):
     spec = get_task(name)
     assert spec.summary and spec.source and spec.success and spec.cls.name == name
-    task = make_task(name)
-    model = task.make_model(
-        task.ModelConfig(**{k: v for k, v in task.defaults.get("model", {}).items()}),
-        generator=torch.Generator().manual_seed(0),
-    )
+    config = load_config(name)  # the task's defaults, built as the engine builds them
+    task = make_task(name, config.data)
+    model = task.make_model(config.model, generator=torch.Generator().manual_seed(0))
     batch = task.batch("train", 4, generator=torch.Generator().manual_seed(0))
     assert isinstance(batch, Batch) and batch.batch_size == 4
     out = task.forward(model, batch)

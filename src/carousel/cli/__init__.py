@@ -22,6 +22,7 @@ COMMAND_MODULES: list[str] = [
     "train",
     "eval",
     "tasks",
+    "study",
     "generate",
     "cells",
     "ngram",

@@ -318,7 +318,10 @@ class CharLMTask(Task):
 
     def metrics(self, output: ModelOutput, batch: Batch) -> dict[str, float]:
         """``bits_per_token``, ``bits_per_char`` (equal for characters) and ``perplexity``
-        (per token) of one batch."""
+        (per token) of one batch. For words, ``bits_per_char`` divides by the characters of
+        the predicted words, an unknown word counting as the mean length of the words it
+        stands for: the cost of spelling out unseen words is not in it, so compare word
+        models with word models."""
         nats, tokens, chars = self._totals(output, batch)
         return _summary(nats, tokens, chars)
 

@@ -310,6 +310,9 @@ def rank_cells(values: Tensor, feature: Tensor, top: int | None = None) -> list[
     return [CellScore(int(k) // H, int(k) % H, float(r[k])) for k in order]
 
 
+_LEVELS = 20
+
+
 def _colour(v: float) -> str:
     # v in [-1, 1]: blue (negative) - white - red (positive), as in Karpathy et al.'s figures
     v = max(-1.0, min(1.0, v))
@@ -352,7 +355,12 @@ def render_html(
         "pre{font-family:monospace;font-size:13px;line-height:1.35;white-space:pre-wrap;"
         "border:1px solid #ccc;padding:.6em}span{border-radius:2px}"
         ".legend span{display:inline-block;width:2.2em;text-align:center;font-size:11px}"
-        "</style></head><body>",
+        # one class per colour level (41 levels from -1 to 1) keeps long pages small
+        + "".join(
+            f".c{k}{{background:{_colour((k - _LEVELS) / _LEVELS)}}}"
+            for k in range(2 * _LEVELS + 1)
+        )
+        + "</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
     ]
     if notes:
@@ -369,9 +377,8 @@ def render_html(
             if math.isnan(v):
                 parts.append(piece)
             else:
-                parts.append(
-                    f"<span style='background:{_colour(v)}' title='{v:+.3f}'>{piece}</span>"
-                )
+                k = round((max(-1.0, min(1.0, v)) + 1.0) * _LEVELS)
+                parts.append(f"<span class=c{k} title={v:+.2f}>{piece}</span>")
         parts.append("</pre>")
     parts.append("</body></html>\n")
     return "".join(parts)
