@@ -143,6 +143,10 @@ def test_variant_errors():
         carousel.LSTMCell(2, 3, variant="nope")
     with pytest.raises(ValueError, match="needs the input gate"):
         carousel.LSTMCell(2, 3, coupled=True, input_gate=False)
+    with pytest.raises(ValueError, match=r"FGR.*all off"):
+        LSTMVariant(
+            full_gate_recurrence=True, input_gate=False, forget_gate=False, output_gate=False
+        )
     with pytest.raises(ValueError, match="proj_size must be smaller"):
         carousel.LSTMCell(2, 3, proj_size=3)
     with pytest.raises(TypeError, match="hidden_size must be an int"):

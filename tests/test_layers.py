@@ -302,3 +302,21 @@ def test_layer_errors():
         carousel.Recurrent([carousel.GRUCell(2, 3), carousel.GRUCell(4, 3)])
     with pytest.raises(ValueError, match="must be a pair"):
         carousel.Recurrent([carousel.GRUCell(2, 3)], bidirectional=True)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_auto_takes_the_reference_loop_under_torch_func(kind):
+    # the fused and BPTT Functions have no forward-mode rule: under torch.func.jvp "auto"
+    # must fall back to the reference loop, and the tangent must equal a finite difference
+    from carousel.optim.curvature import _prepare_forward_ad
+
+    _prepare_forward_ad()  # torch's first jvp imports a module that warns (DeprecationWarning)
+    torch.manual_seed(0)
+    layer = getattr(carousel, kind)(3, 4, num_layers=2, dtype=torch.float64)
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    v = torch.randn_like(x)
+    out, tangent = torch.func.jvp(lambda x: layer(x)[0], (x,), (v,))
+    torch.testing.assert_close(out, layer(x)[0])
+    eps = 1e-6
+    fd = (layer(x + eps * v)[0] - layer(x - eps * v)[0]) / (2 * eps)
+    torch.testing.assert_close(tangent, fd, rtol=1e-6, atol=1e-8)

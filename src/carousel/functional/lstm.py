@@ -84,6 +84,13 @@ class LSTMVariant:
     layer_norm: bool = False
 
     def __post_init__(self) -> None:
+        if self.full_gate_recurrence and not (
+            self.input_gate or self.has_forget_weights or self.output_gate
+        ):
+            raise ValueError(
+                "LSTMVariant: full_gate_recurrence=True (FGR) connects the sigmoid gates to "
+                "each other, but input_gate, forget_gate and output_gate are all off"
+            )
         if self.coupled and not self.input_gate:
             raise ValueError(
                 "LSTMVariant: coupled=True (CIFG, f = 1 - i) needs the input gate, "

@@ -56,10 +56,13 @@ class RecurrentOutput(_OutputPair):
 
 
 def _has_functorch_transform() -> bool:
-    fn = getattr(torch._C._functorch, "_are_functorch_transforms_active", None)
-    if fn is not None:
-        return bool(fn())
-    return False
+    """True inside a ``torch.func`` transform (jvp, vmap, grad, ...).
+
+    The fused and hand-written BPTT paths are ``autograd.Function`` s without forward-mode or
+    batching rules, so ``"auto"`` takes the reference loop there (the Hessian-free optimizer's
+    Gauss-Newton products run under ``torch.func.jvp``).
+    """
+    return torch._C._functorch.maybe_current_level() is not None
 
 
 class RecurrentBase(nn.Module):

@@ -104,8 +104,9 @@ def run_reference(
 
     state = state0
     outputs, states, gates = [], [], []
-    for t in range(x.shape[0]):
-        y, new_state, g = step(x[t], state)  # y: (B, O)
+    # unbind, not x[t]: autograd then sums T slices once, not T full-size zero-padded grads
+    for t, x_t in enumerate(x.unbind(0)):
+        y, new_state, g = step(x_t, state)  # y: (B, O)
         if mask is not None:
             m = mask[t]  # (B,)
             new_state = map_state(lambda n, o, m=m: _where(m, n, o), new_state, state)
