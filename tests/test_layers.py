@@ -320,3 +320,58 @@ def test_auto_takes_the_reference_loop_under_torch_func(kind):
     eps = 1e-6
     fd = (layer(x + eps * v)[0] - layer(x - eps * v)[0]) / (2 * eps)
     torch.testing.assert_close(tangent, fd, rtol=1e-6, atol=1e-8)
+
+
+GPU_COMBOS = list(itertools.product(FAMILIES, [False, True], [False, True]))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", ["reference", "bptt", "auto", "fused"])
+@pytest.mark.parametrize(("family", "bidir", "use_lengths"), GPU_COMBOS)
+def test_cuda_matches_torch_nn_on_cuda(family, bidir, use_lengths, impl):
+    # on CUDA, "fused" and "auto" dispatch to cuDNN; every path must equal torch.nn there
+    ours_cls, ref_cls = FAMILIES[family]
+    ref = ref_cls(I, H, 2, bidirectional=bidir, dtype=D, device="cuda")
+    ours = ours_cls(I, H, 2, bidirectional=bidir, dtype=D, device="cuda", impl=impl)
+    ours.load_state_dict(ref.state_dict())
+    x, hx = _inputs(False, 2, bidir, family)
+    x = x.detach().cuda().requires_grad_()
+    hx = tuple(h.detach().cuda().requires_grad_() for h in _flat(hx))
+    hx = hx if family == "LSTM" else hx[0]
+    lengths = LENGTHS if use_lengths else None
+    out_r, st_r = _torch_run(ref, x, hx, lengths, False)
+    out_o, st_o = ours(x, hx, lengths=lengths)
+    assert out_o.device.type == "cuda"
+    torch.testing.assert_close(out_o, out_r)
+    for a, b in zip(_flat(st_o), _flat(st_r)):
+        torch.testing.assert_close(a, b)
+    g_out = torch.randn_like(out_r)
+    inputs = [x, *_flat(hx)]
+    ga = torch.autograd.grad((out_o * g_out).sum(), [*inputs, *ours.parameters()])
+    gb = torch.autograd.grad((out_r * g_out).sum(), [*inputs, *ref.parameters()])
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", sorted(carousel.LSTM_VARIANTS))
+def test_cuda_variants_with_every_feature_equal_the_cpu(variant):
+    # learned initial state, lengths, bidirectional, traces: the same numbers on both devices
+    cpu = carousel.LSTM(
+        I, H, 2, bidirectional=True, variant=variant, learn_initial_state=True, dtype=D
+    )
+    gpu = carousel.LSTM(
+        I, H, 2, bidirectional=True, variant=variant, learn_initial_state=True, dtype=D
+    ).cuda()
+    gpu.load_state_dict(cpu.state_dict())
+    x = torch.randn(T, B, I, dtype=D)
+    a = cpu(x, lengths=LENGTHS, return_states=True, return_gates=True)
+    b = gpu(x.cuda(), lengths=LENGTHS.cuda(), return_states=True, return_gates=True)
+    torch.testing.assert_close(b.output.cpu(), a.output)
+    torch.testing.assert_close(b.states.c.cpu(), a.states.c)
+    for k in a.gates:
+        torch.testing.assert_close(b.gates[k].cpu(), a.gates[k])
+    a.output.sum().backward()
+    b.output.sum().backward()
+    for (n, p), q in zip(cpu.named_parameters(), gpu.parameters()):
+        torch.testing.assert_close(q.grad.cpu(), p.grad, msg=n)

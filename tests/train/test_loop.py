@@ -358,3 +358,14 @@ def test_truncated_bptt_learns_back_to_back_additions_with_carried_state(make_co
         )
     )
     assert res.evaluation["stream"]["bit_accuracy"] >= 0.99
+
+
+@pytest.mark.gpu
+def test_trains_on_cuda_and_the_checkpoint_loads_on_the_cpu(make_config):
+    from carousel.train import evaluate_checkpoint, train
+
+    cfg = make_config("device=cuda", "train.checkpoint_every=6", "train.steps=12")
+    result = train(cfg)
+    assert result.checkpoint is not None
+    metrics = evaluate_checkpoint(result.checkpoint, device="cpu")
+    assert metrics
