@@ -181,3 +181,15 @@ def test_ngram_baseline_on_the_task_split(text_file, capsys):
     assert "(best)" in out and "| 3" in out
     assert main(["ngram", "--set", "model.hidden_size=3"]) == 2
     assert "only data.* options apply" in capsys.readouterr().err
+
+
+def test_unit_flag_trains_and_counts_words(text_file, tmp_path, capsys):
+    args = ["train", "charlm", "--text", str(text_file), "--unit", "word", "--quiet"]
+    sets = ["train.steps=2", "train.batch_size=2", "train.tbptt_k1=4", "model.hidden_size=8",
+            f"log.dir={tmp_path / 'run'}", "log.plot=false"]  # fmt: skip
+    assert main(args + [a for s in sets for a in ("--set", s)]) == 0
+    capsys.readouterr()
+    _, vocab, task = load_language_model(tmp_path / "run" / "last")
+    assert vocab.unit == "word" and task.config.unit == "word"
+    assert main(["ngram", "--text", str(text_file), "--unit", "word", "--max-order", "2"]) == 0
+    assert "words, " in capsys.readouterr().out

@@ -36,6 +36,12 @@ def register(subparsers) -> None:
         default=[],
         help="a data option of the charlm task, e.g. --set data.unit=word (repeatable)",
     )
+    p.add_argument(
+        "--unit",
+        choices=("char", "word"),
+        default=None,
+        help="count characters or words; the same as --set data.unit=UNIT",
+    )
     p.add_argument("--max-order", type=int, default=24, help="highest order (default 24)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=run)
@@ -49,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.text:
         overrides.insert(0, "data.text=" + json.dumps(args.text))
+    if args.unit:
+        overrides.insert(0, f"data.unit={args.unit}")
     bad = [o for o in overrides if not o.startswith("data.")]
     if bad:
         print(f"carousel ngram: only data.* options apply, got {bad}", file=sys.stderr)

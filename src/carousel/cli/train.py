@@ -48,6 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="text file or folder for text tasks such as charlm (repeatable); the same as "
         "--set data.text=[PATH,...]",
     )
+    p.add_argument(
+        "--unit",
+        choices=("char", "word"),
+        default=None,
+        help="for charlm: model characters or words; the same as --set data.unit=UNIT",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar, warnings only")
     p.add_argument(
         "--json", action="store_true", help="print the final evaluation as JSON on stdout"
@@ -69,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.text:
         overrides.insert(0, "data.text=" + json.dumps(args.text))
+    if args.unit:
+        overrides.insert(0, f"data.unit={args.unit}")
     if args.quiet:
         overrides.append("log.progress=off")
     try:
