@@ -481,6 +481,28 @@ def test_supports_and_auto_selection():
     assert carousel.LSTM(I, H, proj_size=3).resolve_impl(device="cuda") == "fused"
     assert carousel.GRU(I, H).resolve_impl(device="cuda") == "fused"
     assert carousel.Recurrent(Custom(I, H)).resolve_impl() == "reference"
+    # one step without gradients (generation) on the CPU: the compiled kernel where built
+    from carousel import kernels
+
+    one_step = "compiled" if kernels.available() else "fused"
+    with torch.no_grad():
+        assert carousel.LSTM(I, H).resolve_impl(steps=1) == one_step
+        assert carousel.LSTM(I, H).resolve_impl(steps=2) == "fused"
+    assert carousel.LSTM(I, H).resolve_impl(steps=1) == "fused"
+
+
+def test_step_by_step_generation_equals_torch_nn():
+    ref = torch.nn.LSTM(I, H, 2)
+    ours = carousel.LSTM(I, H, 2)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(T, B, I)
+    sr = so = None
+    with torch.no_grad():
+        for t in range(T):
+            yr, sr = ref(x[t : t + 1], sr)
+            yo, so = ours(x[t : t + 1], so)
+            torch.testing.assert_close(yo, yr)
+    torch.testing.assert_close(so.c, sr[1])
 
 
 def test_errors():

@@ -293,7 +293,7 @@ def generate(
             the path of a ``charlm`` checkpoint (:func:`load_language_model`).
         vocab: the model's :class:`~carousel.text.vocab.Vocabulary` (default with a checkpoint:
             its own).
-        prime: text to start from; empty starts after a newline (or the vocabulary's first
+        prime: text to start from; empty starts after a newline (or the vocabulary's last
             token if it has no newline). Unseen characters follow the vocabulary's policy.
         length: tokens (characters, or words for a word model) to generate.
         temperature: sampling temperature; ``0`` is greedy decoding.

@@ -41,6 +41,33 @@ def test_masked_lengths_equal_unpadded_runs():
         torch.testing.assert_close(out.output[: out.lengths[b], b], alone)
 
 
+def test_padded_fast_path_matches_the_packed_run():
+    # unequal lengths on the CPU: each direction runs densely (the backward one on sequences
+    # reversed within their lengths) instead of packed; outputs and gradients must agree
+    torch.manual_seed(0)
+    m = small_model().double()
+    lengths = torch.tensor([11, 7, 3, 9])
+    x = torch.randn(11, 4, 4, dtype=torch.float64)
+    z = m._frames(x)
+    assert m._padded_core_applies(z)
+    fast = m(x, lengths=lengths)
+    assert fast.state is None
+    packed, _ = m.rnn(z, lengths=m.output_lengths(lengths))
+    ref = m.head(packed).log_softmax(-1)
+    torch.testing.assert_close(fast.output, ref)
+    upstream = torch.randn_like(ref)
+    grads = []
+    for out in (fast.output, ref):
+        m.zero_grad()
+        (out * upstream).sum().backward(retain_graph=True)
+        grads.append([p.grad.clone() for p in m.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)
+    # equal lengths take the layer's dense path and keep the final state
+    same = m(x, lengths=torch.tensor([11, 10, 11, 11]))  # 4 frames each
+    assert same.state is not None
+
+
 def test_trace_matches_forward_and_exposes_cells():
     m = small_model().double()
     x = torch.randn(10, 4, dtype=torch.float64)

@@ -74,6 +74,21 @@ def test_synthesis_is_reproducible_and_voices_differ():
 
 
 @needs_espeak
+def test_every_variant_is_applied():
+    # espeak-ng's variant names are case-sensitive file names; a wrong spelling (en+alex)
+    # silently speaks the default voice
+    import subprocess
+
+    def wav(voice):
+        cmd = [synth.espeak_binary(), "-v", voice, "--stdout", "one"]
+        return subprocess.run(cmd, capture_output=True, check=True).stdout
+
+    plain = wav("en")
+    same = [v for v in synth.VARIANTS if wav(f"en+{v}") == plain]
+    assert same == []
+
+
+@needs_espeak
 def test_a_shard_is_generated_once_and_cached(tmp_path, monkeypatch):
     pytest.importorskip("librosa")
     monkeypatch.setattr(synth, "SHARD_SIZE", 3)

@@ -113,6 +113,9 @@ class RecurrentBase(nn.Module):
                 for n in names:
                     self.register_parameter(self._key(k, n), cell._parameters.pop(n))
             self._cells = list(cells)
+            # the layer's own parameter keys per layer and direction, in torch.nn's order
+            self._flat_keys = [self._key(k, n) for k in range(len(cells))
+                               for n in self._param_names[k]]  # fmt: skip
         else:
             self.cells = nn.ModuleList(cells)
             for cell in cells:
@@ -161,11 +164,17 @@ class RecurrentBase(nn.Module):
         if not names:
             return None
         if self._torch_names:
-            return {n: getattr(self, self._key(k, n)) for n in names}
+            own = self._parameters
+            suffix = self._suffix(k)
+            return {n: own[n + suffix] for n in names}
         cell = self.cells[k]
         return {n: getattr(cell, n) for n in names}
 
     def _weight(self) -> Tensor:
+        # a parameter of the layer, for its dtype and device (the layer's own first, cheaply)
+        for p in self._parameters.values():
+            if p is not None:
+                return p
         return next(self.parameters())
 
     # ---------------------------------------------------------------- paths
@@ -187,10 +196,22 @@ class RecurrentBase(nn.Module):
         once on first call; see :mod:`carousel.kernels`)."""
         from carousel import kernels
 
-        return all(kernels.supports(c, device) for c in self._all_cells()) and (kernels.available())
+        # whether a kernel covers the cells depends only on their configuration: cache it
+        cache = self.__dict__.setdefault("_kernel_cover", {})
+        covered = cache.get(device.type)
+        if covered is None:
+            covered = cache[device.type] = all(
+                kernels.supports(c, device) for c in self._all_cells()
+            )
+        return covered and kernels.available()
 
     def resolve_impl(
-        self, *, return_states: bool = False, return_gates: bool = False, device=None
+        self,
+        *,
+        return_states: bool = False,
+        return_gates: bool = False,
+        device=None,
+        steps: int | None = None,
     ) -> str:
         """The path ``forward`` takes for these options.
 
@@ -202,7 +223,9 @@ class RecurrentBase(nn.Module):
         available (CPU); else the hand-written BPTT for built-in cells; else the reference
         loop. ``"compiled"`` runs the compiled kernel where it covers a cell and is available,
         and the hand-written BPTT ``"bptt"`` otherwise; ``"bptt"`` is always the pure-PyTorch
-        path.
+        path. One exception for speed: a single step (``steps=1``) on the CPU with gradients
+        off (generation) takes the compiled kernel over torch's oneDNN LSTM, whose per-call
+        set-up costs more than the step (benchmarks/kernels.py, inference rows).
 
         Raises:
             ValueError: if an explicit ``impl`` cannot compute this configuration.
@@ -214,6 +237,9 @@ class RecurrentBase(nn.Module):
             if _has_functorch_transform():
                 return "reference"
             if not want_trace and self._fused_supported() and self._fused_preferred(device):
+                if steps == 1 and device.type == "cpu" and not torch.is_grad_enabled():
+                    if self._bptt_supported() and self._compiled_preferred(device):
+                        return "compiled"
                 return "fused"
             if self._bptt_supported():
                 return "compiled" if self._compiled_preferred(device) else "bptt"
@@ -397,7 +423,7 @@ class RecurrentBase(nn.Module):
             lengths = self._check_lengths(lengths, T, B, x.device)
         states0 = self._initial_states(hx, B, x)
         impl = self.resolve_impl(
-            return_states=return_states, return_gates=return_gates, device=x.device
+            return_states=return_states, return_gates=return_gates, device=x.device, steps=T
         )
         if impl == "fused":
             output, final = self._fused_forward(x, states0, lengths)

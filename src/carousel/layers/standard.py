@@ -39,8 +39,8 @@ class _Standard(RecurrentBase):
         return True
 
     def _flat_weights(self) -> list[Tensor]:
-        return [getattr(self, self._key(k, n)) for k in range(len(self._param_names))
-                for n in self._param_names[k]]  # fmt: skip
+        own = self._parameters
+        return [own[key] for key in self._flat_keys]
 
     def _hx_for_vf(self, states0: list[Any]) -> Any:
         return torch.stack(states0)

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from carousel._checks import check_positive_int, check_shape, check_tensor
 from carousel._config import Checks
+from carousel.layers import LSTM
 from carousel.models.config import ModelConfig
 from carousel.models.sequence import ModelOutput, build_recurrent, init_model_
 
@@ -163,7 +164,9 @@ class CTCRecognizer(nn.Module):
         Returns:
             :class:`~carousel.models.ModelOutput` with ``output`` the ``(T', B, C)`` log
             probabilities, ``state`` the core's final state and ``lengths`` the ``(B,)``
-            output frames per sequence.
+            output frames per sequence. On the CPU, a batch of unequal lengths through a
+            standard LSTM core with no initial ``state`` runs on the padded fast path (see
+            ``_padded_core``): same outputs, and ``state`` is ``None``.
 
         Raises:
             ValueError: wrong input shape or lengths.
@@ -176,8 +179,69 @@ class CTCRecognizer(nn.Module):
         lengths = torch.as_tensor(lengths, device=inputs.device)
         out_lengths = self.output_lengths(lengths)
         z = self._frames(inputs)
-        out, final = self.rnn(z, state, lengths=out_lengths)
+        if bool((out_lengths == z.shape[0]).all()):
+            out, final = self.rnn(z, state)  # no padding: the dense kernel, same result
+        elif state is None and self._padded_core_applies(z):
+            out, final = self._padded_core(z, out_lengths), None
+        else:
+            out, final = self.rnn(z, state, lengths=out_lengths)
         return ModelOutput(self.head(out).log_softmax(-1), final, out_lengths)
+
+    def _padded_core_applies(self, z: Tensor) -> bool:
+        rnn = self.rnn
+        return (
+            isinstance(rnn, LSTM)
+            and z.device.type == "cpu"
+            and rnn.proj_size == 0
+            and not rnn.learn_initial_state
+            and not rnn.batch_first
+            and rnn.resolve_impl(device=z.device) == "fused"
+        )
+
+    def _padded_core(self, z: Tensor, lengths: Tensor) -> Tensor:
+        """The LSTM core over a padded batch without packing it.
+
+        torch's oneDNN LSTM (the fast CPU kernel, forward and backward) runs only on dense
+        input; a packed sequence takes a slower generic path (about 3x slower a training step
+        here). Each direction of each layer therefore runs densely over the padded batch: the
+        forward direction as it is (its outputs before a sequence's end never see the padding),
+        the backward direction on each sequence reversed *within its length*, its outputs
+        reversed back. The outputs are those of the packed run (zero past each end); the
+        final states are not computed (the LSTM's ``c`` at each sequence's end is not an output
+        of the kernel), which a CTC readout never needs.
+
+        Shape:
+            ``z`` ``(T', B, F)``, ``lengths`` ``(B,)``; returns ``(T', B, D*H)``.
+        """
+        rnn = self.rnn
+        T, B = z.shape[:2]
+        t = torch.arange(T, device=z.device).unsqueeze(1)  # (T', 1)
+        valid = t < lengths.unsqueeze(0)  # (T', B)
+        rev = torch.where(valid, lengths.unsqueeze(0) - 1 - t, t)  # its own inverse
+
+        def reverse(x: Tensor) -> Tensor:
+            return x.gather(0, rev.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+        h0 = z.new_zeros(1, B, rnn.hidden_size)
+        names = (
+            ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+            if rnn.bias
+            else ("weight_ih", "weight_hh")
+        )
+        x = z
+        for k in range(rnn.num_layers):
+            if k and rnn.dropout > 0 and self.training:
+                x = F.dropout(x, rnn.dropout, training=True)
+            outs = []
+            for suffix in ("", "_reverse") if rnn.bidirectional else ("",):
+                weights = [getattr(rnn, f"{n}_l{k}{suffix}") for n in names]
+                inp = reverse(x) if suffix else x
+                o = torch._VF.lstm(
+                    inp, (h0, h0), weights, rnn.bias, 1, 0.0, self.training, False, False
+                )[0]
+                outs.append(reverse(o) if suffix else o)
+            x = torch.cat(outs, -1) if len(outs) > 1 else outs[0]  # (T', B, D*H)
+        return x * valid.unsqueeze(-1).to(x.dtype)
 
     def trace(self, inputs: Tensor) -> RecognizerTrace:
         """Run one sequence and keep every memory-cell state (for the lecture 7e picture).

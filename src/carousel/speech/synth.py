@@ -66,12 +66,13 @@ ACCENTS = (
     "en-029",
 )
 
-#: espeak-ng voice variants (``espeak-ng-data/voices/!v``) used by the corpus.
+#: espeak-ng voice variants (``espeak-ng-data/voices/!v``) used by the corpus. The names are
+#: file names and case-sensitive: ``en+alex`` is silently the default voice, ``en+Alex`` is Alex.
 VARIANTS = (
     *(f"m{i}" for i in range(1, 9)),
     *(f"f{i}" for i in range(1, 6)),
     "klatt", "klatt2", "klatt3", "klatt4",
-    "adam", "alex", "andy", "annie", "aunty", "belinda", "benjamin", "boris", "caleb",
+    "adam", "Alex", "Andy", "Annie", "aunty", "belinda", "benjamin", "boris", "caleb",
     "david", "ed", "edward", "grandma", "grandpa", "iven", "iven2", "john", "linda", "max",
     "michel", "norbert", "paul", "pedro", "quincy", "rob", "robert", "steph", "steph2",
     "travis", "victor", "zac",
@@ -153,7 +154,7 @@ class CorpusSpec:
         d = asdict(self)
         del d["sizes"]
         text = json.dumps(d, sort_keys=True, default=list)
-        return hashlib.sha256(("carousel-speech-v1" + text).encode()).hexdigest()[:16]
+        return hashlib.sha256(("carousel-speech-v2" + text).encode()).hexdigest()[:16]
 
 
 class Utterance(NamedTuple):

@@ -30,7 +30,7 @@ from carousel.tasks.registry import register_task
 __all__ = ["SpeechConfig", "SpeechTask", "SpeechWordsConfig", "SpeechWordsTask", "collate"]
 
 #: Variants held out by default (never heard in training).
-HELD_OUT_VARIANTS = ("m7", "f4", "klatt3", "andy", "belinda", "john", "steph2", "zac")
+HELD_OUT_VARIANTS = ("m7", "f4", "klatt3", "Andy", "belinda", "john", "steph2", "zac")
 
 
 @dataclass(frozen=True)

@@ -493,8 +493,10 @@ def _loop(run: _Run) -> None:
                 run.logger.log(record)
             if not bar.disable:
                 post = {"loss": f"{ctx.loss_value:.4g}"}
-                if run.task.primary_metric in metrics:
-                    post[run.task.primary_metric[:8]] = f"{metrics[run.task.primary_metric]:.3f}"
+                metric = run.task.primary_metric
+                if metric in metrics:  # bits_per_char -> bits/char, accuracy -> accuracy
+                    label = metric.replace("_per_", "/") if "_per_" in metric else metric[:8]
+                    post[label] = f"{metrics[metric]:.3f}"
                 post["tok/s"] = f"{tokens_rate:,.0f}"
                 if run.skipped:
                     post["skipped"] = str(run.skipped)
