@@ -193,3 +193,16 @@ def test_unit_flag_trains_and_counts_words(text_file, tmp_path, capsys):
     assert vocab.unit == "word" and task.config.unit == "word"
     assert main(["ngram", "--text", str(text_file), "--unit", "word", "--max-order", "2"]) == 0
     assert "words, " in capsys.readouterr().out
+
+
+def test_train_command_names_a_bad_text_file(tmp_path, capsys):
+    bad = {"latin.txt": "café".encode("latin-1"), "blob.bin": b"ab\x00cd", "empty.txt": b""}
+    for name, data in bad.items():
+        (tmp_path / name).write_bytes(data)
+    expected = {"latin.txt": "is not valid utf-8", "blob.bin": "looks binary",
+                "empty.txt": "is empty", "missing.txt": "does not exist"}  # fmt: skip
+    for name, why in expected.items():
+        run = f"log.dir={tmp_path / 'run'}"
+        assert main(["train", "charlm", "--text", str(tmp_path / name), "--set", run]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("carousel train: text file") and name in err and why in err

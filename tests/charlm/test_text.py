@@ -8,6 +8,7 @@ import torch
 from carousel.text.batching import StreamBatches, stream_rows
 from carousel.text.corpus import (
     DEFAULT_CORPUS_MODULES,
+    CorpusError,
     TextSource,
     default_corpus,
     load_texts,
@@ -28,7 +29,7 @@ def test_read_text_file_normalises_newlines_and_bom(tmp_path):
 def test_other_encodings(tmp_path):
     f = tmp_path / "latin.txt"
     f.write_bytes("café au lait".encode("latin-1"))
-    with pytest.raises(ValueError, match=r"latin\.txt' is not valid utf-8: byte 0xe9 at offset 3"):
+    with pytest.raises(CorpusError, match=r"latin\.txt' is not valid utf-8: byte 0xe9 at offset 3"):
         read_text_file(f)
     assert read_text_file(f, encoding="latin-1") == "café au lait"
     g = tmp_path / "wide.txt"
@@ -39,11 +40,11 @@ def test_other_encodings(tmp_path):
 def test_bad_files_are_named(tmp_path):
     binary = tmp_path / "image.png"
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
-    with pytest.raises(ValueError, match=r"image\.png' looks binary \(NUL byte at offset 8\)"):
+    with pytest.raises(CorpusError, match=r"image\.png' looks binary \(NUL byte at offset 8\)"):
         read_text_file(binary)
     empty = tmp_path / "empty.txt"
     empty.write_bytes(b"")
-    with pytest.raises(ValueError, match=r"empty\.txt' is empty"):
+    with pytest.raises(CorpusError, match=r"empty\.txt' is empty"):
         read_text_file(empty)
     with pytest.raises(FileNotFoundError, match=r"missing\.txt' does not exist"):
         read_text_file(tmp_path / "missing.txt")

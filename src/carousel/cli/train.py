@@ -63,6 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from carousel.cli._common import format_metrics, setup_logging
+    from carousel.text.corpus import CorpusError
     from carousel.train import (
         CheckpointError,
         ConfigError,
@@ -82,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.task, args.config, overrides)
         result = train(config, restart=args.restart)
-    except (ConfigError, CheckpointError) as e:
-        print(f"carousel train: {e}", file=sys.stderr)
+    except (ConfigError, CheckpointError, CorpusError, FileNotFoundError, IsADirectoryError) as e:
+        print(f"carousel train: {e}", file=sys.stderr)  # bad config, checkpoint or data file
         return 2
     except NonFiniteError as e:
         print(f"carousel train: {e}", file=sys.stderr)

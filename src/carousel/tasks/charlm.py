@@ -36,7 +36,13 @@ from carousel.models.charlm import CharLM, CharLMModelConfig
 from carousel.tasks.base import Batch, Task
 from carousel.tasks.registry import register_task
 from carousel.text.batching import StreamBatches
-from carousel.text.corpus import CorpusSplit, default_corpus, load_texts, split_texts
+from carousel.text.corpus import (
+    CorpusError,
+    CorpusSplit,
+    default_corpus,
+    load_texts,
+    split_texts,
+)
 from carousel.text.vocab import UNITS, UNKNOWN_POLICIES, Vocabulary, tokenize
 
 __all__ = ["CharLMConfig", "CharLMTask", "NGramResult", "ngram_baseline"]
@@ -204,7 +210,7 @@ class CharLMTask(Task):
         if split not in self._ids:
             ids = self.vocab.encode(self.text(split), name=f"the {split} text")
             if ids.numel() < 2:
-                raise ValueError(
+                raise CorpusError(
                     f"charlm: the {split} text has {ids.numel()} token(s); expected at least 2"
                 )
             self._ids[split] = ids

@@ -13,6 +13,7 @@ Example:
 from carousel.text.batching import StreamBatch, StreamBatches, stream_rows
 from carousel.text.corpus import (
     DEFAULT_CORPUS_MODULES,
+    CorpusError,
     CorpusSplit,
     TextSource,
     corpus_fingerprint,
@@ -29,6 +30,7 @@ __all__ = [
     "UNITS",
     "UNKNOWN_POLICIES",
     "UNKNOWN_TOKEN",
+    "CorpusError",
     "CorpusSplit",
     "KneserNeyLM",
     "StreamBatch",

@@ -18,6 +18,7 @@ from carousel._checks import check_positive_int
 
 __all__ = [
     "DEFAULT_CORPUS_MODULES",
+    "CorpusError",
     "CorpusSplit",
     "TextSource",
     "corpus_fingerprint",
@@ -62,6 +63,13 @@ DEFAULT_CORPUS_MODULES: tuple[str, ...] = (
     "textwrap",
 )
 
+
+class CorpusError(ValueError):
+    """Text that cannot be used as a corpus: a binary, undecodable or empty file, a folder
+    without text, too little text for the split, or (with the ``"error"`` policy) a token the
+    vocabulary lacks. The message names the file (or the text) and what was expected."""
+
+
 # How many bytes are inspected for NUL bytes (the sign of a binary file), as git and grep do.
 _BINARY_SNIFF = 8192
 
@@ -95,9 +103,9 @@ def read_text_file(path: str | Path, *, encoding: str = "utf-8", allow_empty: bo
     Raises:
         FileNotFoundError: if ``path`` does not exist.
         IsADirectoryError: if ``path`` is a folder (use :func:`load_texts`).
-        ValueError: if the file looks binary (a NUL byte in its first 8 KiB), is not valid in
-            ``encoding`` (the message gives the byte offset and suggests ``encoding``), or is
-            empty (unless ``allow_empty``).
+        CorpusError: (a ``ValueError``) if the file looks binary (a NUL byte in its first
+            8 KiB), is not valid in ``encoding`` (the message gives the byte offset and
+            suggests ``encoding``), or is empty (unless ``allow_empty``).
         LookupError: if ``encoding`` is unknown.
     """
     p = Path(path)
@@ -119,7 +127,7 @@ def read_text_file(path: str | Path, *, encoding: str = "utf-8", allow_empty: bo
     if nul >= 0 and not encoding.lower().replace("-", "").replace("_", "").startswith(
         ("utf16", "utf32")
     ):
-        raise ValueError(
+        raise CorpusError(
             f"text file {str(p)!r} looks binary (NUL byte at offset {nul}); expected a text file"
         )
     codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
@@ -127,14 +135,15 @@ def read_text_file(path: str | Path, *, encoding: str = "utf-8", allow_empty: bo
         text = data.decode(codec)
     except UnicodeDecodeError as e:
         bad = data[e.start : e.start + 1].hex()
-        raise ValueError(
+        raise CorpusError(
             f"text file {str(p)!r} is not valid {encoding}: byte 0x{bad} at offset {e.start} "
-            f"({e.reason}); if the file uses another encoding, pass it (encoding='latin-1', "
-            "CLI: --encoding latin-1)"
+            f"({e.reason}); if the file uses another encoding, pass it (Python: "
+            "encoding='latin-1'; CLI: --set data.encoding=latin-1, or --encoding latin-1 for "
+            "carousel cells)"
         ) from None
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     if not text and not allow_empty:
-        raise ValueError(f"text file {str(p)!r} is empty; expected some text")
+        raise CorpusError(f"text file {str(p)!r} is empty; expected some text")
     return text
 
 
@@ -170,7 +179,8 @@ def load_texts(
         One :class:`TextSource` per file, in the order given (folders sorted by path).
 
     Raises:
-        ValueError: if no paths are given, a folder holds no non-empty file, or a file is
+        ValueError: if no paths are given.
+        CorpusError: (a ``ValueError``) if a folder holds no non-empty file, or a file is
             binary, undecodable or empty (see :func:`read_text_file`).
         FileNotFoundError: if a path does not exist.
     """
@@ -192,7 +202,7 @@ def load_texts(
                 sources.append(TextSource(str(f), text))
                 found += 1
             if not found:
-                raise ValueError(
+                raise CorpusError(
                     f"text folder {str(p)!r} holds no non-empty file matching {pattern!r}"
                 )
         else:
@@ -283,9 +293,9 @@ def split_texts(
         A :class:`CorpusSplit`.
 
     Raises:
-        ValueError: if ``valid_fraction`` is outside ``(0, 1)``, there are no documents, or
-            either part is too short (the message names the corpus size and suggests a larger
-            fraction or more text).
+        ValueError: if ``valid_fraction`` is outside ``(0, 1)`` or there are no documents.
+        CorpusError: (a ``ValueError``) if either part is too short (the message names the
+            corpus size and suggests a larger fraction or more text).
         TypeError: if ``valid_fraction`` is not a number.
     """
     if isinstance(valid_fraction, bool) or not isinstance(valid_fraction, (int, float)):
@@ -302,7 +312,7 @@ def split_texts(
         cut = nl + 1  # the validation part starts at a line start
     train, valid = text[:cut], text[cut:]
     if len(valid) < min_valid_chars or len(train) < 2:
-        raise ValueError(
+        raise CorpusError(
             f"split_texts: the corpus ({len(text)} characters in {len(sources)} document(s)) "
             f"is too short for a split with valid_fraction={valid_fraction}: {len(train)} "
             f"training and {len(valid)} validation characters; use more text or a larger "

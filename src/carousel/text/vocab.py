@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from carousel._checks import check_choice, check_positive_int
+from carousel.text.corpus import CorpusError
 
 __all__ = ["UNITS", "UNKNOWN_POLICIES", "UNKNOWN_TOKEN", "Vocabulary", "tokenize"]
 
@@ -219,8 +220,9 @@ class Vocabulary:
             ``(N,)`` int64 ids.
 
         Raises:
-            ValueError: with ``unknown="error"``, if a token is not in the vocabulary (the
-                message names it, its first position and how many unseen tokens there are).
+            CorpusError: (a ``ValueError``) with ``unknown="error"``, if a token is not in the
+                vocabulary (the message names it, its first position and how many unseen
+                tokens there are).
         """
         toks = tokenize(text, self.unit) if isinstance(text, str) else list(text)
         index = self._index
@@ -230,7 +232,7 @@ class Vocabulary:
         if unseen:
             first = ids.index(miss)
             if self.unknown == "error":
-                raise ValueError(
+                raise CorpusError(
                     f"Vocabulary: {name} holds {unseen} {self.unit}(s) not in the vocabulary, "
                     f"the first {toks[first]!r} at token {first}; build the vocabulary with "
                     "unknown='token' (map them to <unk>) or unknown='skip' (drop them)"
