@@ -31,17 +31,35 @@ def main() -> None:
     p.add_argument("--held-out", nargs="*", default=[], help="faces never trained on")
     p.add_argument("--minutes", type=float, default=20.0, help="training budget in minutes")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="what minutes count")
-    p.add_argument("--hidden-size", type=int, default=128, help="LSTM units per direction")
-    p.add_argument("--stride", type=int, default=4, help="input points per frame")
-    p.add_argument("--eval-every", type=int, default=200, help="steps between evaluations")
-    p.add_argument("--eval-size", type=int, default=300, help="samples per evaluation set")
+    d = RecognizerTrainConfig()
+    p.add_argument(
+        "--hidden-size", type=int, default=d.hidden_size, help="LSTM units per direction"
+    )
+    p.add_argument("--num-layers", type=int, default=d.num_layers, help="bidirectional layers")
+    p.add_argument("--stride", type=int, default=d.stride, help="input points per frame")
+    p.add_argument("--frontend-size", type=int, default=d.frontend_size, help="front-end units")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="sequences per batch")
+    p.add_argument("--learning-rate", type=float, default=d.learning_rate, help="peak Adam lr")
+    p.add_argument("--schedule", choices=["cosine", "step"], default=d.schedule,
+                   help="learning-rate schedule over the budget")  # fmt: skip
+    p.add_argument("--variation", type=float, default=HandwritingConfig().variation,
+                   help="scale of the writer and glyph distortions")  # fmt: skip
+    p.add_argument("--reuse", type=int, default=d.reuse,
+                   help="pools each fresh sample is in (2: half the data cost)")  # fmt: skip
+    p.add_argument("--threads", type=int, default=d.threads, help="torch threads of the model")
+    p.add_argument("--eval-every", type=int, default=d.eval_every, help="steps between evaluations")
+    p.add_argument("--eval-size", type=int, default=200, help="samples per evaluation set")
     p.add_argument("--seed", type=int, default=0, help="seed of model and data")
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    data = HandwritingConfig(held_out_faces=tuple(a.held_out), eval_size=a.eval_size)
+    data = HandwritingConfig(
+        held_out_faces=tuple(a.held_out), eval_size=a.eval_size, variation=a.variation
+    )
     cfg = RecognizerTrainConfig(
         data=data, minutes=a.minutes, clock=a.clock, hidden_size=a.hidden_size,
-        stride=a.stride, eval_every=a.eval_every, seed=a.seed,
+        num_layers=a.num_layers, stride=a.stride, frontend_size=a.frontend_size,
+        batch_size=a.batch_size, learning_rate=a.learning_rate, schedule=a.schedule,
+        reuse=a.reuse, threads=a.threads, eval_every=a.eval_every, seed=a.seed,
     )  # fmt: skip
     sets = ("new_words", *(f"face:{f}" for f in a.held_out))
     m = train_recognizer(cfg, a.out, eval_sets=sets)

@@ -7,12 +7,14 @@ the leave-one-face-out benchmark.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import multiprocessing as mp
 import os
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -68,8 +70,20 @@ class RecognizerTrainConfig:
     frontend_size: int = 64
     # sequences per batch
     batch_size: int = 32
-    # Adam learning rate (halved at 60% and 85% of the time budget)
+    # batches' worth of samples sorted by length and cut into batches (less padding)
+    length_pool: int = 32
+    # pools each generated sample is trained in (2: half the data generation per step, each
+    # sample seen twice with other neighbours; keeps the data process within one core)
+    reuse: int = 1
+    # Adam's (peak) learning rate
     learning_rate: float = 3e-3
+    # learning-rate schedule over the budget (time, or max_steps if sooner): "cosine" (warm-up,
+    # then a half cosine down to final_lr * learning_rate) or "step" (halved at 60% and 85%)
+    schedule: str = "cosine"
+    # fraction of the budget spent warming the learning rate up linearly (cosine schedule)
+    warmup: float = 0.02
+    # the cosine schedule's last learning rate, as a fraction of learning_rate
+    final_lr: float = 0.02
     # gradient clipping by norm
     clip_norm: float = 1.0
     # training time budget in minutes
@@ -88,6 +102,19 @@ class RecognizerTrainConfig:
     threads: int = 1
     # processes generating training data (0: in the training process)
     data_workers: int = 1
+
+
+_SCHEDULES = ("cosine", "step")
+
+
+def _lr_factor(config: RecognizerTrainConfig, frac: float) -> float:
+    """The learning rate's multiplier at ``frac`` (0..1) of the budget."""
+    if config.schedule == "step":
+        return (0.5 if frac > 0.6 else 1.0) * (0.5 if frac > 0.85 else 1.0)
+    if frac < config.warmup:
+        return max(frac / config.warmup, 0.01)
+    rest = min((frac - config.warmup) / max(1.0 - config.warmup, 1e-9), 1.0)
+    return config.final_lr + (1 - config.final_lr) * 0.5 * (1 + math.cos(math.pi * rest))
 
 
 def _model_from(config: RecognizerTrainConfig) -> CTCRecognizer:
@@ -253,28 +280,60 @@ def evaluate_recognizer(
     return {"cer": character_error_rate(refs, hyps), "wer": word_error_rate(refs, hyps)}
 
 
-def _worker_batches(args):
-    config, batch_size, seed = args
-    data = HandwritingData(config)
+@functools.lru_cache(maxsize=4)
+def _data_for(config: HandwritingConfig) -> HandwritingData:
+    return HandwritingData(config)
+
+
+def _worker_samples(args):
+    """``n`` fresh samples (without their raw strokes, which training does not read), with
+    the process id and its CPU seconds so far (the data's cost is reported beside the
+    budget)."""
+    config, n, seed = args
+    data = _data_for(config)
     rng = np.random.default_rng(seed)
-    pool = 8
-    samples = [data.sample(rng) for _ in range(batch_size * pool)]
-    samples.sort(key=lambda s: len(s.features))
-    chunks = [samples[i : i + batch_size] for i in range(0, len(samples), batch_size)]
-    return [chunks[int(i)] for i in rng.permutation(len(chunks))]
+    samples = [data.sample(rng)._replace(strokes=[]) for _ in range(n)]
+    return samples, os.getpid(), time.process_time()
 
 
-def _batch_stream(config: RecognizerTrainConfig):
-    """Length-grouped training batches, generated in worker processes when asked."""
-    seeds = ((config.data, config.batch_size, [config.seed, k]) for k in range(10**9))
-    if config.data_workers > 0:
-        ctx = mp.get_context("spawn")
-        with ctx.Pool(config.data_workers) as pool:
-            for chunks in pool.imap(_worker_batches, seeds):
-                yield from chunks
-    else:
-        for args in seeds:
-            yield from _worker_batches(args)
+def _lots(config: RecognizerTrainConfig):
+    """Lots of fresh samples from :func:`_worker_samples`, made ``data_workers`` processes
+    ahead of the training (at most one lot waiting per worker), or in this process."""
+    n = config.batch_size * config.length_pool
+    seeds = ((config.data, n, [config.seed, k]) for k in range(10**9))
+    if config.data_workers == 0:
+        yield from map(_worker_samples, seeds)
+        return
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(config.data_workers) as workers:
+        ahead = deque(
+            workers.apply_async(_worker_samples, (next(seeds),))
+            for _ in range(2 * config.data_workers)
+        )
+        while True:
+            lot = ahead.popleft().get()
+            ahead.append(workers.apply_async(_worker_samples, (next(seeds),)))
+            yield lot
+
+
+def _batch_stream(config: RecognizerTrainConfig, data_cpu: dict[int, float]):
+    """Length-grouped training batches: each pool (the last ``reuse`` lots of ``length_pool``
+    batches' worth of fresh samples) is sorted by length, cut into batches and shuffled;
+    ``data_cpu`` collects each data worker's CPU seconds."""
+    B = config.batch_size
+    rng = np.random.default_rng([config.seed, 10**9])
+    recent: list[list[Sample]] = []
+    lots = _lots(config)
+    try:
+        for samples, pid, cpu in lots:
+            data_cpu[pid] = cpu
+            recent.append(samples)
+            del recent[: -config.reuse]
+            pool = sorted((s for lot in recent for s in lot), key=lambda s: len(s.features))
+            chunks = [pool[i : i + B] for i in range(0, len(pool), B)]
+            yield from (chunks[int(i)] for i in rng.permutation(len(chunks)))
+    finally:
+        lots.close()
 
 
 _CLOCKS = ("wall", "cpu")
@@ -297,6 +356,10 @@ def train_recognizer(
         raise ValueError(
             f"train_recognizer: clock must be one of {list(_CLOCKS)}, got {config.clock!r}"
         )
+    if config.schedule not in _SCHEDULES:
+        raise ValueError(
+            f"train_recognizer: schedule must be one of {list(_SCHEDULES)}, got {config.schedule!r}"
+        )
     torch.set_num_threads(config.threads)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -313,6 +376,7 @@ def train_recognizer(
     step, best, metrics = 0, math.inf, {}
     logf = (out / "metrics.jsonl").open("a", encoding="utf-8")
     running, nonfinite = [], 0
+    data_cpu: dict[int, float] = {}
 
     def evaluate_and_save():
         nonlocal best, last_eval
@@ -323,6 +387,8 @@ def train_recognizer(
             "wall_minutes": round((time.monotonic() - wall_start) / 60, 2),
             "loss": float(np.mean(running)) if running else None,
             "skipped": nonfinite,
+            "lr": opt.param_groups[0]["lr"],
+            "data_cpu_minutes": round(sum(data_cpu.values()) / 60, 2),
         }
         for name, samples in evals.items():
             r = evaluate_recognizer(model, samples)
@@ -337,14 +403,16 @@ def train_recognizer(
             save_recognizer(out / "best", model, config, m)
         return m
 
-    stream = _batch_stream(config)
+    stream = _batch_stream(config, data_cpu)
     try:
         for chunk in stream:
             elapsed = clock() - start
             if elapsed >= budget or (config.max_steps and step >= config.max_steps):
                 break
             frac = elapsed / budget
-            lr = config.learning_rate * (0.5 if frac > 0.6 else 1) * (0.5 if frac > 0.85 else 1)
+            if config.max_steps:
+                frac = max(frac, step / config.max_steps)
+            lr = config.learning_rate * _lr_factor(config, frac)
             for g in opt.param_groups:
                 g["lr"] = lr
             batch = collate(chunk)
