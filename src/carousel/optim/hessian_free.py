@@ -307,12 +307,20 @@ class HessianFree(torch.optim.Optimizer):
                 "structural_modules=[...] (modules returning hidden states)"
             )
         self._structural_modules = modules
-        if output_fn is not None and not callable(output_fn):
-            raise TypeError(
-                f"HessianFree: output_fn must be callable, got {type(output_fn).__name__}"
-            )
-        self._output_fn = output_fn
+        self.output_fn = output_fn
         self.last_diagnostics: HFDiagnostics | None = None
+
+    @property
+    def output_fn(self) -> Callable[[Any], Tensor] | None:
+        """The map from ``model(...)``'s return value to the loss's outputs; may be replaced
+        between steps (the training loop sets one per batch, selecting its scored outputs)."""
+        return self._output_fn
+
+    @output_fn.setter
+    def output_fn(self, fn: Callable[[Any], Tensor] | None) -> None:
+        if fn is not None and not callable(fn):
+            raise TypeError(f"HessianFree: output_fn must be callable, got {type(fn).__name__}")
+        self._output_fn = fn
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add the (only) parameter group.

@@ -173,6 +173,10 @@ class Task:
     defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     eval_splits: ClassVar[tuple[str, ...]] = ("valid",)
     primary_metric: ClassVar[str] = "accuracy"
+    #: the matching loss of :mod:`carousel.optim` (``"cross_entropy"``, ``"mse"``,
+    #: ``"binary_cross_entropy"``) that equals :meth:`loss` on :meth:`curvature_outputs`, for
+    #: the Hessian-free optimizer; ``None``: the task's loss has none (e.g. CTC).
+    curvature_loss: str | None = None
 
     def __init__(self, config: Any = None) -> None:
         config = self.Config() if config is None else config
@@ -205,6 +209,21 @@ class Task:
         """The scalar training loss: a mean over the batch, so that data-parallel gradient
         averaging equals one process on the combined batch."""
         raise NotImplementedError(f"{type(self).__name__} does not implement loss")
+
+    def curvature_outputs(self, output: ModelOutput, batch: Batch) -> Tensor:
+        """The outputs :meth:`loss` scores, ``(N, O)`` or ``(..., O)``, such that
+        :meth:`loss` equals :func:`carousel.optim.matching_loss` of :attr:`curvature_loss` on
+        them (a mean over their positions). The Hessian-free optimizer takes its Gauss-Newton
+        products through them; the selection must depend on ``batch`` only through constants
+        (masks, lengths), not on the outputs' values.
+
+        Raises:
+            NotImplementedError: if the task has no matching loss.
+        """
+        raise NotImplementedError(
+            f"task {self.name or type(self).__name__!r} has no loss that matches a Gauss-Newton "
+            "curvature (Task.curvature_loss), so the Hessian-free optimizer cannot train it"
+        )
 
     def metrics(self, output: ModelOutput, batch: Batch) -> dict[str, float]:
         """Metrics of one batch, each a mean over the batch (weighted by ``B`` when

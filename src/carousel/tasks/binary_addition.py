@@ -293,6 +293,14 @@ class BinaryAddition(Task):
         }
 
     # ------------------------------------------------------------------ objective
+    curvature_loss = "binary_cross_entropy"
+
+    def curvature_outputs(self, output: ModelOutput, batch: Batch) -> Tensor:
+        """The logits of the scored steps, ``(N, 1)`` (see :meth:`Task.curvature_outputs`)."""
+        logits = output.output  # (T, B, 1)
+        mask = batch.mask
+        return logits if mask is None else logits[mask]
+
     def loss(self, output: ModelOutput, batch: Batch) -> Tensor:
         """Binary cross-entropy of the output logits on the scored steps (mean)."""
         logits = output.output.squeeze(-1)  # (T, B)

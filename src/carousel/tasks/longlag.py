@@ -975,6 +975,7 @@ def make_task(name: str, **kwargs) -> LongLagTask:
 from carousel._config import Checks  # noqa: E402
 from carousel.models import ModelConfig, ModelOutput, SequenceModel  # noqa: E402
 from carousel.tasks.base import Batch, Task  # noqa: E402
+from carousel.tasks.pathological import PATHOLOGICAL_TASKS, make_pathological  # noqa: E402
 from carousel.tasks.registry import register_task  # noqa: E402
 
 
@@ -995,6 +996,14 @@ class LongLagConfig:
 
 
 _EVAL_CHUNK = 512
+
+
+#: the loss of carousel.optim whose curvature matches each kind of task's loss
+_MATCHING = {
+    "regression": "mse",
+    "classification": "cross_entropy",
+    "multilabel": "binary_cross_entropy",
+}
 
 
 class LongLagEngineTask(Task):
@@ -1020,6 +1029,9 @@ class LongLagEngineTask(Task):
 
     def __init__(self, config=None) -> None:
         super().__init__(config)
+        if self.longlag_name in PATHOLOGICAL_TASKS:
+            self.task = make_pathological(self.longlag_name, self.config.T)
+            return
         cls, _ = LONGLAG_TASKS[self.longlag_name]
         T = None if cls is EmbeddedReber else self.config.T
         self.task = make_task(self.longlag_name, T=T)
@@ -1054,6 +1066,17 @@ class LongLagEngineTask(Task):
     def loss(self, output: ModelOutput, batch: Batch) -> Tensor:
         return self.task.loss(output.output, self._from_batch(batch))
 
+    @property
+    def curvature_loss(self) -> str:  # type: ignore[override]
+        """``"mse"``, ``"cross_entropy"`` or ``"binary_cross_entropy"`` by the task's kind."""
+        return getattr(self.task, "loss_name", None) or _MATCHING[self.task.kind]
+
+    def curvature_outputs(self, output: ModelOutput, batch: Batch) -> Tensor:
+        """The scored outputs :meth:`loss` averages over (see :meth:`Task.curvature_outputs`)."""
+        lb = self._from_batch(batch)
+        y = self.task.scored(output.output, lb)
+        return y[lb.mask] if self.task.readout == "all" else y
+
     @torch.no_grad()
     def metrics(self, output: ModelOutput, batch: Batch) -> dict[str, float]:
         ok = self.task.correct(output.output, self._from_batch(batch)).float().mean().item()
@@ -1077,4 +1100,22 @@ def _register_engine_tasks() -> None:
         )(engine_cls)
 
 
+def _register_pathological_tasks() -> None:
+    for name, cls in PATHOLOGICAL_TASKS.items():
+        engine_cls = type(
+            "Pathological_" + name.replace("-", "_"), (LongLagEngineTask,),
+            {"longlag_name": name, "__module__": __name__,
+             "__doc__": f"``{name}`` in the training engine ({cls.source})."},
+        )  # fmt: skip
+        paragraph = " ".join((cls.__doc__ or name).strip().split("\n\n")[0].split())
+        first = paragraph.split(". ")[0].rstrip(".")
+        register_task(
+            name,
+            summary=f"{first}; data.T sets the lag",
+            source=cls.source,
+            success=f"{cls.criterion}; solved when at most {cls.success_threshold:.0%} fail",
+        )(engine_cls)
+
+
 _register_engine_tasks()
+_register_pathological_tasks()

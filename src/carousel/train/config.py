@@ -76,7 +76,8 @@ MOMENTUM_SCHEDULES = ("constant", "sutskever")
 class OptimConfig:
     """The optimizer and its schedules (the ``[optim]`` table)."""
 
-    # sgd, adam, adamw, rmsprop, lbfgs, or a name added with carousel.train.register_optimizer
+    # sgd, adam, adamw, rmsprop, lbfgs, hessian-free, or a name added with
+    # carousel.train.register_optimizer
     name: str = "adam"
     # learning rate (the peak value of a schedule)
     lr: float = 1e-3

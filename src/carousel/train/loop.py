@@ -23,6 +23,7 @@ task (:class:`carousel.tasks.Task`); everything else is here:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import logging
@@ -322,7 +323,9 @@ def _train(config: Config, info: distributed.DistInfo, *, resume: bool, restart:
         config.model, generator=_generator(config.seed, "init"), device=device, dtype=dtype
     )
     # 4. optimizer
-    optimizer = build_optimizer(model.parameters(), config.optim, model=model)
+    optimizer = build_optimizer(model.parameters(), config.optim, model=model, task=task)
+    if config.optim.name == "hessian-free":
+        _check_hessian_free(config, info)
     run = _Run(config, info, device, dtype, task, model, optimizer, model, run_dir)
     # 5. resume
     ckpt_path = latest_checkpoint(run_dir) if resume else None
@@ -515,6 +518,19 @@ def _grads(model: nn.Module) -> list[tuple[str, Tensor]]:
     return [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
 
 
+def _check_hessian_free(config: Config, info: distributed.DistInfo) -> None:
+    """What the Hessian-free optimizer cannot combine with, as one clear error."""
+    errors = []
+    if info.enabled:
+        errors.append("optim.name=hessian-free runs in one process (no torchrun)")
+    if config.train.tbptt_k1 is not None:
+        errors.append("optim.name=hessian-free needs whole sequences: unset train.tbptt_k1")
+    if config.train.vanishing_penalty > 0:
+        errors.append("optim.name=hessian-free: set train.vanishing_penalty=0")
+    if errors:
+        raise ConfigError(errors, "config")
+
+
 def _update(run: _Run, step: int, batch: Batch) -> tuple[_Context, bool, dict[str, float]]:
     """One optimizer update through ``optimizer.step(closure)``."""
     tc = run.config.train
@@ -554,6 +570,8 @@ def _update(run: _Run, step: int, batch: Batch) -> tuple[_Context, bool, dict[st
                         f"{nan} NaN and {int(bad.sum()) - nan} inf values",
                     )
         ctx.grad_norm = norm
+        if hessian_free:
+            return total  # HF needs the true gradient: no clipping (it bounds its own steps)
         params = [p for p in run.model.parameters() if p.grad is not None]
         if tc.clip_norm is not None:
             torch.nn.utils.clip_grads_with_norm_(params, tc.clip_norm, torch.tensor(norm))
@@ -561,6 +579,12 @@ def _update(run: _Run, step: int, batch: Batch) -> tuple[_Context, bool, dict[st
             torch.nn.utils.clip_grad_value_(params, tc.clip_value)
         return total
 
+    from carousel.optim import HessianFree
+
+    hessian_free = isinstance(run.optimizer, HessianFree)
+    if hessian_free:
+        # the Gauss-Newton products go through this batch's scored outputs
+        run.optimizer.output_fn = functools.partial(run.task.curvature_outputs, batch=window)
     try:
         run.optimizer.step(closure)
     except _Skip as e:

@@ -72,6 +72,27 @@ def _lbfgs(params, c: OptimConfig):
     return torch.optim.LBFGS(params, lr=c.lr, **c.options)
 
 
+def _hessian_free(params, c: OptimConfig, *, model, task=None):
+    """Martens & Sutskever 2011's Hessian-free optimizer (:class:`carousel.optim.HessianFree`)
+    with the task's matching loss; its settings (``damping``, ``structural_damping``,
+    ``max_cg_iter``, ...) come from ``[optim.options]``; ``lr`` and the schedules do not apply.
+    The loop selects the scored outputs of each batch (``Task.curvature_outputs``)."""
+    from carousel.optim import HessianFree
+
+    loss = getattr(task, "curvature_loss", None) if task is not None else "mse"
+    if loss is None:
+        raise ValueError(
+            f"hessian-free needs a task whose loss matches a Gauss-Newton curvature "
+            f"(cross-entropy, squared error, logistic); task {task.name!r} has none"
+        )
+    # Martens & Sutskever's structural damping (1/30) where the model has recurrent layers
+    from carousel.layers.recurrent import RecurrentBase
+
+    recurrent = any(isinstance(m, (RecurrentBase, torch.nn.RNNBase)) for m in model.modules())
+    options = {"structural_damping": 1.0 / 30.0 if recurrent else 0.0, **c.options}
+    return HessianFree(params, model=model, loss=loss, weight_decay=c.weight_decay, **options)
+
+
 #: Optimizer name -> factory ``(params, OptimConfig) -> Optimizer``.
 OPTIMIZERS: dict[str, OptimizerFactory] = {
     "sgd": _sgd,
@@ -79,6 +100,7 @@ OPTIMIZERS: dict[str, OptimizerFactory] = {
     "adamw": _adamw,
     "rmsprop": _rmsprop,
     "lbfgs": _lbfgs,
+    "hessian-free": _hessian_free,
 }
 
 
@@ -109,6 +131,7 @@ def build_optimizer(
     config: OptimConfig,
     *,
     model: torch.nn.Module | None = None,
+    task: Any = None,
 ):
     """The optimizer ``config`` names, over ``params``.
 
@@ -116,6 +139,7 @@ def build_optimizer(
         params: the parameters to optimise.
         config: the ``[optim]`` table.
         model: the model being trained, passed to factories that take ``model``.
+        task: the task being trained, passed to factories that take ``task``.
 
     Raises:
         ConfigError: an unknown name, or options the optimizer does not accept.
@@ -127,8 +151,11 @@ def build_optimizer(
         )
     kwargs = {}
     try:
-        if "model" in inspect.signature(factory).parameters:
+        accepted = inspect.signature(factory).parameters
+        if "model" in accepted:
             kwargs["model"] = model
+        if "task" in accepted:
+            kwargs["task"] = task
     except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
         pass
     try:
