@@ -62,6 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from carousel._malloc import keep_freed_memory
     from carousel.cli._common import format_metrics, setup_logging
     from carousel.text.corpus import CorpusError
     from carousel.train import (
@@ -73,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     setup_logging(args.quiet)
+    keep_freed_memory()  # 35% less CPU time a step on small models (carousel._malloc)
     overrides = list(args.overrides)
     if args.text:
         overrides.insert(0, "data.text=" + json.dumps(args.text))
