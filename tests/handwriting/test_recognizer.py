@@ -9,6 +9,8 @@ pytest.importorskip("HersheyFonts")
 from carousel.ctc import ctc_loss
 from carousel.handwriting.recognizer import (
     RecognizerTrainConfig,
+    _batch_stream,
+    _lr_factor,
     _model_from,
     evaluate_recognizer,
     load_recognizer,
@@ -151,6 +153,43 @@ def test_train_loop_runs_and_checkpoints(tmp_path):
     load_recognizer(tmp_path / "best")
     with pytest.raises(ValueError, match="clock must be one of"):
         train_recognizer(RecognizerTrainConfig(clock="sundial"), tmp_path)
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        train_recognizer(RecognizerTrainConfig(schedule="lunar"), tmp_path)
+    with pytest.raises(ValueError, match="reuse must be >= 1, got 0"):
+        train_recognizer(RecognizerTrainConfig(reuse=0), tmp_path)
+    with pytest.raises(ValueError, match="warmup must be in"):
+        train_recognizer(RecognizerTrainConfig(schedule="cosine", warmup=1.5), tmp_path)
+
+
+def test_learning_rate_schedules():
+    step = RecognizerTrainConfig(schedule="step")
+    assert [_lr_factor(step, f) for f in (0.0, 0.59, 0.61, 0.9)] == [1.0, 1.0, 0.5, 0.25]
+    cos = RecognizerTrainConfig(schedule="cosine", warmup=0.1, final_lr=0.02)
+    assert _lr_factor(cos, 0.05) == pytest.approx(0.5)
+    assert _lr_factor(cos, 0.1) == pytest.approx(1.0)
+    assert _lr_factor(cos, 0.55) == pytest.approx(0.51)
+    assert _lr_factor(cos, 1.0) == pytest.approx(0.02)
+
+
+def test_batch_stream_groups_by_length_and_reuses_samples():
+    cfg = RecognizerTrainConfig(
+        data=HandwritingConfig(faces=("futural",)), batch_size=4, length_pool=3, reuse=2,
+        data_workers=0,
+    )  # fmt: skip
+    cpu: dict = {}
+    stream = _batch_stream(cfg, cpu)
+    batches = [next(stream) for _ in range(3 + 6)]  # the first lot, then a pool of two lots
+    stream.close()
+    first = {id(s) for b in batches[:3] for s in b}
+    second = {id(s) for b in batches[3:] for s in b}
+    assert len(first) == 12 and len(second) == 24
+    assert first <= second  # each sample is trained in two pools
+    lengths = sorted(len(s.features) for b in batches[3:] for s in b)
+    for b in batches[3:]:  # sorted by length, then cut: each batch is a run of that order
+        got = sorted(len(s.features) for s in b)
+        i = lengths.index(got[0])
+        assert got == lengths[i : i + 4]
+    assert cpu and all(v > 0 for v in cpu.values())
 
 
 @pytest.mark.slow

@@ -65,21 +65,21 @@ class RecognizerTrainConfig:
     # stacked bidirectional LSTM layers
     num_layers: int = 2
     # input points joined into one frame by the front end
-    stride: int = 3
+    stride: int = 6
     # units of the front end
     frontend_size: int = 64
     # sequences per batch
-    batch_size: int = 32
+    batch_size: int = 16
     # batches' worth of samples sorted by length and cut into batches (less padding)
     length_pool: int = 32
     # pools each generated sample is trained in (2: half the data generation per step, each
     # sample seen twice with other neighbours; keeps the data process within one core)
     reuse: int = 1
     # Adam's (peak) learning rate
-    learning_rate: float = 3e-3
+    learning_rate: float = 2e-3
     # learning-rate schedule over the budget (time, or max_steps if sooner): "cosine" (warm-up,
     # then a half cosine down to final_lr * learning_rate) or "step" (halved at 60% and 85%)
-    schedule: str = "cosine"
+    schedule: str = "step"
     # fraction of the budget spent warming the learning rate up linearly (cosine schedule)
     warmup: float = 0.02
     # the cosine schedule's last learning rate, as a fraction of learning_rate
@@ -359,6 +359,14 @@ def train_recognizer(
     if config.schedule not in _SCHEDULES:
         raise ValueError(
             f"train_recognizer: schedule must be one of {list(_SCHEDULES)}, got {config.schedule!r}"
+        )
+    for name in ("batch_size", "length_pool", "reuse"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"train_recognizer: {name} must be >= 1, got {getattr(config, name)}")
+    if not (0 <= config.warmup < 1 and 0 <= config.final_lr <= 1):
+        raise ValueError(
+            "train_recognizer: warmup must be in [0, 1) and final_lr in [0, 1], got "
+            f"{config.warmup} and {config.final_lr}"
         )
     torch.set_num_threads(config.threads)
     out = Path(out_dir)
