@@ -74,7 +74,7 @@ class RecognizerTrainConfig:
     length_pool: int = 32
     # pools each generated sample is trained in (2: half the data generation per step, each
     # sample seen twice with other neighbours; keeps the data process within one core)
-    reuse: int = 1
+    reuse: int = 2
     # Adam's (peak) learning rate
     learning_rate: float = 2e-3
     # learning-rate schedule over the budget (time, or max_steps if sooner): "cosine" (warm-up,
