@@ -134,3 +134,31 @@ def test_log_mel_shapes_and_normalisation():
         log_mel(np.zeros((2, 100)))
     with pytest.raises(ValueError, match="hop_length"):
         FeatureConfig(hop_length=500)
+
+
+def test_augment_warps_stretches_and_masks():
+    from carousel.speech.features import augment
+
+    rng = np.random.default_rng(0)
+    x = np.zeros((100, 40), dtype=np.float32)
+    x[:, 10] = 1.0  # one band carries the energy
+    np.testing.assert_array_equal(augment(x, rng), x)  # nothing asked: unchanged
+    # a warp of the band axis moves the energy to a higher band for factors > 1
+    peaks = {
+        int(augment(x, np.random.default_rng(s), warp=0.3).mean(0).argmax()) for s in range(20)
+    }
+    assert min(peaks) < 10 < max(peaks) and all(7 <= p <= 14 for p in peaks)
+    # tempo changes the number of frames by up to the factor
+    lens = {len(augment(x, np.random.default_rng(s), tempo=0.2)) for s in range(20)}
+    assert min(lens) < 100 < max(lens) and all(80 <= n <= 126 for n in lens)
+    # masks zero whole bands and spans, and are reproducible from the generator
+    y = np.ones((100, 40), dtype=np.float32)
+    m = augment(y, np.random.default_rng(1), freq_mask=8, time_mask=20)
+    assert m.shape == y.shape and 0 < (m == 0).mean() < 0.5
+    np.testing.assert_array_equal(
+        m, augment(y, np.random.default_rng(1), freq_mask=8, time_mask=20)
+    )
+    with pytest.raises(ValueError, match=r"warp must be in \[0, 1\)"):
+        augment(x, rng, warp=1.5)
+    with pytest.raises(ValueError, match="time_mask must be >= 0"):
+        augment(x, rng, time_mask=-1)

@@ -50,6 +50,10 @@ def test_config_errors():
         SpeechConfig(held_out_variants=("m99",))
     with pytest.raises(ValueError, match="min_len <= max_len"):
         SpeechConfig(min_len=5, max_len=2)
+    with pytest.raises(ValueError, match=r"warp must be in \[0, 1\)"):
+        SpeechConfig(warp=1.0)
+    with pytest.raises(ValueError, match="freq_mask must be < n_mels"):
+        SpeechConfig(freq_mask=40)
 
 
 def test_missing_espeak_says_how_to_install(monkeypatch):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["FeatureConfig", "log_mel", "require_librosa"]
+__all__ = ["FeatureConfig", "augment", "log_mel", "require_librosa"]
 
 
 def require_librosa():
@@ -113,3 +113,76 @@ def log_mel(
     if normalize:
         feats = (feats - feats.mean(0)) / (feats.std(0) + 1e-5)
     return feats.astype(np.float32)
+
+
+def augment(
+    feats: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    warp: float = 0.0,
+    tempo: float = 0.0,
+    freq_mask: int = 0,
+    time_mask: int = 0,
+    masks: int = 2,
+) -> np.ndarray:
+    r"""Randomly perturb the normalised log-mel features of one training utterance.
+
+    In this order: a frequency warp (the band axis stretched by a factor :math:`a` drawn from
+    :math:`[1 - w, 1 + w]`, read by linear interpolation at band :math:`m / a`: formants move
+    up for :math:`a > 1`, as for a shorter vocal tract; Jaitly & Hinton 2013's vocal tract
+    length perturbation, applied to the mel bands), a tempo change (the frame axis resampled
+    by a factor from :math:`[1 - t, 1 + t]`, linear interpolation), then SpecAugment's masks
+    (Park et al. 2019): ``masks`` bands of up to ``freq_mask`` mel bands and ``masks`` spans of
+    up to ``time_mask`` frames set to 0, the normalised mean.
+
+    Args:
+        feats: ``(T, n_mels)`` features.
+        rng: the randomness.
+        warp: :math:`w`, the largest relative frequency warp (0: none).
+        tempo: :math:`t`, the largest relative tempo change (0: none).
+        freq_mask: widest frequency mask in bands (0: none).
+        time_mask: longest time mask in frames (0: none).
+        masks: masks of each kind.
+
+    Returns:
+        float32 ``(T', n_mels)`` with ``T' = round(T / r)`` for the tempo factor ``r``.
+
+    Raises:
+        ValueError: a warp or tempo outside ``[0, 1)``, or negative mask sizes.
+    """
+    for name, v in (("warp", warp), ("tempo", tempo)):
+        if not 0 <= v < 1:
+            raise ValueError(f"augment: {name} must be in [0, 1), got {v}")
+    for name, v in (("freq_mask", freq_mask), ("time_mask", time_mask), ("masks", masks)):
+        if v < 0:
+            raise ValueError(f"augment: {name} must be >= 0, got {v}")
+    x = np.asarray(feats, dtype=np.float32)
+    T, M = x.shape
+    if warp > 0:
+        a = rng.uniform(1 - warp, 1 + warp)
+        src = np.clip(np.arange(M) / a, 0, M - 1)
+        lo = np.floor(src).astype(int)
+        hi = np.minimum(lo + 1, M - 1)
+        frac = (src - lo).astype(np.float32)
+        x = x[:, lo] * (1 - frac) + x[:, hi] * frac
+    if tempo > 0 and T > 1:
+        r = rng.uniform(1 - tempo, 1 + tempo)
+        n = max(1, round(T / r))
+        src = np.clip(np.arange(n) * r, 0, T - 1)
+        lo = np.floor(src).astype(int)
+        hi = np.minimum(lo + 1, T - 1)
+        frac = (src - lo).astype(np.float32)[:, None]
+        x = x[lo] * (1 - frac) + x[hi] * frac
+    if freq_mask or time_mask:
+        x = x.copy()
+        T = len(x)
+        for _ in range(masks):
+            if freq_mask:
+                w = int(rng.integers(0, freq_mask + 1))
+                f0 = int(rng.integers(0, M - w + 1))
+                x[:, f0 : f0 + w] = 0
+            if time_mask:
+                w = min(int(rng.integers(0, time_mask + 1)), T)
+                t0 = int(rng.integers(0, T - w + 1))
+                x[t0 : t0 + w] = 0
+    return x.astype(np.float32, copy=False)
