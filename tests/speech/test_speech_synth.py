@@ -108,3 +108,26 @@ def test_a_shard_is_generated_once_and_cached(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="shard must be in"):
         synth.load_shard(spec, "train", 5, cache_dir=tmp_path)
     assert SHARD_SIZE == 64
+
+
+def test_training_batches_are_augmented_and_evaluation_batches_are_not(monkeypatch):
+    import torch
+
+    from carousel.tasks.speech import SpeechConfig
+
+    rng = np.random.default_rng(0)
+    feats = [rng.standard_normal((100, 40)).astype(np.float32) for _ in range(SHARD_SIZE)]
+    texts = ["123"] * SHARD_SIZE
+
+    def batch(config, split):
+        task = make_task("speech", config)
+        monkeypatch.setattr(task, "_shard", lambda split, k: (feats, texts))
+        return task.batch(split, 4, generator=torch.Generator().manual_seed(0)).inputs
+
+    raw = batch(SpeechConfig(), "train")
+    assert any(np.array_equal(raw[:, 0].numpy(), f) for f in feats)  # untouched
+    aug = SpeechConfig(warp=0.1, tempo=0.1, freq_mask=8, time_mask=10)
+    a = batch(aug, "train")
+    assert not any(a.shape[0] == 100 and np.allclose(a[:, 0].numpy(), f) for f in feats)
+    np.testing.assert_array_equal(a.numpy(), batch(aug, "train").numpy())  # seeded
+    np.testing.assert_array_equal(batch(aug, "voices").numpy(), batch(SpeechConfig(), "voices"))
