@@ -176,7 +176,6 @@ class SpeechWordsConfig(SpeechConfig):
     kind: str = "words"
     min_len: int = 2
     max_len: int = 4
-    train_size: int = 1536
 
 
 def collate(features: list[np.ndarray], texts: list[str], alphabet: Alphabet) -> Batch:
@@ -229,10 +228,10 @@ class SpeechTask(Task):
         "data": {"warp": 0.1, "tempo": 0.1, "freq_mask": 8, "time_mask": 10},
         "optim": {"name": "adam", "lr": 2e-3, "schedule": "cosine", "min_lr": 1e-4},
         "train": {
-            "steps": 4000,
+            "steps": 2000,
             "batch_size": 32,
-            "eval_every": 500,
-            "checkpoint_every": 500,
+            "eval_every": 250,
+            "checkpoint_every": 250,
             "clip_norm": 1.0,
             "threads": 1,
         },
