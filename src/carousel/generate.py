@@ -95,7 +95,7 @@ def _adjust(logits: Tensor, temperature: float, top_k: int | None, banned: Seque
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, -math.inf)
-    if temperature > 0:
+    if temperature > 0 and temperature != 1:
         logits = logits / temperature
     return torch.log_softmax(logits, dim=-1)
 
@@ -146,14 +146,13 @@ def sample_tokens(
     logits = stepper.feed(prime) if prime.shape[0] > 1 else stepper.step(prime[0])
     out = torch.empty(length, B, dtype=torch.long, device=prime.device)
     total = torch.zeros(B, device=prime.device)
-    rows = torch.arange(B, device=prime.device)
     for t in range(length):
         logp = _adjust(logits, temperature, top_k, banned)  # (B, V)
         if temperature == 0:
             tok = logp.argmax(-1)
         else:
             tok = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)  # (B,)
-        total += logp[rows, tok]
+        total += logp.gather(1, tok.unsqueeze(1)).squeeze(1)
         out[t] = tok
         if on_step is not None:
             on_step(tok)

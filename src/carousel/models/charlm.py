@@ -268,6 +268,13 @@ class CharLM(nn.Module):
         )
 
 
+def _ifo2g(t: Tensor) -> Tensor:
+    """An LSTM weight or bias with its gate blocks (rows) reordered from i, f, g, o to
+    i, f, o, g and the block of g doubled (exact: a power of two)."""
+    i, f, g, o = t.chunk(4, 0)
+    return torch.cat([i, f, o, 2.0 * g])
+
+
 def _fast_kind(model: CharLM) -> str | None:
     """Which hand-fused step computes ``model.rnn`` exactly, if any."""
     rnn = model.rnn
@@ -340,38 +347,58 @@ class Stepper:
                 w_hh = getattr(rnn, f"weight_hh_l{layer}")
                 b_ih = getattr(rnn, f"bias_ih_l{layer}")
                 b_hh = getattr(rnn, f"bias_hh_l{layer}")
+                if self._kind == "lstm":
+                    # gate rows i, f, g, o -> i, f, o, 2g: one sigmoid over all 4H columns
+                    # gives tanh(g) = 2 sigmoid(2g) - 1 too (see _lstm_step)
+                    w_ih, w_hh, b_ih, b_hh = (_ifo2g(t) for t in (w_ih, w_hh, b_ih, b_hh))
                 # gates from the input: W_ih x + b_ih, plus b_hh where it can be merged
                 merged_b = b_ih if self._kind == "gru" else b_ih + b_hh
                 if layer == 0:
                     self._table = F.linear(x, w_ih, merged_b)  # (V, G*H)
                     self._w_ih = [None]
                 else:
-                    self._w_ih.append(w_ih)
+                    # transposed once, so each step's products read (in, G*H) weights
+                    self._w_ih.append(w_ih.t().contiguous() if self._kind == "lstm" else w_ih)
                 self._b.append(merged_b)
-                self._w_hh.append(w_hh)
+                self._w_hh.append(w_hh.t().contiguous() if self._kind == "lstm" else w_hh)
                 if self._kind == "gru":
                     self._b[-1] = (b_ih, b_hh)
 
+    @torch.no_grad()
+    def _lstm_step(self, tokens: Tensor) -> Tensor:
+        # torch's CPU tanh is several times slower than its sigmoid, so both tanh of the LSTM
+        # come from sigmoids: tanh(x) = 2 sigmoid(2x) - 1 (the 2 of the cell input g is folded
+        # into its weights by _prepare). The results equal the layer's to rounding (tested).
+        m, st = self.model, self.state
+        H = m.hidden_size
+        h_next = torch.empty_like(st.h)  # (L, B, H), written layer by layer
+        c_next = torch.empty_like(st.c)
+        inp = st.h[0]
+        for layer in range(m.num_layers):
+            if layer == 0:
+                gates = self._table.index_select(0, tokens)  # (B, 4H), a copy: W_ih E[w] + b
+            else:
+                gates = torch.addmm(self._b[layer], inp, self._w_ih[layer])  # (B, 4H)
+            gates.addmm_(st.h[layer], self._w_hh[layer])  # + W_hh h
+            i, f, o, s = gates.sigmoid_().split(H, 1)  # s = sigmoid(2 g)
+            c = torch.mul(f, st.c[layer], out=c_next[layer])
+            c.addcmul_(i, s, value=2.0).sub_(i)  # c = f c + i (2 s - 1) = f c + i tanh(g)
+            h = torch.mul(c, 2.0, out=h_next[layer]).sigmoid_()
+            inp = h.mul_(2.0).sub_(1.0).mul_(o)  # h = o tanh(c)
+        self.state = type(st)(h_next, c_next)
+        return m.decoder(inp)  # (B, V)
+
     def _fast_step(self, tokens: Tensor) -> Tensor:
         m, kind = self.model, self._kind
+        if kind == "lstm":
+            return self._lstm_step(tokens)
         st = self.state
-        hs = st.h if kind == "lstm" else st
-        cs = st.c if kind == "lstm" else None
-        new_h, new_c = [], []
+        hs = st
+        new_h = []
         inp = None
         for layer in range(m.num_layers):
             h = hs[layer]  # (B, H)
-            if kind == "lstm":
-                if layer == 0:
-                    gx = self._table[tokens]  # (B, 4H)
-                else:
-                    gx = F.linear(inp, self._w_ih[layer], self._b[layer])
-                gates = torch.addmm(gx, h, self._w_hh[layer].t())  # (B, 4H)
-                i, f, g, o = gates.chunk(4, 1)
-                c = torch.sigmoid(f) * cs[layer] + torch.sigmoid(i) * torch.tanh(g)
-                h = torch.sigmoid(o) * torch.tanh(c)
-                new_c.append(c)
-            elif kind == "gru":
+            if kind == "gru":
                 b_ih, b_hh = self._b[layer]
                 gx = self._table[tokens] if layer == 0 else F.linear(inp, self._w_ih[layer], b_ih)
                 gh = F.linear(h, self._w_hh[layer], b_hh)  # (B, 3H)
@@ -390,10 +417,7 @@ class Stepper:
                 h = torch.tanh(a) if m.rnn.nonlinearity == "tanh" else torch.relu(a)
             new_h.append(h)
             inp = h
-        if kind == "lstm":
-            self.state = type(st)(torch.stack(new_h), torch.stack(new_c))
-        else:
-            self.state = torch.stack(new_h)
+        self.state = torch.stack(new_h)
         return m.decoder(inp)  # (B, V)
 
     def step(self, tokens: Tensor) -> Tensor:
