@@ -228,7 +228,7 @@ class SpeechTask(Task):
         "data": {"warp": 0.1, "tempo": 0.1, "freq_mask": 8, "time_mask": 10},
         "optim": {"name": "adam", "lr": 2e-3, "schedule": "cosine", "min_lr": 1e-4},
         "train": {
-            "steps": 2000,
+            "steps": 4000,
             "batch_size": 32,
             "eval_every": 250,
             "checkpoint_every": 250,
