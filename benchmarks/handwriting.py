@@ -3,11 +3,13 @@ training faces and on held-out faces.
 
 Usage (one run; see docs/results.md, section "Handwriting"):
 
-    .venv/bin/python benchmarks/handwriting.py --out runs/handwriting-lofo \\
-        --held-out cursive futural timesi --minutes 20 --clock cpu
+    .venv/bin/python benchmarks/handwriting.py --out runs/hw-budget \\
+        --held-out cursive futural timesi --minutes 20 --clock cpu --eval-every 2000 --eval-size 200
 
 ``--clock cpu`` counts the training process's CPU time (one thread; a second process makes the
-data), which is what 20 minutes on 2 dedicated cores give, measured fairly on a busy machine.
+data, and ``data_cpu_minutes`` in metrics.jsonl says what it cost), which is what 20 minutes on
+2 dedicated cores give while the data costs less than the training, measured fairly on a busy
+machine. The defaults are the library's (``RecognizerTrainConfig``).
 """
 
 from __future__ import annotations
