@@ -252,7 +252,8 @@ class HandwritingTask(Task):
     ModelConfig = RecognizerModelConfig
     # chosen by equal-CPU-budget comparisons (docs/results.md, "Handwriting"): stride 6 and
     # batches of 16 give the most learning per CPU second; the learning rate is halved once,
-    # at 60% of the steps; 12,000 steps take about 20 CPU minutes on one thread
+    # at 60% of the steps; 12,000 steps should take about 15-20 CPU minutes on one thread (an
+    # estimate, not a measured run: ~31 ms a step and ~48 ms to generate its 16 words here)
     defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {
         "model": {
             "cell": "lstm",
