@@ -489,6 +489,9 @@ def test_supports_and_auto_selection():
         assert carousel.LSTM(I, H).resolve_impl(steps=1) == one_step
         assert carousel.LSTM(I, H).resolve_impl(steps=2) == "fused"
     assert carousel.LSTM(I, H).resolve_impl(steps=1) == "fused"
+    # variable lengths on the CPU: torch would run a packed sequence off oneDNN
+    assert carousel.LSTM(I, H).resolve_impl(lengths=True) in handwritten
+    assert carousel.LSTM(I, H).resolve_impl(lengths=True, device="cuda") == "fused"
 
 
 def test_step_by_step_generation_equals_torch_nn():

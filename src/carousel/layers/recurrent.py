@@ -212,6 +212,7 @@ class RecurrentBase(nn.Module):
         return_gates: bool = False,
         device=None,
         steps: int | None = None,
+        lengths: bool = False,
     ) -> str:
         """The path ``forward`` takes for these options.
 
@@ -223,9 +224,12 @@ class RecurrentBase(nn.Module):
         available (CPU); else the hand-written BPTT for built-in cells; else the reference
         loop. ``"compiled"`` runs the compiled kernel where it covers a cell and is available,
         and the hand-written BPTT ``"bptt"`` otherwise; ``"bptt"`` is always the pure-PyTorch
-        path. One exception for speed: a single step (``steps=1``) on the CPU with gradients
-        off (generation) takes the compiled kernel over torch's oneDNN LSTM, whose per-call
-        set-up costs more than the step (benchmarks/kernels.py, inference rows).
+        path. Two exceptions for speed on the CPU, where the hand-written paths beat torch's
+        LSTM kernel: a single step (``steps=1``) with gradients off (generation) takes the
+        compiled kernel, since oneDNN's per-call set-up costs more than the step; and variable
+        ``lengths`` take the compiled kernel (or, without one, the hand-written BPTT when
+        gradients are on), since torch then runs a packed sequence off oneDNN (training 3-7x
+        slower than the compiled kernel; docs/performance.md).
 
         Raises:
             ValueError: if an explicit ``impl`` cannot compute this configuration.
@@ -237,9 +241,13 @@ class RecurrentBase(nn.Module):
             if _has_functorch_transform():
                 return "reference"
             if not want_trace and self._fused_supported() and self._fused_preferred(device):
-                if steps == 1 and device.type == "cpu" and not torch.is_grad_enabled():
-                    if self._bptt_supported() and self._compiled_preferred(device):
-                        return "compiled"
+                if device.type == "cpu" and self._bptt_supported():
+                    grad = torch.is_grad_enabled()
+                    if (steps == 1 and not grad) or lengths:
+                        if self._compiled_preferred(device):
+                            return "compiled"
+                        if lengths and grad:
+                            return "bptt"
                 return "fused"
             if self._bptt_supported():
                 return "compiled" if self._compiled_preferred(device) else "bptt"
@@ -423,7 +431,11 @@ class RecurrentBase(nn.Module):
             lengths = self._check_lengths(lengths, T, B, x.device)
         states0 = self._initial_states(hx, B, x)
         impl = self.resolve_impl(
-            return_states=return_states, return_gates=return_gates, device=x.device, steps=T
+            return_states=return_states,
+            return_gates=return_gates,
+            device=x.device,
+            steps=T,
+            lengths=lengths is not None,
         )
         if impl == "fused":
             output, final = self._fused_forward(x, states0, lengths)
