@@ -29,7 +29,7 @@ def needs_compiler(impl):
         pytest.skip("no C compiler")
 
 
-@pytest.mark.parametrize("impl", ["torch", "compiled"])
+@pytest.mark.parametrize("impl", ["torch", "compiled", "auto"])
 @pytest.mark.parametrize("sparse", [False, True])
 @pytest.mark.parametrize("leak_rate", [1.0, 0.3])
 @pytest.mark.parametrize("batch", [None, 3])
@@ -49,10 +49,24 @@ def test_matches_naive_loop(sparse, leak_rate, batch, impl):
 def test_compiled_float32_matches_torch(sparse):
     needs_compiler("compiled")
     kw = {"leak_rate": 0.5, "sparse": sparse, "connectivity": 0.2, "dtype": torch.float32}
-    ref = Reservoir(1, 64, seed=3, **kw)
+    ref = Reservoir(1, 64, seed=3, impl="torch", **kw)
     fast = Reservoir(1, 64, seed=3, impl="compiled", **kw)
     u = torch.randn(100, 1)
     torch.testing.assert_close(fast(u)[0], ref(u)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_auto_takes_the_compiled_loop_for_one_small_sequence(monkeypatch):
+    needs_compiler("compiled")
+    calls = []
+    real = _kernel.recur
+    monkeypatch.setattr(_kernel, "recur", lambda *a: calls.append(1) or real(*a))
+    u = torch.randn(30, 1, dtype=torch.float64)
+    Reservoir(1, 50, seed=0)(u)  # one sequence, 50 units: compiled
+    assert calls
+    calls.clear()
+    Reservoir(1, 50, seed=0)(torch.randn(30, 3, 1, dtype=torch.float64))  # a batch: torch
+    Reservoir(1, 600, seed=0)(u)  # above AUTO_COMPILED_MAX_UNITS: torch
+    assert not calls
 
 
 def test_feedback_noise_and_no_input():

@@ -115,17 +115,19 @@ def _cpu_model() -> str:
     return platform.processor() + platform.machine()
 
 
-def load() -> ctypes.CDLL | None:
+def load(*, quiet: bool = False) -> ctypes.CDLL | None:
     """The compiled library (compiled on first use), or ``None`` if there is no C compiler or
-    compilation fails (logged once)."""
+    compilation fails (logged once, unless ``quiet``: ``impl="auto"`` falls back silently)."""
     global _lib, _tried
     if _tried:
         return _lib
-    _tried = True
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
-        log.warning("carousel.esn: no C compiler found; impl='compiled' falls back to torch")
+        if not quiet:
+            _tried = True
+            log.warning("carousel.esn: no C compiler found; impl='compiled' falls back to torch")
         return None
+    _tried = True
     key = hashlib.sha256((_SOURCE + " ".join(_FLAGS) + _cpu_model()).encode()).hexdigest()[:16]
     target = _cache_dir() / f"esn_kernel_{key}.so"
     try:
@@ -190,7 +192,9 @@ def recur(weight: Tensor, drive: Tensor, state: Tensor, leak_rate: float) -> Ten
     if weight.layout == torch.strided and _mostly_zero(weight):
         # a dense matrix that is mostly zeros (the reservoir's connectivity, e.g. 10%): the
         # CSR loop does only the nonzero products (10x fewer at 10%)
-        weight = weight.to_sparse_csr()
+        from carousel.esn.matrices import to_sparse_csr
+
+        weight = to_sparse_csr(weight)
     if weight.layout == torch.sparse_csr:
         crow = weight.crow_indices()
         col = weight.col_indices()

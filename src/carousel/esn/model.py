@@ -72,7 +72,8 @@ class EchoStateNetwork(nn.Module):
         ridge: :math:`\lambda` of the ridge readout.
         input_scaling, input_connectivity, connectivity, bias_scaling, noise, sparse, impl:
             see :class:`~carousel.esn.Reservoir`. ``noise`` is applied during training only;
-            ``impl="compiled"`` runs the reservoir's time loop in compiled C on the CPU.
+            ``impl="compiled"`` runs the reservoir's time loop in compiled C on the CPU;
+            ``"auto"`` (the default) does for small reservoirs.
         feedback: feed the output back into the reservoir.
         feedback_scaling: scale of the feedback weights.
         input_to_readout: give the readout the input as well as the reservoir state.
@@ -118,7 +119,7 @@ class EchoStateNetwork(nn.Module):
         rls_alpha: float = 1.0,
         rls_forgetting: float = 1.0,
         sparse: bool | None = None,
-        impl: str = "torch",
+        impl: str = "auto",
         input_size: int | None = None,
         output_size: int | None = None,
         batch_first: bool = False,

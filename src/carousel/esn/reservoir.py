@@ -21,7 +21,11 @@ __all__ = ["IMPLS", "Reservoir"]
 #: Implementations of the time loop: ``"torch"`` (torch operations, any device, the reference)
 #: and ``"compiled"`` (a C loop for CPU sequences, see :mod:`carousel.esn._kernel`; equal to
 #: the torch path up to rounding, so it is used only when asked for).
-IMPLS = ("torch", "compiled")
+IMPLS = ("auto", "torch", "compiled")
+
+#: ``impl="auto"`` takes the compiled loop up to this many units (one sequence, CPU): measured
+#: crossover of the two paths' fit time on one thread (benchmarks/esn.py, docs/performance.md)
+AUTO_COMPILED_MAX_UNITS = 500
 
 
 def _check_nonneg_float(owner: str, name: str, value: object) -> float:
@@ -84,10 +88,13 @@ class Reservoir(nn.Module):
         sparse: store ``weight_hh`` as CSR. ``None`` picks sparse when
             ``connectivity <= 0.2`` and ``units >= 200`` (a fixed rule of the hyperparameters,
             so a configuration always runs the same path; the two agree to rounding).
-        impl: ``"torch"`` or ``"compiled"`` (see :data:`IMPLS`): the compiled C loop is
-            several times faster for small reservoirs on the CPU, where torch's per-operation
-            overhead dominates; it falls back to torch (with a logged warning) where no C
-            compiler is available, and on other devices.
+        impl: ``"auto"``, ``"torch"`` or ``"compiled"`` (see :data:`IMPLS`): the compiled C
+            loop is several times faster for small reservoirs on the CPU, where torch's
+            per-operation overhead dominates; it falls back to torch (with a logged warning)
+            where no C compiler is available, and on other devices. ``"auto"`` (the default)
+            takes it for one sequence on the CPU with at most
+            :data:`AUTO_COMPILED_MAX_UNITS` units when a compiler is there (silently torch
+            otherwise); the two paths agree to rounding.
         seed: seed of the named random streams.
         device, dtype: of the buffers (default float64: chaotic time series need it).
 
@@ -119,7 +126,7 @@ class Reservoir(nn.Module):
         feedback_scaling: float = 1.0,
         noise: float = 0.0,
         sparse: bool | None = None,
-        impl: str = "torch",
+        impl: str = "auto",
         seed: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -262,7 +269,14 @@ class Reservoir(nn.Module):
     def _recur(self, drive: Tensor, state: Tensor) -> Tensor:
         W, a = self.weight_hh, self.leak_rate
         T, B = drive.shape[0], drive.shape[1]
-        if self.impl == "compiled" and T > 0 and _kernel.available(W):
+        compiled = self.impl == "compiled" or (
+            self.impl == "auto"
+            and B == 1
+            and W.shape[0] <= AUTO_COMPILED_MAX_UNITS
+            and _kernel.available(W)
+            and _kernel.load(quiet=True) is not None
+        )
+        if compiled and T > 0 and _kernel.available(W):
             runs = [_kernel.recur(W, drive[:, b], state[b], a) for b in range(B)]
             if all(r is not None for r in runs):
                 return torch.stack(runs, 1)
