@@ -94,6 +94,8 @@ _FLAGS = ["-O3", "-fPIC", "-shared", "-fno-math-errno"]
 _NATIVE = ["-march=native"]  # tried first; the cache key includes the CPU model
 _lib: ctypes.CDLL | None = None
 _tried = False
+_compiler: str | None = None
+_warned = False
 
 
 def _cache_dir() -> Path:
@@ -117,17 +119,22 @@ def _cpu_model() -> str:
 
 def load(*, quiet: bool = False) -> ctypes.CDLL | None:
     """The compiled library (compiled on first use), or ``None`` if there is no C compiler or
-    compilation fails (logged once, unless ``quiet``: ``impl="auto"`` falls back silently)."""
-    global _lib, _tried
-    if _tried:
-        return _lib
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        if not quiet:
-            _tried = True
-            log.warning("carousel.esn: no C compiler found; impl='compiled' falls back to torch")
-        return None
-    _tried = True
+    compilation fails. A missing compiler is logged once, at the first call that is not
+    ``quiet`` (``impl="auto"`` falls back silently); the search for it runs once."""
+    global _lib, _tried, _compiler, _warned
+    if not _tried:
+        _tried = True
+        _compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+        if _compiler is not None:
+            _lib = _build(_compiler)
+    if _compiler is None and not quiet and not _warned:
+        _warned = True
+        log.warning("carousel.esn: no C compiler found; impl='compiled' falls back to torch")
+    return _lib
+
+
+def _build(compiler: str) -> ctypes.CDLL | None:
+    """Compile (or reuse the cached) library with ``compiler`` and declare its functions."""
     key = hashlib.sha256((_SOURCE + " ".join(_FLAGS) + _cpu_model()).encode()).hexdigest()[:16]
     target = _cache_dir() / f"esn_kernel_{key}.so"
     try:
@@ -164,7 +171,6 @@ def load(*, quiet: bool = False) -> ctypes.CDLL | None:
     for name in ("esn_csr_f64", "esn_csr_f32"):
         getattr(lib, name).argtypes = [i64, i64, ptr, ptr, ptr, ptr, ptr, dbl, ptr]
         getattr(lib, name).restype = None
-    _lib = lib
     return lib
 
 

@@ -269,14 +269,20 @@ class Reservoir(nn.Module):
     def _recur(self, drive: Tensor, state: Tensor) -> Tensor:
         W, a = self.weight_hh, self.leak_rate
         T, B = drive.shape[0], drive.shape[1]
-        compiled = self.impl == "compiled" or (
-            self.impl == "auto"
-            and B == 1
-            and W.shape[0] <= AUTO_COMPILED_MAX_UNITS
+        compiled = (
+            T > 0
             and _kernel.available(W)
-            and _kernel.load(quiet=True) is not None
+            and (
+                self.impl == "compiled"
+                or (
+                    self.impl == "auto"
+                    and B == 1
+                    and W.shape[0] <= AUTO_COMPILED_MAX_UNITS
+                    and _kernel.load(quiet=True) is not None
+                )
+            )
         )
-        if compiled and T > 0 and _kernel.available(W):
+        if compiled:
             runs = [_kernel.recur(W, drive[:, b], state[b], a) for b in range(B)]
             if all(r is not None for r in runs):
                 return torch.stack(runs, 1)
