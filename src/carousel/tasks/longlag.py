@@ -212,6 +212,12 @@ class LongLagTask:
             return gather_last(outputs, batch.lengths)
         return outputs
 
+    def rows(self, outputs: Tensor, batch: LongLagBatch) -> Tensor:
+        """The scored outputs as rows: ``(B, O)`` for ``"last"`` tasks, the ``mask``-selected
+        steps ``(N, O)`` for ``"all"`` tasks (what :meth:`loss` averages over)."""
+        y = self.scored(outputs, batch)
+        return y if self.readout == "last" else y[batch.mask]
+
     def loss(self, outputs: Tensor, batch: LongLagBatch) -> Tensor:
         """The training loss: squared error (regression), cross-entropy (classification) or
         binary cross-entropy on logits (multi-label), averaged over scored outputs.
@@ -223,11 +229,8 @@ class LongLagTask:
         Returns:
             A scalar tensor.
         """
-        y = self.scored(outputs, batch)
-        t = batch.targets
-        if self.readout == "all":
-            m = batch.mask
-            y, t = y[m], t[m]
+        y = self.rows(outputs, batch)
+        t = batch.targets if self.readout == "last" else batch.targets[batch.mask]
         if self.kind == "regression":
             return F.mse_loss(y, t)
         if self.kind == "classification":
@@ -1073,9 +1076,7 @@ class LongLagEngineTask(Task):
 
     def curvature_outputs(self, output: ModelOutput, batch: Batch) -> Tensor:
         """The scored outputs :meth:`loss` averages over (see :meth:`Task.curvature_outputs`)."""
-        lb = self._from_batch(batch)
-        y = self.task.scored(output.output, lb)
-        return y[lb.mask] if self.task.readout == "all" else y
+        return self.task.rows(output.output, self._from_batch(batch))
 
     @torch.no_grad()
     def metrics(self, output: ModelOutput, batch: Batch) -> dict[str, float]:
