@@ -324,8 +324,7 @@ def _train(config: Config, info: distributed.DistInfo, *, resume: bool, restart:
     )
     # 4. optimizer
     optimizer = build_optimizer(model.parameters(), config.optim, model=model, task=task)
-    if config.optim.name == "hessian-free":
-        _check_hessian_free(config, info)
+    _check_hessian_free(optimizer, config, info)
     run = _Run(config, info, device, dtype, task, model, optimizer, model, run_dir)
     # 5. resume
     ckpt_path = latest_checkpoint(run_dir) if resume else None
@@ -518,8 +517,19 @@ def _grads(model: nn.Module) -> list[tuple[str, Tensor]]:
     return [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
 
 
-def _check_hessian_free(config: Config, info: distributed.DistInfo) -> None:
-    """What the Hessian-free optimizer cannot combine with, as one clear error."""
+def _is_hessian_free(optimizer: torch.optim.Optimizer) -> bool:
+    from carousel.optim import HessianFree
+
+    return isinstance(optimizer, HessianFree)
+
+
+def _check_hessian_free(
+    optimizer: torch.optim.Optimizer, config: Config, info: distributed.DistInfo
+) -> None:
+    """What the Hessian-free optimizer (under any registered name) cannot combine with, as one
+    clear error."""
+    if not _is_hessian_free(optimizer):
+        return
     errors = []
     if info.enabled:
         errors.append("optim.name=hessian-free runs in one process (no torchrun)")
@@ -579,9 +589,7 @@ def _update(run: _Run, step: int, batch: Batch) -> tuple[_Context, bool, dict[st
             torch.nn.utils.clip_grad_value_(params, tc.clip_value)
         return total
 
-    from carousel.optim import HessianFree
-
-    hessian_free = isinstance(run.optimizer, HessianFree)
+    hessian_free = _is_hessian_free(run.optimizer)
     if hessian_free:
         # the Gauss-Newton products go through this batch's scored outputs
         run.optimizer.output_fn = functools.partial(run.task.curvature_outputs, batch=window)
