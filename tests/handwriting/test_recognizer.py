@@ -204,3 +204,14 @@ def test_reads_new_words_after_short_training(tmp_path):
     model, _ = load_recognizer(tmp_path / "best")
     data = HandwritingData(cfg.data)
     assert evaluate_recognizer(model, data.eval_set("new_words"))["cer"] < 0.10
+
+
+def test_english_char_lm_prefers_english_spellings():
+    from carousel.handwriting.recognizer import english_char_lm
+    from carousel.tasks.handwriting import ALPHABET
+
+    lm = english_char_lm(order=4)
+    for good, bad in (("people", "peqple"), ("water", "watcr"), ("number", "nunber")):
+        assert lm.log_prob(ALPHABET.encode(good)) > lm.log_prob(ALPHABET.encode(bad)) + 2.0
+    with pytest.raises(ValueError, match="max_repeat"):
+        english_char_lm(max_repeat=0)

@@ -22,8 +22,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from carousel._checks import check_positive_int
 from carousel.ctc import (
     CTCHypothesis,
+    NGramCharScorer,
     character_error_rate,
     ctc_loss,
     greedy_decode,
@@ -44,6 +46,7 @@ from carousel.tasks.handwriting import (
 __all__ = [
     "Recognition",
     "RecognizerTrainConfig",
+    "english_char_lm",
     "evaluate_recognizer",
     "load_recognizer",
     "recognize",
@@ -228,6 +231,35 @@ class Recognition(NamedTuple):
     hypothesis: CTCHypothesis
     features: np.ndarray
     log_probs: torch.Tensor
+
+
+def english_char_lm(*, order: int = 6, min_count: int = 2, max_repeat: int = 20) -> NGramCharScorer:
+    """A character n-gram model of English words for the beam search over handwriting.
+
+    Fitted to the words of :func:`carousel.text.english.english_word_counts` (the prose of
+    Python's standard library; about 8,000 words used at least twice), each word one sequence
+    between begin and end markers, counted ``min(count, max_repeat)`` times so that frequent
+    words weigh more without drowning the rest. It never sees any task's word list.
+
+    Args:
+        order: the n-gram order.
+        min_count: keep words used at least this often.
+        max_repeat: the most times one word is counted.
+
+    Returns:
+        A :class:`~carousel.ctc.NGramCharScorer` over the handwriting alphabet.
+
+    Example:
+        >>> lm = english_char_lm(order=3)
+        >>> lm.log_prob(ALPHABET.encode("water")) > lm.log_prob(ALPHABET.encode("wqtxr"))
+        True
+    """
+    from carousel.text.english import english_word_counts
+
+    check_positive_int("english_char_lm", "max_repeat", max_repeat)
+    words = english_word_counts(min_count=min_count, max_length=24)
+    lm = NGramCharScorer(len(ALPHABET), order=order)
+    return lm.fit(ALPHABET.encode(w) for w, c in words.items() for _ in range(min(c, max_repeat)))
 
 
 @torch.no_grad()

@@ -22,6 +22,7 @@ from carousel.text.corpus import (
     read_text_file,
     split_texts,
 )
+from carousel.text.english import english_word_counts
 from carousel.text.ngram import KneserNeyLM, bits_to_perplexity
 from carousel.text.vocab import UNITS, UNKNOWN_POLICIES, UNKNOWN_TOKEN, Vocabulary, tokenize
 
@@ -40,6 +41,7 @@ __all__ = [
     "bits_to_perplexity",
     "corpus_fingerprint",
     "default_corpus",
+    "english_word_counts",
     "load_texts",
     "read_text_file",
     "split_texts",
