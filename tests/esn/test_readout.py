@@ -46,6 +46,27 @@ def test_incremental_equals_one_shot():
     assert not torch.allclose(inc.weight, one.weight)
 
 
+def test_blocked_symmetric_sums_equal_the_full_product():
+    # F = 600 > 2 blocks of 256 features: large chunks fill the blocks on and below the
+    # diagonal, small chunks the whole matrix; the solve mirrors, so both mix freely
+    x, y = data(700, f=600, o=2, seed=3)
+    r = RidgeReadout(600, 2, ridge=1e-1)
+    r.accumulate(x[:300], y[:300])
+    r.accumulate(x[300:310], y[300:310])
+    r.accumulate(x[310:], y[310:])
+    r.solve()
+    torch.testing.assert_close(r.xx, x.T @ x, rtol=1e-12, atol=1e-9)
+    one = RidgeReadout(600, 2, ridge=1e-1)
+    one.xx.copy_(x.T @ x)
+    one.xy.copy_(x.T @ y)
+    one.x_sum.copy_(x.sum(0))
+    one.y_sum.copy_(y.sum(0))
+    one.count.fill_(700)
+    one.solve()
+    torch.testing.assert_close(r.weight, one.weight, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(r.bias, one.bias, rtol=1e-9, atol=1e-10)
+
+
 def test_rls_equals_ridge_with_penalised_bias():
     x, y = data(150, f=6, o=2)
     alpha = 0.5

@@ -22,6 +22,42 @@ def _check_features(owner: str, name: str, x: Tensor, size: int) -> None:
         )
 
 
+#: Features per block of the symmetric product :func:`_add_gram_`.
+_GRAM_BLOCK = 256
+
+
+def _gram_blocks(F: int) -> list[slice]:
+    k = max(1, math.ceil(F / _GRAM_BLOCK))
+    size = math.ceil(F / k)
+    return [slice(i, min(i + size, F)) for i in range(0, F, size)]
+
+
+def _add_gram_(xx: Tensor, x: Tensor) -> None:
+    r"""``xx += x^T x`` on the blocks on and below the diagonal (:math:`S_{xx}` is symmetric,
+    so this does a bit over half the products of one ``addmm`` when ``F`` is large); the blocks
+    above the diagonal are left as they were until :func:`_mirror_gram_`. Small products
+    (few rows or features) take one ``addmm``, which is consistent with that."""
+    F = x.shape[1]
+    if F < 2 * _GRAM_BLOCK or x.shape[0] < _GRAM_BLOCK:
+        xx.addmm_(x.T, x)
+        return
+    blocks = _gram_blocks(F)
+    for i, ri in enumerate(blocks):
+        for rj in blocks[: i + 1]:
+            xx[ri, rj].addmm_(x[:, ri].T, x[:, rj])
+
+
+def _mirror_gram_(xx: Tensor) -> None:
+    """Copy the blocks below the diagonal of ``xx`` onto those above (in place, no ``F x F``
+    temporary), so it holds the full symmetric :math:`S_{xx}`."""
+    blocks = _gram_blocks(xx.shape[0])
+    for i, ri in enumerate(blocks):
+        d = xx[ri, ri]
+        d.copy_(d.tril() + d.tril(-1).T)
+        for rj in blocks[:i]:
+            xx[rj, ri].copy_(xx[ri, rj].T)
+
+
 class RidgeReadout(nn.Module):
     r"""A linear readout :math:`y = W x + b` fitted by ridge regression in closed form.
 
@@ -34,8 +70,11 @@ class RidgeReadout(nn.Module):
         s_x = \sum_n x_n, \quad s_y = \sum_n y_n, \quad N,
 
     so sequences far longer than memory stream through, and the sums of several processes
-    add up (:meth:`all_reduce`). :meth:`solve` then centres the sums and solves (Tikhonov
-    1963; Lukoševičius 2012, "A practical guide to applying echo state networks", eq. 9)
+    add up (:meth:`all_reduce`). :math:`S_{xx}` is symmetric, so for large chunks only its
+    blocks on and below the diagonal are accumulated (a bit over half the products of the
+    fit's largest cost) and the rest is mirrored before a solve. :meth:`solve` then centres
+    the sums and solves (Tikhonov 1963; Lukoševičius 2012, "A practical guide to applying echo
+    state networks", eq. 9)
 
     .. math::
 
@@ -103,7 +142,7 @@ class RidgeReadout(nn.Module):
         y = targets.to(self.accumulate_dtype)
         if not bool(torch.isfinite(x).all()) or not bool(torch.isfinite(y).all()):
             raise ValueError("RidgeReadout: features or targets contain NaN or inf")
-        self.xx.addmm_(x.T, x)
+        _add_gram_(self.xx, x)
         self.xy.addmm_(x.T, y)
         self.x_sum.add_(x.sum(0))
         self.y_sum.add_(y.sum(0))
@@ -120,6 +159,7 @@ class RidgeReadout(nn.Module):
                 "RidgeReadout.all_reduce: torch.distributed is not initialised; call "
                 "torch.distributed.init_process_group first"
             )
+        _mirror_gram_(self.xx)  # the full symmetric sums, whatever each process filled
         for t in (self.xx, self.xy, self.x_sum, self.y_sum, self.count):
             dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
 
@@ -140,6 +180,7 @@ class RidgeReadout(nn.Module):
             raise ValueError("RidgeReadout: no data accumulated; call accumulate() first")
         x_mean = self.x_sum / n
         y_mean = self.y_sum / n
+        _mirror_gram_(self.xx)
         a = self.xx - n * torch.outer(x_mean, x_mean)  # (F, F) centred
         a.diagonal().add_(lam)
         rhs = self.xy - n * torch.outer(x_mean, y_mean)  # (F, O)
