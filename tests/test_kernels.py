@@ -341,6 +341,65 @@ def test_several_threads(built):
     _assert_same(runs[0], runs[1], names)
 
 
+BT, BB, BI, BH = 7, 75, 8, 32  # 2 blocks of 37 and 38 rows with two threads (batch_chunks)
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "random"])
+@pytest.mark.parametrize(
+    "config", ["rnn_tanh", "rnn_relu", "gru", "gru_cho", "lstm_vanilla", "lstm_CIFG", "lstm_NOAF"]
+)
+def test_batch_split_over_two_threads(config, mask_kind, built):
+    """With two threads and a large enough batch, each thread runs the whole time loop on its
+    own block of rows, forward and backward: same results as "bptt" in float64."""
+    torch.set_num_threads(2)  # restored by _one_thread
+    cell = {
+        "rnn_tanh": lambda: carousel.RNNCell(BI, BH, dtype=D),
+        "rnn_relu": lambda: carousel.RNNCell(BI, BH, nonlinearity="relu", dtype=D),
+        "gru": lambda: carousel.GRUCell(BI, BH, dtype=D),
+        "gru_cho": lambda: carousel.GRUCell(BI, BH, reset_after=False, dtype=D),
+        "lstm_vanilla": lambda: carousel.LSTMCell(BI, BH, variant="vanilla", dtype=D),
+        "lstm_CIFG": lambda: carousel.LSTMCell(BI, BH, variant="CIFG", peephole=True, dtype=D),
+        "lstm_NOAF": lambda: carousel.LSTMCell(BI, BH, variant="NOAF", dtype=D),
+    }[config]()
+    assert torch.ops.carousel_kernels.batch_chunks(BT, BB, BH, BH) == 2  # the smallest (RNN)
+    runs, names = _run_all(
+        cell, [kernels.run_sequence, bptt.run_sequence], mask_kind, BT, BB, D, BI
+    )
+    _assert_same(runs[0], runs[1], names)
+
+
+def test_batch_split_layer_with_lengths(built):
+    """A 2-layer bidirectional GRU and LSTM with lengths under two threads, batch split."""
+    torch.set_num_threads(2)
+    lengths = torch.randint(1, BT + 1, (BB,))
+    for make in (carousel.GRU, lambda *a, **k: carousel.LSTM(*a, variant="NIG", **k)):
+        kw = {"num_layers": 2, "bidirectional": True, "dtype": D}
+        ref = make(BI, BH, impl="bptt", **kw)
+        _randomize(ref)
+        ours = make(BI, BH, impl="compiled", **kw)
+        ours.load_state_dict(ref.state_dict())
+        x = torch.randn(BT, BB, BI, dtype=D, requires_grad=True)
+        a, b = ours(x, lengths=lengths), ref(x, lengths=lengths)
+        torch.testing.assert_close(a.output, b.output)
+        g = torch.randn_like(b.output)
+        ga = torch.autograd.grad((a.output * g).sum(), [x, *ours.parameters()])
+        gb = torch.autograd.grad((b.output * g).sum(), [x, *ref.parameters()])
+        for u, v in zip(ga, gb, strict=True):
+            torch.testing.assert_close(u, v)
+
+
+def test_batch_chunks(built):
+    """One block per thread, fewer where a block would be too small; one for batch 1."""
+    chunks = torch.ops.carousel_kernels.batch_chunks
+    torch.set_num_threads(2)
+    assert chunks(100, 32, 512, 128) == 2
+    assert chunks(1, 1, 512, 128) == 1  # batch-1 generation: one loop
+    assert chunks(100, 7, 512, 128) == 1  # fewer than 4 rows a block
+    assert chunks(1, 8, 16, 4) == 1  # too little work to fork
+    torch.set_num_threads(1)
+    assert chunks(100, 32, 512, 128) == 1
+
+
 def test_stale_build_lock_is_removed(tmp_path, caplog):
     import os
 

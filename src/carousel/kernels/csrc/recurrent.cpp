@@ -1,11 +1,19 @@
 // Compiled forward and backward through time for carousel's built-in cells.
 //
 // The time loop runs here: one matrix product per step (at::addmm_out into a preallocated
-// buffer) and one fused pass of the gate arithmetic over the B x H units (at::parallel_for
-// over the batch). The input projections of all steps and the weight gradients, summed over
-// time, are single matrix products done by the Python wrapper (carousel/kernels/__init__.py),
-// which also checks every argument. The math and the mask convention are those of the
-// pure-PyTorch path, carousel/bptt/ (its docstrings give the equations).
+// buffer) and one fused pass of the gate arithmetic over the B x H units. The input
+// projections of all steps and the weight gradients, summed over time, are single matrix
+// products done by the Python wrapper (carousel/kernels/__init__.py), which also checks every
+// argument. The math and the mask convention are those of the pure-PyTorch path,
+// carousel/bptt/ (its docstrings give the equations).
+//
+// Threads: the rows of a batch are independent through time, so with several threads and a
+// batch large enough (batch_chunks) the batch is split into one block of contiguous rows per
+// thread and each block runs its own time loop, its own per-step products on its rows
+// included (over_batch: one at::parallel_for around the whole loop; inside it ATen's and
+// MKL's products run on the calling thread), with no synchronisation between steps. Otherwise
+// one loop runs over the whole batch, its products threaded by ATen, and the gate pass of a
+// step splits the rows over threads (at::parallel_for) when there are many.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -55,6 +63,40 @@ inline double tanh_(double a) { return std::tanh(a); }
 
 inline int64_t grain(int64_t H) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(H, 1)); }
 
+// A block of the batch runs its own time loop only with at least this many rows and this
+// many multiply-adds of its recurrent products over the sequence (below, a thread's share is
+// too small to pay for the fork; batch-1 generation always stays on one loop).
+constexpr int64_t kMinChunkRows = 4;
+constexpr int64_t kMinChunkWork = int64_t(1) << 18;
+
+// Number of blocks of rows the batch is split into for the time loop: one per thread, fewer
+// where a block would fall under the minima above; 1 inside a parallel region.
+int64_t batch_chunks(int64_t T, int64_t B, int64_t GH, int64_t H) {
+  if (at::in_parallel_region()) return 1;
+  const int64_t work = T * B * GH * std::max<int64_t>(H, 1);
+  int64_t n = std::min<int64_t>(at::get_num_threads(), B / kMinChunkRows);
+  n = std::min<int64_t>(n, work / kMinChunkWork);
+  return std::max<int64_t>(n, 1);
+}
+
+// Runs f(b0, b1) on n blocks of contiguous rows covering [0, B), in parallel (n > 1) or
+// once over the whole batch (n == 1).
+template <typename F>
+void over_batch(int64_t B, int64_t n, const F& f) {
+  if (n <= 1) {
+    f(int64_t(0), B);
+    return;
+  }
+  at::parallel_for(0, n, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) f(B * c / n, B * (c + 1) / n);
+  });
+}
+
+// The mask of step t, (B,) (mask: (T, B) contiguous bool), or nullptr without one.
+inline const bool* mask_at(const bool* mask, int64_t t, int64_t B) {
+  return mask == nullptr ? nullptr : mask + t * B;
+}
+
 // ------------------------------------------------------------------------------------ LSTM
 // Gate rows in torch.nn's order with absent gates left out; oi, of_, og, oo are the column
 // offsets of the gates in a (B, G*H) row (-1: absent). flags: peephole, input_activation,
@@ -64,13 +106,15 @@ struct LstmLayout {
   bool peep, in_act, out_act, coupled;
 };
 
+// The gate pass of one step over the rows [b0, b1); every pointer is to row 0 of its (B, *)
+// block of the step, m to the step's mask (nullptr: none).
 template <typename T>
-void lstm_fwd_step(const LstmLayout& L, int64_t B, int64_t H, int64_t GH, T* a, const T* hprev,
-                   const T* cprev, T* h, T* c, T* act_out, const bool* m, const T* wci,
-                   const T* wcf, const T* wco) {
-  at::parallel_for(0, B, grain(H), [&](int64_t b0, int64_t b1) {
+void lstm_fwd_step(const LstmLayout& L, int64_t b0, int64_t b1, int64_t H, int64_t GH, T* a,
+                   const T* hprev, const T* cprev, T* h, T* c, T* act_out, const bool* m,
+                   const T* wci, const T* wcf, const T* wco) {
+  at::parallel_for(b0, b1, grain(H), [&](int64_t r0, int64_t r1) {
     std::vector<T> ones(H, T(1)), fbuf(H), cbuf(H);
-    for (int64_t b = b0; b < b1; ++b) {
+    for (int64_t b = r0; b < r1; ++b) {
       T* ab = a + b * GH;
       const T* cp = cprev + b * H;
       T* act = act_out + b * H;
@@ -125,65 +169,94 @@ void lstm_fwd_step(const LstmLayout& L, int64_t B, int64_t H, int64_t GH, T* a, 
   });
 }
 
-// Backward of one step. dh, dc: total gradients of h_t, c_t (complete). Writes the
-// pre-activation gradients into da (B, GH), adds the gradient of c_{t-1} into dcp and, for
-// frozen rows, passes dh on into dhp (the recurrent product is added by the caller).
+// Backward of one step over the rows [b0, b1). dh, dc: total gradients of h_t, c_t
+// (complete). Writes the pre-activation gradients into da (B, GH), adds the gradient of
+// c_{t-1} into dcp and, for frozen rows, passes dh on into dhp (the recurrent product is added
+// by the caller). Written as short passes over a row (the gate switches tested outside the
+// loops) so that each loop vectorises.
 template <typename T>
-void lstm_bwd_step(const LstmLayout& L, int64_t B, int64_t H, int64_t GH, const T* gates,
-                   const T* cprev, const T* acts, const T* dh, const T* dc, T* da, T* dhp, T* dcp,
-                   const bool* m, const T* wci, const T* wcf, const T* wco) {
-  at::parallel_for(0, B, grain(H), [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
+void lstm_bwd_step(const LstmLayout& L, int64_t b0, int64_t b1, int64_t H, int64_t GH,
+                   const T* gates, const T* cprev, const T* acts, const T* dh, const T* dc,
+                   T* da, T* dhp, T* dcp, const bool* m, const T* wci, const T* wcf,
+                   const T* wco) {
+  at::parallel_for(b0, b1, grain(H), [&](int64_t r0, int64_t r1) {
+    std::vector<T> ones(H, T(1)), dcbuf(H);
+    T* dcv = dcbuf.data();  // the total gradient of c_t
+    for (int64_t b = r0; b < r1; ++b) {
       const T* gb = gates + b * GH;
       T* dab = da + b * GH;
       const T* cp = cprev + b * H;
-      const T* actb = acts + b * H;
+      const T* act = acts + b * H;
       const T* dhb = dh + b * H;
       const T* dcb = dc + b * H;
-      T* dhpb = dhp + b * H;
       T* dcpb = dcp + b * H;
       if (m != nullptr && !m[b]) {
+        T* dhpb = dhp + b * H;
         for (int64_t k = 0; k < GH; ++k) dab[k] = T(0);
-        for (int64_t j = 0; j < H; ++j) {
-          dhpb[j] += dhb[j];
-          dcpb[j] += dcb[j];
-        }
+        for (int64_t j = 0; j < H; ++j) dhpb[j] += dhb[j];
+        for (int64_t j = 0; j < H; ++j) dcpb[j] += dcb[j];
         continue;
       }
-      for (int64_t j = 0; j < H; ++j) {
-        const T cpj = cp[j], dhj = dhb[j];
-        const T i = L.oi >= 0 ? gb[L.oi + j] : T(1);
-        const T f = L.coupled ? T(1) - i : (L.of >= 0 ? gb[L.of + j] : T(1));
-        const T g = gb[L.og + j];
-        const T o = L.oo >= 0 ? gb[L.oo + j] : T(1);
-        const T act = actb[j];
-        T dcj = dcb[j] + dhj * o * (L.out_act ? T(1) - act * act : T(1));
-        if (L.oo >= 0) {
-          const T dao = dhj * act * o * (T(1) - o);
-          dab[L.oo + j] = dao;
-          if (L.peep) dcj += dao * wco[j];
+      const T* i = L.oi >= 0 ? gb + L.oi : ones.data();
+      const T* g = gb + L.og;
+      if (L.oo >= 0) {
+        const T* o = gb + L.oo;
+        T* dao = dab + L.oo;
+        if (L.out_act) {
+          for (int64_t j = 0; j < H; ++j) dcv[j] = dcb[j] + dhb[j] * o[j] * (T(1) - act[j] * act[j]);
+        } else {
+          for (int64_t j = 0; j < H; ++j) dcv[j] = dcb[j] + dhb[j] * o[j];
         }
-        T dcprev = dcj * f;
-        if (L.oi >= 0) {
-          const T dai = dcj * (L.coupled ? g - cpj : g) * i * (T(1) - i);
-          dab[L.oi + j] = dai;
-          if (L.peep) dcprev += dai * wci[j];
+        for (int64_t j = 0; j < H; ++j) dao[j] = dhb[j] * act[j] * o[j] * (T(1) - o[j]);
+        if (L.peep)
+          for (int64_t j = 0; j < H; ++j) dcv[j] += dao[j] * wco[j];
+      } else if (L.out_act) {
+        for (int64_t j = 0; j < H; ++j) dcv[j] = dcb[j] + dhb[j] * (T(1) - act[j] * act[j]);
+      } else {
+        for (int64_t j = 0; j < H; ++j) dcv[j] = dcb[j] + dhb[j];
+      }
+      T* dag = dab + L.og;
+      if (L.in_act) {
+        for (int64_t j = 0; j < H; ++j) dag[j] = dcv[j] * i[j] * (T(1) - g[j] * g[j]);
+      } else {
+        for (int64_t j = 0; j < H; ++j) dag[j] = dcv[j] * i[j];
+      }
+      // the gradient of c_{t-1} through c_t = f c_{t-1} + i g (f = 1 - i when coupled)
+      if (L.coupled) {
+        for (int64_t j = 0; j < H; ++j) dcpb[j] += dcv[j] * (T(1) - i[j]);
+      } else if (L.of >= 0) {
+        const T* f = gb + L.of;
+        for (int64_t j = 0; j < H; ++j) dcpb[j] += dcv[j] * f[j];
+      } else {
+        for (int64_t j = 0; j < H; ++j) dcpb[j] += dcv[j];
+      }
+      if (L.oi >= 0) {
+        T* dai = dab + L.oi;
+        if (L.coupled) {
+          for (int64_t j = 0; j < H; ++j) dai[j] = dcv[j] * (g[j] - cp[j]) * i[j] * (T(1) - i[j]);
+        } else {
+          for (int64_t j = 0; j < H; ++j) dai[j] = dcv[j] * g[j] * i[j] * (T(1) - i[j]);
         }
-        if (L.of >= 0) {
-          const T daf = dcj * cpj * f * (T(1) - f);
-          dab[L.of + j] = daf;
-          if (L.peep) dcprev += daf * wcf[j];
-        }
-        dab[L.og + j] = L.in_act ? dcj * i * (T(1) - g * g) : dcj * i;
-        dcpb[j] += dcprev;
+        if (L.peep)
+          for (int64_t j = 0; j < H; ++j) dcpb[j] += dai[j] * wci[j];
+      }
+      if (L.of >= 0) {
+        const T* f = gb + L.of;
+        T* daf = dab + L.of;
+        for (int64_t j = 0; j < H; ++j) daf[j] = dcv[j] * cp[j] * f[j] * (T(1) - f[j]);
+        if (L.peep)
+          for (int64_t j = 0; j < H; ++j) dcpb[j] += daf[j] * wcf[j];
       }
     }
   });
 }
 
-const bool* mask_ptr(const c10::optional<at::Tensor>& mask, int64_t t) {
-  if (!mask.has_value()) return nullptr;
-  return mask->select(0, t).data_ptr<bool>();
+// The (T, B) bool mask made contiguous (undefined without one) and its data.
+at::Tensor mask_tensor(const c10::optional<at::Tensor>& mask) {
+  return mask.has_value() ? mask->contiguous() : at::Tensor();
+}
+inline const bool* mask_data(const at::Tensor& m) {
+  return m.defined() ? m.data_ptr<bool>() : nullptr;
 }
 
 template <typename T>
@@ -191,7 +264,13 @@ const T* opt_ptr(const c10::optional<at::Tensor>& w) {
   return w.has_value() ? w->data_ptr<T>() : nullptr;
 }
 
-// xw: (T, B, GH) input projections with both biases; returns (hs, cs, gates).
+void check_grad_buffer(const at::Tensor& d, const at::Tensor& like, const char* name) {
+  TORCH_CHECK(d.is_contiguous() && d.dim() == 3 && d.size(0) == like.size(0) + 1 &&
+                  d.size(1) == like.size(1),
+              name, ": expected a contiguous (T+1, B, H) tensor, got sizes ", d.sizes());
+}
+
+// xw: (T, B, GH) input projections with both biases; returns (hs, cs, gates, acts).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
     const at::Tensor& xw, const at::Tensor& h0, const at::Tensor& c0,
     const c10::optional<at::Tensor>& mask, const at::Tensor& w_hh,
@@ -206,19 +285,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
   at::Tensor hs = at::empty({T, B, H}, xw.options());
   at::Tensor cs = at::empty({T, B, H}, xw.options());
   at::Tensor acts = at::empty({T, B, H}, xw.options());
+  at::Tensor h0c = h0.contiguous(), c0c = c0.contiguous(), mk = mask_tensor(mask);
   at::Tensor w_t = w_hh.t();
+  const int64_t chunks = batch_chunks(T, B, GH, H);
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "lstm_forward", [&] {
-    for (int64_t t = 0; t < T; ++t) {
-      at::Tensor h_prev = t == 0 ? h0 : hs[t - 1];
-      at::Tensor c_prev = t == 0 ? c0 : cs[t - 1];
-      at::Tensor a = gates[t];
-      a.addmm_(h_prev, w_t);
-      lstm_fwd_step<scalar_t>(L, B, H, GH, a.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>(),
-                              c_prev.data_ptr<scalar_t>(), hs[t].data_ptr<scalar_t>(),
-                              cs[t].data_ptr<scalar_t>(), acts[t].data_ptr<scalar_t>(),
-                              mask_ptr(mask, t), opt_ptr<scalar_t>(w_ci),
-                              opt_ptr<scalar_t>(w_cf), opt_ptr<scalar_t>(w_co));
-    }
+    scalar_t* gp = gates.data_ptr<scalar_t>();
+    scalar_t* hp = hs.data_ptr<scalar_t>();
+    scalar_t* cp = cs.data_ptr<scalar_t>();
+    scalar_t* ap = acts.data_ptr<scalar_t>();
+    const scalar_t* h0p = h0c.data_ptr<scalar_t>();
+    const scalar_t* c0p = c0c.data_ptr<scalar_t>();
+    const bool* mp = mask_data(mk);
+    const scalar_t* wci = opt_ptr<scalar_t>(w_ci);
+    const scalar_t* wcf = opt_ptr<scalar_t>(w_cf);
+    const scalar_t* wco = opt_ptr<scalar_t>(w_co);
+    over_batch(B, chunks, [&](int64_t b0, int64_t b1) {
+      const at::Tensor g_c = gates.narrow(1, b0, b1 - b0);
+      const at::Tensor hs_c = hs.narrow(1, b0, b1 - b0);
+      const at::Tensor h0_c = h0c.narrow(0, b0, b1 - b0);
+      for (int64_t t = 0; t < T; ++t) {
+        g_c[t].addmm_(t == 0 ? h0_c : hs_c[t - 1], w_t);
+        const int64_t s = t * B * H;
+        lstm_fwd_step<scalar_t>(L, b0, b1, H, GH, gp + t * B * GH, t == 0 ? h0p : hp + s - B * H,
+                                t == 0 ? c0p : cp + s - B * H, hp + s, cp + s, ap + s,
+                                mask_at(mp, t, B), wci, wcf, wco);
+      }
+    });
   });
   return {hs, cs, gates, acts};
 }
@@ -227,30 +319,46 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
 // step t and row 0 zero; both are accumulated in place (row 0 ends as the initial state's
 // gradient). Returns dA (T, B, GH).
 at::Tensor lstm_backward(const at::Tensor& gates, const at::Tensor& cs, const at::Tensor& c0,
-                         const at::Tensor& acts,
-                         const at::Tensor& dH, const at::Tensor& dC, const c10::optional<at::Tensor>& mask,
-                         const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_ci,
+                         const at::Tensor& acts, const at::Tensor& dH, const at::Tensor& dC,
+                         const c10::optional<at::Tensor>& mask, const at::Tensor& w_hh,
+                         const c10::optional<at::Tensor>& w_ci,
                          const c10::optional<at::Tensor>& w_cf,
                          const c10::optional<at::Tensor>& w_co, at::IntArrayRef offsets,
                          at::IntArrayRef flags) {
   const int64_t T = gates.size(0), B = gates.size(1), GH = gates.size(2), H = cs.size(-1);
   LstmLayout L{offsets[0], offsets[1], offsets[2], offsets[3],
                flags[0] != 0, flags[1] != 0, flags[2] != 0, flags[3] != 0};
-  at::Tensor dA = at::empty_like(gates);
+  check_grad_buffer(dH, gates, "dH");
+  check_grad_buffer(dC, gates, "dC");
+  TORCH_CHECK(gates.is_contiguous() && cs.is_contiguous() && acts.is_contiguous(),
+              "lstm_backward: saved tensors must be contiguous");
+  at::Tensor dA = at::empty_like(gates, at::MemoryFormat::Contiguous);
+  at::Tensor c0c = c0.contiguous(), mk = mask_tensor(mask);
+  const int64_t chunks = batch_chunks(T, B, GH, H);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_backward", [&] {
-    for (int64_t t = T - 1; t >= 0; --t) {
-      at::Tensor c_prev = t == 0 ? c0 : cs[t - 1];
-      at::Tensor da = dA[t];
-      at::Tensor dhp = dH[t];
-      lstm_bwd_step<scalar_t>(L, B, H, GH, gates[t].data_ptr<scalar_t>(),
-                              c_prev.data_ptr<scalar_t>(), acts[t].data_ptr<scalar_t>(),
-                              dH[t + 1].data_ptr<scalar_t>(), dC[t + 1].data_ptr<scalar_t>(),
-                              da.data_ptr<scalar_t>(), dhp.data_ptr<scalar_t>(),
-                              dC[t].data_ptr<scalar_t>(), mask_ptr(mask, t),
-                              opt_ptr<scalar_t>(w_ci), opt_ptr<scalar_t>(w_cf),
-                              opt_ptr<scalar_t>(w_co));
-      dhp.addmm_(da, w_hh);
-    }
+    const scalar_t* gp = gates.data_ptr<scalar_t>();
+    const scalar_t* csp = cs.data_ptr<scalar_t>();
+    const scalar_t* c0p = c0c.data_ptr<scalar_t>();
+    const scalar_t* ap = acts.data_ptr<scalar_t>();
+    scalar_t* dhp = dH.data_ptr<scalar_t>();
+    scalar_t* dcp = dC.data_ptr<scalar_t>();
+    scalar_t* dap = dA.data_ptr<scalar_t>();
+    const bool* mp = mask_data(mk);
+    const scalar_t* wci = opt_ptr<scalar_t>(w_ci);
+    const scalar_t* wcf = opt_ptr<scalar_t>(w_cf);
+    const scalar_t* wco = opt_ptr<scalar_t>(w_co);
+    over_batch(B, chunks, [&](int64_t b0, int64_t b1) {
+      const at::Tensor dA_c = dA.narrow(1, b0, b1 - b0);
+      const at::Tensor dH_c = dH.narrow(1, b0, b1 - b0);
+      for (int64_t t = T - 1; t >= 0; --t) {
+        const int64_t s = t * B * H;
+        lstm_bwd_step<scalar_t>(L, b0, b1, H, GH, gp + t * B * GH,
+                                t == 0 ? c0p : csp + s - B * H, ap + s, dhp + s + B * H,
+                                dcp + s + B * H, dap + t * B * GH, dhp + s, dcp + s,
+                                mask_at(mp, t, B), wci, wcf, wco);
+        dH_c[t].addmm_(dA_c[t], w_hh);
+      }
+    });
   });
   return dA;
 }
@@ -266,42 +374,54 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
   at::Tensor hs = at::empty({T, B, H}, xw.options());
   at::Tensor pn = at::empty({T, B, H}, xw.options());
   at::Tensor p = at::empty({B, G}, xw.options());
+  at::Tensor h0c = h0.contiguous(), mk = mask_tensor(mask);
   at::Tensor w_t = w_hh.t();
+  const int64_t chunks = batch_chunks(T, B, G, H);
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "gru_forward", [&] {
-    for (int64_t t = 0; t < T; ++t) {
-      at::Tensor h_prev = t == 0 ? h0 : hs[t - 1];
-      if (b_hh.has_value()) {
-        at::addmm_out(p, *b_hh, h_prev, w_t);
-      } else {
-        at::mm_out(p, h_prev, w_t);
-      }
-      scalar_t* a = gates[t].data_ptr<scalar_t>();
-      const scalar_t* pp = p.data_ptr<scalar_t>();
-      const scalar_t* hp = h_prev.data_ptr<scalar_t>();
-      scalar_t* h = hs[t].data_ptr<scalar_t>();
-      scalar_t* pnt = pn[t].data_ptr<scalar_t>();
-      const bool* m = mask_ptr(mask, t);
-      at::parallel_for(0, B, grain(H), [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          scalar_t* ab = a + b * G;
-          const scalar_t* pb = pp + b * G;
-          for (int64_t j = 0; j < 2 * H; ++j) ab[j] = sigm(ab[j] + pb[j]);  // r, z
-          scalar_t* an = ab + 2 * H;
-          const scalar_t* pnb = pb + 2 * H;
-          scalar_t* pno = pnt + b * H;
-          for (int64_t j = 0; j < H; ++j) pno[j] = pnb[j];
-          for (int64_t j = 0; j < H; ++j) an[j] = tanh_(an[j] + ab[j] * pnb[j]);  // n
-          const scalar_t* hpb = hp + b * H;
-          scalar_t* hb = h + b * H;
-          if (m == nullptr || m[b]) {
-            const scalar_t* z = ab + H;
-            for (int64_t j = 0; j < H; ++j) hb[j] = an[j] + z[j] * (hpb[j] - an[j]);
-          } else {
-            for (int64_t j = 0; j < H; ++j) hb[j] = hpb[j];
-          }
+    scalar_t* gp = gates.data_ptr<scalar_t>();
+    scalar_t* hsp = hs.data_ptr<scalar_t>();
+    scalar_t* pnp = pn.data_ptr<scalar_t>();
+    const scalar_t* pp = p.data_ptr<scalar_t>();
+    const scalar_t* h0p = h0c.data_ptr<scalar_t>();
+    const bool* mp = mask_data(mk);
+    over_batch(B, chunks, [&](int64_t b0, int64_t b1) {
+      at::Tensor p_c = p.narrow(0, b0, b1 - b0);
+      const at::Tensor hs_c = hs.narrow(1, b0, b1 - b0);
+      const at::Tensor h0_c = h0c.narrow(0, b0, b1 - b0);
+      for (int64_t t = 0; t < T; ++t) {
+        const at::Tensor h_prev = t == 0 ? h0_c : hs_c[t - 1];
+        if (b_hh.has_value()) {
+          at::addmm_out(p_c, *b_hh, h_prev, w_t);
+        } else {
+          at::mm_out(p_c, h_prev, w_t);
         }
-      });
-    }
+        scalar_t* a = gp + t * B * G;
+        const scalar_t* hp = t == 0 ? h0p : hsp + (t - 1) * B * H;
+        scalar_t* h = hsp + t * B * H;
+        scalar_t* pnt = pnp + t * B * H;
+        const bool* m = mask_at(mp, t, B);
+        at::parallel_for(b0, b1, grain(H), [&](int64_t r0, int64_t r1) {
+          for (int64_t b = r0; b < r1; ++b) {
+            scalar_t* ab = a + b * G;
+            const scalar_t* pb = pp + b * G;
+            for (int64_t j = 0; j < 2 * H; ++j) ab[j] = sigm(ab[j] + pb[j]);  // r, z
+            scalar_t* an = ab + 2 * H;
+            const scalar_t* pnb = pb + 2 * H;
+            scalar_t* pno = pnt + b * H;
+            for (int64_t j = 0; j < H; ++j) pno[j] = pnb[j];
+            for (int64_t j = 0; j < H; ++j) an[j] = tanh_(an[j] + ab[j] * pnb[j]);  // n
+            const scalar_t* hpb = hp + b * H;
+            scalar_t* hb = h + b * H;
+            if (m == nullptr || m[b]) {
+              const scalar_t* z = ab + H;
+              for (int64_t j = 0; j < H; ++j) hb[j] = an[j] + z[j] * (hpb[j] - an[j]);
+            } else {
+              for (int64_t j = 0; j < H; ++j) hb[j] = hpb[j];
+            }
+          }
+        });
+      }
+    });
   });
   return {hs, gates, pn};
 }
@@ -314,46 +434,61 @@ std::tuple<at::Tensor, at::Tensor> gru_backward(const at::Tensor& gates, const a
                                                 const c10::optional<at::Tensor>& mask,
                                                 const at::Tensor& w_hh) {
   const int64_t T = gates.size(0), B = gates.size(1), H = h0.size(-1), G = 3 * H;
-  at::Tensor dX = at::empty_like(gates);
-  at::Tensor dP = at::empty_like(gates);
+  check_grad_buffer(dH, gates, "dH");
+  TORCH_CHECK(gates.is_contiguous() && pn.is_contiguous() && hs.is_contiguous(),
+              "gru_backward: saved tensors must be contiguous");
+  at::Tensor dX = at::empty_like(gates, at::MemoryFormat::Contiguous);
+  at::Tensor dP = at::empty_like(gates, at::MemoryFormat::Contiguous);
+  at::Tensor h0c = h0.contiguous(), mk = mask_tensor(mask);
+  const int64_t chunks = batch_chunks(T, B, G, H);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gru_backward", [&] {
-    for (int64_t t = T - 1; t >= 0; --t) {
-      at::Tensor h_prev = t == 0 ? h0 : hs[t - 1];
-      at::Tensor dhp = dH[t];
-      const scalar_t* gt = gates[t].data_ptr<scalar_t>();
-      const scalar_t* pnt = pn[t].data_ptr<scalar_t>();
-      const scalar_t* hp = h_prev.data_ptr<scalar_t>();
-      const scalar_t* dh = dH[t + 1].data_ptr<scalar_t>();
-      scalar_t* dx = dX[t].data_ptr<scalar_t>();
-      scalar_t* dp = dP[t].data_ptr<scalar_t>();
-      scalar_t* dhpp = dhp.data_ptr<scalar_t>();
-      const bool* m = mask_ptr(mask, t);
-      at::parallel_for(0, B, grain(H), [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          const scalar_t* gb = gt + b * G;
-          scalar_t* dxb = dx + b * G;
-          scalar_t* dpb = dp + b * G;
-          if (m != nullptr && !m[b]) {
-            for (int64_t k = 0; k < G; ++k) dxb[k] = dpb[k] = scalar_t(0);
-            for (int64_t j = 0; j < H; ++j) dhpp[b * H + j] += dh[b * H + j];
-            continue;
+    const scalar_t* gp = gates.data_ptr<scalar_t>();
+    const scalar_t* pnp = pn.data_ptr<scalar_t>();
+    const scalar_t* hsp = hs.data_ptr<scalar_t>();
+    const scalar_t* h0p = h0c.data_ptr<scalar_t>();
+    scalar_t* dHp = dH.data_ptr<scalar_t>();
+    scalar_t* dXp = dX.data_ptr<scalar_t>();
+    scalar_t* dPp = dP.data_ptr<scalar_t>();
+    const bool* mp = mask_data(mk);
+    over_batch(B, chunks, [&](int64_t b0, int64_t b1) {
+      const at::Tensor dP_c = dP.narrow(1, b0, b1 - b0);
+      const at::Tensor dH_c = dH.narrow(1, b0, b1 - b0);
+      for (int64_t t = T - 1; t >= 0; --t) {
+        const scalar_t* gt = gp + t * B * G;
+        const scalar_t* pnt = pnp + t * B * H;
+        const scalar_t* hp = t == 0 ? h0p : hsp + (t - 1) * B * H;
+        const scalar_t* dh = dHp + (t + 1) * B * H;
+        scalar_t* dx = dXp + t * B * G;
+        scalar_t* dp = dPp + t * B * G;
+        scalar_t* dhpp = dHp + t * B * H;
+        const bool* m = mask_at(mp, t, B);
+        at::parallel_for(b0, b1, grain(H), [&](int64_t r0, int64_t r1) {
+          for (int64_t b = r0; b < r1; ++b) {
+            const scalar_t* gb = gt + b * G;
+            scalar_t* dxb = dx + b * G;
+            scalar_t* dpb = dp + b * G;
+            if (m != nullptr && !m[b]) {
+              for (int64_t k = 0; k < G; ++k) dxb[k] = dpb[k] = scalar_t(0);
+              for (int64_t j = 0; j < H; ++j) dhpp[b * H + j] += dh[b * H + j];
+              continue;
+            }
+            for (int64_t j = 0; j < H; ++j) {
+              const scalar_t r = gb[j], z = gb[H + j], n = gb[2 * H + j];
+              const scalar_t dhj = dh[b * H + j], hpj = hp[b * H + j];
+              const scalar_t dan = dhj * (scalar_t(1) - z) * (scalar_t(1) - n * n);
+              const scalar_t daz = dhj * (hpj - n) * z * (scalar_t(1) - z);
+              const scalar_t dar = dan * pnt[b * H + j] * r * (scalar_t(1) - r);
+              dxb[j] = dpb[j] = dar;
+              dxb[H + j] = dpb[H + j] = daz;
+              dxb[2 * H + j] = dan;
+              dpb[2 * H + j] = dan * r;
+              dhpp[b * H + j] += dhj * z;
+            }
           }
-          for (int64_t j = 0; j < H; ++j) {
-            const scalar_t r = gb[j], z = gb[H + j], n = gb[2 * H + j];
-            const scalar_t dhj = dh[b * H + j], hpj = hp[b * H + j];
-            const scalar_t dan = dhj * (scalar_t(1) - z) * (scalar_t(1) - n * n);
-            const scalar_t daz = dhj * (hpj - n) * z * (scalar_t(1) - z);
-            const scalar_t dar = dan * pnt[b * H + j] * r * (scalar_t(1) - r);
-            dxb[j] = dpb[j] = dar;
-            dxb[H + j] = dpb[H + j] = daz;
-            dxb[2 * H + j] = dan;
-            dpb[2 * H + j] = dan * r;
-            dhpp[b * H + j] += dhj * z;
-          }
-        }
-      });
-      dhp.addmm_(dP[t], w_hh);
-    }
+        });
+        dH_c[t].addmm_(dP_c[t], w_hh);
+      }
+    });
   });
   return {dX, dP};
 }
@@ -368,45 +503,56 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_cho_forward(
   at::Tensor gates = xw.is_contiguous() ? xw : xw.contiguous();
   at::Tensor hs = at::empty({T, B, H}, xw.options());
   at::Tensor rh = at::empty({T, B, H}, xw.options());
+  at::Tensor h0c = h0.contiguous(), mk = mask_tensor(mask);
   at::Tensor w_rz_t = w_hh.narrow(0, 0, 2 * H).t();
   at::Tensor w_n_t = w_hh.narrow(0, 2 * H, H).t();
+  const int64_t chunks = batch_chunks(T, B, G, H);
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "gru_cho_forward", [&] {
-    for (int64_t t = 0; t < T; ++t) {
-      at::Tensor h_prev = t == 0 ? h0 : hs[t - 1];
-      at::Tensor g = gates[t];
-      at::Tensor rz = g.narrow(1, 0, 2 * H);
-      rz.addmm_(h_prev, w_rz_t);
-      scalar_t* a = g.data_ptr<scalar_t>();
-      const scalar_t* hp = h_prev.data_ptr<scalar_t>();
-      scalar_t* rht = rh[t].data_ptr<scalar_t>();
-      at::parallel_for(0, B, grain(H), [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          scalar_t* ab = a + b * G;
-          for (int64_t j = 0; j < 2 * H; ++j) ab[j] = sigm(ab[j]);  // r, z
-          const scalar_t* hpb = hp + b * H;
-          scalar_t* rhb = rht + b * H;
-          for (int64_t j = 0; j < H; ++j) rhb[j] = ab[j] * hpb[j];
-        }
-      });
-      g.narrow(1, 2 * H, H).addmm_(rh[t], w_n_t);
-      scalar_t* h = hs[t].data_ptr<scalar_t>();
-      const bool* m = mask_ptr(mask, t);
-      at::parallel_for(0, B, grain(H), [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          scalar_t* ab = a + b * G;
-          scalar_t* an = ab + 2 * H;
-          for (int64_t j = 0; j < H; ++j) an[j] = tanh_(an[j]);  // n
-          const scalar_t* hpb = hp + b * H;
-          scalar_t* hb = h + b * H;
-          if (m == nullptr || m[b]) {
-            const scalar_t* z = ab + H;
-            for (int64_t j = 0; j < H; ++j) hb[j] = an[j] + z[j] * (hpb[j] - an[j]);
-          } else {
-            for (int64_t j = 0; j < H; ++j) hb[j] = hpb[j];
+    scalar_t* gp = gates.data_ptr<scalar_t>();
+    scalar_t* hsp = hs.data_ptr<scalar_t>();
+    scalar_t* rhp = rh.data_ptr<scalar_t>();
+    const scalar_t* h0p = h0c.data_ptr<scalar_t>();
+    const bool* mp = mask_data(mk);
+    over_batch(B, chunks, [&](int64_t b0, int64_t b1) {
+      const at::Tensor g_c = gates.narrow(1, b0, b1 - b0);
+      const at::Tensor hs_c = hs.narrow(1, b0, b1 - b0);
+      const at::Tensor rh_c = rh.narrow(1, b0, b1 - b0);
+      const at::Tensor h0_c = h0c.narrow(0, b0, b1 - b0);
+      for (int64_t t = 0; t < T; ++t) {
+        const at::Tensor g = g_c[t];
+        g.narrow(1, 0, 2 * H).addmm_(t == 0 ? h0_c : hs_c[t - 1], w_rz_t);
+        scalar_t* a = gp + t * B * G;
+        const scalar_t* hp = t == 0 ? h0p : hsp + (t - 1) * B * H;
+        scalar_t* rht = rhp + t * B * H;
+        at::parallel_for(b0, b1, grain(H), [&](int64_t r0, int64_t r1) {
+          for (int64_t b = r0; b < r1; ++b) {
+            scalar_t* ab = a + b * G;
+            for (int64_t j = 0; j < 2 * H; ++j) ab[j] = sigm(ab[j]);  // r, z
+            const scalar_t* hpb = hp + b * H;
+            scalar_t* rhb = rht + b * H;
+            for (int64_t j = 0; j < H; ++j) rhb[j] = ab[j] * hpb[j];
           }
-        }
-      });
-    }
+        });
+        g.narrow(1, 2 * H, H).addmm_(rh_c[t], w_n_t);
+        scalar_t* h = hsp + t * B * H;
+        const bool* m = mask_at(mp, t, B);
+        at::parallel_for(b0, b1, grain(H), [&](int64_t r0, int64_t r1) {
+          for (int64_t b = r0; b < r1; ++b) {
+            scalar_t* ab = a + b * G;
+            scalar_t* an = ab + 2 * H;
+            for (int64_t j = 0; j < H; ++j) an[j] = tanh_(an[j]);  // n
+            const scalar_t* hpb = hp + b * H;
+            scalar_t* hb = h + b * H;
+            if (m == nullptr || m[b]) {
+              const scalar_t* z = ab + H;
+              for (int64_t j = 0; j < H; ++j) hb[j] = an[j] + z[j] * (hpb[j] - an[j]);
+            } else {
+              for (int64_t j = 0; j < H; ++j) hb[j] = hpb[j];
+            }
+          }
+        });
+      }
+    });
   });
   return {hs, gates, rh};
 }
@@ -417,59 +563,73 @@ at::Tensor gru_cho_backward(const at::Tensor& gates, const at::Tensor& hs, const
                             const at::Tensor& dH, const c10::optional<at::Tensor>& mask,
                             const at::Tensor& w_hh) {
   const int64_t T = gates.size(0), B = gates.size(1), H = h0.size(-1), G = 3 * H;
-  at::Tensor dA = at::empty_like(gates);
+  check_grad_buffer(dH, gates, "dH");
+  TORCH_CHECK(gates.is_contiguous() && hs.is_contiguous(),
+              "gru_cho_backward: saved tensors must be contiguous");
+  at::Tensor dA = at::empty_like(gates, at::MemoryFormat::Contiguous);
   at::Tensor drh = at::empty({B, H}, gates.options());
+  at::Tensor h0c = h0.contiguous(), mk = mask_tensor(mask);
   at::Tensor w_rz = w_hh.narrow(0, 0, 2 * H);
   at::Tensor w_n = w_hh.narrow(0, 2 * H, H);
+  const int64_t chunks = batch_chunks(T, B, G, H);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "gru_cho_backward", [&] {
-    for (int64_t t = T - 1; t >= 0; --t) {
-      at::Tensor h_prev = t == 0 ? h0 : hs[t - 1];
-      at::Tensor dhp = dH[t];
-      at::Tensor dat = dA[t];
-      const scalar_t* gt = gates[t].data_ptr<scalar_t>();
-      const scalar_t* hp = h_prev.data_ptr<scalar_t>();
-      const scalar_t* dh = dH[t + 1].data_ptr<scalar_t>();
-      scalar_t* da = dat.data_ptr<scalar_t>();
-      scalar_t* dhpp = dhp.data_ptr<scalar_t>();
-      const bool* m = mask_ptr(mask, t);
-      at::parallel_for(0, B, grain(H), [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          const scalar_t* gb = gt + b * G;
-          scalar_t* dab = da + b * G;
-          const scalar_t* dhb = dh + b * H;
-          scalar_t* dhpb = dhpp + b * H;
-          if (m != nullptr && !m[b]) {
-            for (int64_t k = 0; k < G; ++k) dab[k] = scalar_t(0);
-            for (int64_t j = 0; j < H; ++j) dhpb[j] += dhb[j];
-            continue;
+    const scalar_t* gp = gates.data_ptr<scalar_t>();
+    const scalar_t* hsp = hs.data_ptr<scalar_t>();
+    const scalar_t* h0p = h0c.data_ptr<scalar_t>();
+    scalar_t* dHp = dH.data_ptr<scalar_t>();
+    scalar_t* dAp = dA.data_ptr<scalar_t>();
+    const scalar_t* drp = drh.data_ptr<scalar_t>();
+    const bool* mp = mask_data(mk);
+    over_batch(B, chunks, [&](int64_t b0, int64_t b1) {
+      const at::Tensor dA_c = dA.narrow(1, b0, b1 - b0);
+      const at::Tensor dH_c = dH.narrow(1, b0, b1 - b0);
+      at::Tensor drh_c = drh.narrow(0, b0, b1 - b0);
+      for (int64_t t = T - 1; t >= 0; --t) {
+        const at::Tensor dat = dA_c[t];
+        const scalar_t* gt = gp + t * B * G;
+        const scalar_t* hp = t == 0 ? h0p : hsp + (t - 1) * B * H;
+        const scalar_t* dh = dHp + (t + 1) * B * H;
+        scalar_t* da = dAp + t * B * G;
+        scalar_t* dhpp = dHp + t * B * H;
+        const bool* m = mask_at(mp, t, B);
+        at::parallel_for(b0, b1, grain(H), [&](int64_t r0, int64_t r1) {
+          for (int64_t b = r0; b < r1; ++b) {
+            const scalar_t* gb = gt + b * G;
+            scalar_t* dab = da + b * G;
+            const scalar_t* dhb = dh + b * H;
+            scalar_t* dhpb = dhpp + b * H;
+            if (m != nullptr && !m[b]) {
+              for (int64_t k = 0; k < G; ++k) dab[k] = scalar_t(0);
+              for (int64_t j = 0; j < H; ++j) dhpb[j] += dhb[j];
+              continue;
+            }
+            const scalar_t* hpb = hp + b * H;
+            for (int64_t j = 0; j < H; ++j) {
+              const scalar_t z = gb[H + j], n = gb[2 * H + j];
+              dab[2 * H + j] = dhb[j] * (scalar_t(1) - z) * (scalar_t(1) - n * n);
+              dab[H + j] = dhb[j] * (hpb[j] - n) * z * (scalar_t(1) - z);
+              dhpb[j] += dhb[j] * z;
+            }
           }
-          const scalar_t* hpb = hp + b * H;
-          for (int64_t j = 0; j < H; ++j) {
-            const scalar_t z = gb[H + j], n = gb[2 * H + j];
-            dab[2 * H + j] = dhb[j] * (scalar_t(1) - z) * (scalar_t(1) - n * n);
-            dab[H + j] = dhb[j] * (hpb[j] - n) * z * (scalar_t(1) - z);
-            dhpb[j] += dhb[j] * z;
+        });
+        at::mm_out(drh_c, dat.narrow(1, 2 * H, H), w_n);  // delta (r h_{t-1})
+        at::parallel_for(b0, b1, grain(H), [&](int64_t r0, int64_t r1) {
+          for (int64_t b = r0; b < r1; ++b) {
+            const scalar_t* gb = gt + b * G;
+            scalar_t* dab = da + b * G;
+            const scalar_t* hpb = hp + b * H;
+            const scalar_t* drb = drp + b * H;
+            scalar_t* dhpb = dhpp + b * H;
+            for (int64_t j = 0; j < H; ++j) {
+              const scalar_t r = gb[j];
+              dab[j] = drb[j] * hpb[j] * r * (scalar_t(1) - r);
+              dhpb[j] += drb[j] * r;
+            }
           }
-        }
-      });
-      at::mm_out(drh, dat.narrow(1, 2 * H, H), w_n);  // delta (r h_{t-1})
-      const scalar_t* drp = drh.data_ptr<scalar_t>();
-      at::parallel_for(0, B, grain(H), [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          const scalar_t* gb = gt + b * G;
-          scalar_t* dab = da + b * G;
-          const scalar_t* hpb = hp + b * H;
-          const scalar_t* drb = drp + b * H;
-          scalar_t* dhpb = dhpp + b * H;
-          for (int64_t j = 0; j < H; ++j) {
-            const scalar_t r = gb[j];
-            dab[j] = drb[j] * hpb[j] * r * (scalar_t(1) - r);
-            dhpb[j] += drb[j] * r;
-          }
-        }
-      });
-      dhp.addmm_(dat.narrow(1, 0, 2 * H), w_rz);
-    }
+        });
+        dH_c[t].addmm_(dat.narrow(1, 0, 2 * H), w_rz);
+      }
+    });
   });
   return dA;
 }
@@ -481,30 +641,37 @@ at::Tensor rnn_forward(const at::Tensor& xw, const at::Tensor& h0,
                        bool relu) {
   const int64_t T = xw.size(0), B = xw.size(1), H = h0.size(-1);
   at::Tensor hs = xw.is_contiguous() ? xw : xw.contiguous();  // overwritten in place
+  at::Tensor h0c = h0.contiguous(), mk = mask_tensor(mask);
   at::Tensor w_t = w_hh.t();
+  const int64_t chunks = batch_chunks(T, B, H, H);
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnn_forward", [&] {
-    for (int64_t t = 0; t < T; ++t) {
-      at::Tensor h_prev = t == 0 ? h0 : hs[t - 1];
-      at::Tensor h = hs[t];
-      h.addmm_(h_prev, w_t);
-      scalar_t* hp = h.data_ptr<scalar_t>();
-      const scalar_t* hq = h_prev.data_ptr<scalar_t>();
-      const bool* m = mask_ptr(mask, t);
-      at::parallel_for(0, B, grain(H), [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          scalar_t* hb = hp + b * H;
-          if (m != nullptr && !m[b]) {
-            for (int64_t j = 0; j < H; ++j) hb[j] = hq[b * H + j];
-            continue;
+    scalar_t* hsp = hs.data_ptr<scalar_t>();
+    const scalar_t* h0p = h0c.data_ptr<scalar_t>();
+    const bool* mp = mask_data(mk);
+    over_batch(B, chunks, [&](int64_t b0, int64_t b1) {
+      const at::Tensor hs_c = hs.narrow(1, b0, b1 - b0);
+      const at::Tensor h0_c = h0c.narrow(0, b0, b1 - b0);
+      for (int64_t t = 0; t < T; ++t) {
+        hs_c[t].addmm_(t == 0 ? h0_c : hs_c[t - 1], w_t);
+        scalar_t* hp = hsp + t * B * H;
+        const scalar_t* hq = t == 0 ? h0p : hsp + (t - 1) * B * H;
+        const bool* m = mask_at(mp, t, B);
+        at::parallel_for(b0, b1, grain(H), [&](int64_t r0, int64_t r1) {
+          for (int64_t b = r0; b < r1; ++b) {
+            scalar_t* hb = hp + b * H;
+            if (m != nullptr && !m[b]) {
+              for (int64_t j = 0; j < H; ++j) hb[j] = hq[b * H + j];
+              continue;
+            }
+            if (relu) {
+              for (int64_t j = 0; j < H; ++j) hb[j] = hb[j] > scalar_t(0) ? hb[j] : scalar_t(0);
+            } else {
+              for (int64_t j = 0; j < H; ++j) hb[j] = tanh_(hb[j]);
+            }
           }
-          if (relu) {
-            for (int64_t j = 0; j < H; ++j) hb[j] = hb[j] > scalar_t(0) ? hb[j] : scalar_t(0);
-          } else {
-            for (int64_t j = 0; j < H; ++j) hb[j] = tanh_(hb[j]);
-          }
-        }
-      });
-    }
+        });
+      }
+    });
   });
   return hs;
 }
@@ -514,35 +681,46 @@ at::Tensor rnn_backward(const at::Tensor& hs, const at::Tensor& dH,
                         const c10::optional<at::Tensor>& mask, const at::Tensor& w_hh,
                         bool relu) {
   const int64_t T = hs.size(0), B = hs.size(1), H = hs.size(2);
-  at::Tensor dA = at::empty_like(hs);
+  check_grad_buffer(dH, hs, "dH");
+  TORCH_CHECK(hs.is_contiguous(), "rnn_backward: saved tensors must be contiguous");
+  at::Tensor dA = at::empty_like(hs, at::MemoryFormat::Contiguous);
+  at::Tensor mk = mask_tensor(mask);
+  const int64_t chunks = batch_chunks(T, B, H, H);
   AT_DISPATCH_FLOATING_TYPES(hs.scalar_type(), "rnn_backward", [&] {
-    for (int64_t t = T - 1; t >= 0; --t) {
-      const scalar_t* h = hs[t].data_ptr<scalar_t>();
-      const scalar_t* dh = dH[t + 1].data_ptr<scalar_t>();
-      scalar_t* da = dA[t].data_ptr<scalar_t>();
-      at::Tensor dhp = dH[t];
-      scalar_t* dhpp = dhp.data_ptr<scalar_t>();
-      const bool* m = mask_ptr(mask, t);
-      at::parallel_for(0, B, grain(H), [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          const int64_t o = b * H;
-          if (m != nullptr && !m[b]) {
-            for (int64_t j = 0; j < H; ++j) {
-              da[o + j] = scalar_t(0);
-              dhpp[o + j] += dh[o + j];
+    const scalar_t* hsp = hs.data_ptr<scalar_t>();
+    scalar_t* dHp = dH.data_ptr<scalar_t>();
+    scalar_t* dAp = dA.data_ptr<scalar_t>();
+    const bool* mp = mask_data(mk);
+    over_batch(B, chunks, [&](int64_t b0, int64_t b1) {
+      const at::Tensor dA_c = dA.narrow(1, b0, b1 - b0);
+      const at::Tensor dH_c = dH.narrow(1, b0, b1 - b0);
+      for (int64_t t = T - 1; t >= 0; --t) {
+        const scalar_t* h = hsp + t * B * H;
+        const scalar_t* dh = dHp + (t + 1) * B * H;
+        scalar_t* da = dAp + t * B * H;
+        scalar_t* dhpp = dHp + t * B * H;
+        const bool* m = mask_at(mp, t, B);
+        at::parallel_for(b0, b1, grain(H), [&](int64_t r0, int64_t r1) {
+          for (int64_t b = r0; b < r1; ++b) {
+            const int64_t o = b * H;
+            if (m != nullptr && !m[b]) {
+              for (int64_t j = 0; j < H; ++j) {
+                da[o + j] = scalar_t(0);
+                dhpp[o + j] += dh[o + j];
+              }
+              continue;
             }
-            continue;
+            if (relu) {
+              for (int64_t j = 0; j < H; ++j) da[o + j] = h[o + j] > scalar_t(0) ? dh[o + j] : 0;
+            } else {
+              for (int64_t j = 0; j < H; ++j)
+                da[o + j] = dh[o + j] * (scalar_t(1) - h[o + j] * h[o + j]);
+            }
           }
-          if (relu) {
-            for (int64_t j = 0; j < H; ++j) da[o + j] = h[o + j] > scalar_t(0) ? dh[o + j] : 0;
-          } else {
-            for (int64_t j = 0; j < H; ++j)
-              da[o + j] = dh[o + j] * (scalar_t(1) - h[o + j] * h[o + j]);
-          }
-        }
-      });
-      dhp.addmm_(dA[t], w_hh);
-    }
+        });
+        dH_c[t].addmm_(dA_c[t], w_hh);
+      }
+    });
   });
   return dA;
 }
@@ -558,4 +736,5 @@ TORCH_LIBRARY(carousel_kernels, m) {
   m.def("gru_cho_backward", &gru_cho_backward);
   m.def("rnn_forward", &rnn_forward);
   m.def("rnn_backward", &rnn_backward);
+  m.def("batch_chunks", &batch_chunks);
 }
