@@ -66,6 +66,10 @@ def test_momentum_schedule():
     mus = [spec.momentum_at(t) for t in (0, 249, 250, 750, 10**6)]
     assert mus[:4] == [0.5, 0.5, 0.75, 0.875] and mus[4] == 0.99
     assert get_model_spec("lstm").momentum_at(10) is None
+    # momentum 0, the ablation, is plain SGD (torch's Nesterov refuses momentum 0)
+    plain = get_model_spec("rnn-sutskever2013", momentum=0.0)
+    opt = plain.make_optimizer([torch.nn.Parameter(torch.zeros(2))])
+    assert not opt.param_groups[0]["nesterov"] and plain.momentum_at(10**6) == 0.0
 
 
 def test_lstm_learns_temporal_order_at_short_lag():

@@ -129,7 +129,10 @@ class ModelSpec:
             return torch.optim.Adam(params, lr=self.lr)
         if self.optimizer == "sgd":
             return torch.optim.SGD(params, lr=self.lr)
-        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, nesterov=True)
+        # momentum 0 (an ablation) is plain SGD: torch's Nesterov needs a positive momentum
+        return torch.optim.SGD(
+            params, lr=self.lr, momentum=self.momentum, nesterov=self.momentum > 0
+        )
 
     def momentum_at(self, update: int) -> float | None:
         """Sutskever et al. 2013's schedule (eq. 5): ``mu_t = min(1 - 2^(-1 - log2(t/250 +
