@@ -304,6 +304,32 @@ def test_failed_build_falls_back(monkeypatch, caplog):
     torch.testing.assert_close(rnn(x)[0], ref(x)[0], rtol=0, atol=0)
 
 
+def test_build_without_openmp_when_openmp_fails(monkeypatch, tmp_path, caplog):
+    """Where torch uses OpenMP the kernels are built with it; a compiler without OpenMP gets
+    a second, serial build instead of no kernels."""
+    from torch.utils import cpp_extension
+
+    flags_tried = []
+
+    def fake_load(**kw):
+        flags_tried.append(kw["extra_cflags"])
+        if "-fopenmp" in kw["extra_cflags"]:
+            raise RuntimeError("unrecognized command-line option '-fopenmp'")
+
+    monkeypatch.delenv("CAROUSEL_NO_COMPILE", raising=False)
+    monkeypatch.setenv("CAROUSEL_KERNEL_DIR", str(tmp_path))
+    monkeypatch.setattr(kernels, "_state", {"tried": False, "ok": False, "error": None})
+    monkeypatch.setattr(kernels, "_openmp", lambda: True)
+    monkeypatch.setattr(cpp_extension, "verify_ninja_availability", lambda: None)
+    monkeypatch.setattr(cpp_extension, "load", fake_load)
+    with caplog.at_level(logging.WARNING, logger="carousel.kernels"):
+        # True where the real extension is already loaded in this process
+        assert kernels.load() == hasattr(torch.ops.carousel_kernels, "lstm_forward")
+    assert ["-fopenmp" in f for f in flags_tried] == [True, False]
+    assert any("without" in r.getMessage() for r in caplog.records)
+    assert kernels.cache_dir(flags_tried[0]) != kernels.cache_dir(flags_tried[1])
+
+
 def test_cache_dir_keyed_by_torch_and_source(monkeypatch, tmp_path):
     monkeypatch.setenv("CAROUSEL_KERNEL_DIR", str(tmp_path))
     d = kernels.cache_dir()
@@ -332,9 +358,9 @@ def test_inference_without_autograd(config, built):
 
 
 def test_several_threads(built):
-    """The gate arithmetic splits the batch over threads (at::parallel_for): same results."""
+    """A large batch under two threads (blocks of rows, each its own loop): same results."""
     torch.set_num_threads(2)  # restored by _one_thread
-    cell = carousel.LSTMCell(8, 16, peephole=True, dtype=D)  # grain 8192 / 16 = 512 rows
+    cell = carousel.LSTMCell(8, 16, peephole=True, dtype=D)
     runs, names = _run_all(
         cell, [kernels.run_sequence, bptt.run_sequence], "random", steps=4, batch=1100, size=8
     )
@@ -386,6 +412,34 @@ def test_batch_split_layer_with_lengths(built):
         gb = torch.autograd.grad((b.output * g).sum(), [x, *ref.parameters()])
         for u, v in zip(ga, gb, strict=True):
             torch.testing.assert_close(u, v)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_onednn_products_float32(threads, built):
+    """Large float32 products go to oneDNN, also inside the batch blocks of two threads:
+    same results as "bptt"."""
+    torch.set_num_threads(threads)
+    used = torch.ops.carousel_kernels.onednn_used
+    assert not used(torch.empty(32, 256, dtype=D), torch.empty(256, 1024, dtype=D))
+    if torch.backends.mkldnn.is_available():  # a block of 16 rows: (16, 256) @ (256, 1024)
+        assert used(torch.empty(16, 256), torch.empty(256, 1024))
+        enabled = torch.backends.mkldnn.enabled
+        torch.backends.mkldnn.enabled = False  # torch's switch turns it off
+        try:
+            assert not used(torch.empty(16, 256), torch.empty(256, 1024))
+        finally:
+            torch.backends.mkldnn.enabled = enabled
+    cell = carousel.LSTMCell(16, 256, peephole=True)
+    runs, names = _run_all(
+        cell,
+        [kernels.run_sequence, bptt.run_sequence],
+        "random",
+        steps=4,
+        batch=32,
+        dtype=torch.float32,
+        size=16,
+    )
+    _assert_same(runs[0], runs[1], names, rtol=1e-3, atol=1e-3)
 
 
 def test_batch_chunks(built):

@@ -1,15 +1,25 @@
 r"""Compiled CPU kernels for the recurrent layers (the ``impl="compiled"`` path).
 
 A C++ extension (``csrc/recurrent.cpp``) runs the time loop of the forward and the backward
-pass through time: per step one matrix product into a preallocated buffer
-(``at::addmm_out``) and one fused pass of the gate arithmetic over the ``B x H`` units
-(``at::parallel_for`` over the batch), instead of the several PyTorch operations per step of
-the pure-PyTorch path :mod:`carousel.bptt`. The math, the mask convention and the results
-are those of :mod:`carousel.bptt` (the oracle it is tested against, tests/test_kernels.py;
-the equations are in the docstrings of :mod:`carousel.bptt.lstm`, :mod:`~carousel.bptt.gru`
-and :mod:`~carousel.bptt.rnn`, after Werbos 1990). As there, the input projections of all
-steps and every weight gradient, summed over time, are single matrix products outside the
-loop.
+pass through time: per step one matrix product into a preallocated buffer and one fused pass
+of the gate arithmetic over the ``B x H`` units, instead of the several PyTorch operations per
+step of the pure-PyTorch path :mod:`carousel.bptt`. The math, the mask convention and the
+results are those of :mod:`carousel.bptt` (the oracle it is tested against,
+tests/test_kernels.py; the equations are in the docstrings of :mod:`carousel.bptt.lstm`,
+:mod:`~carousel.bptt.gru` and :mod:`~carousel.bptt.rnn`, after Werbos 1990). As there, the
+input projections of all steps and every weight gradient, summed over time, are single matrix
+products outside the loop.
+
+Threads: with several torch threads (``torch.set_num_threads``) and a batch of at least 4 rows
+a thread (and enough work), the batch is split into one block of contiguous rows per thread
+and every block runs the whole time loop, forward and backward, with its own per-step products
+on its rows: the rows of a batch do not interact, so the threads never wait for each other
+within the loop (one ``at::parallel_for`` around it). Smaller batches (batch-1 generation)
+keep one loop, whose products ATen threads. The products over all steps outside the loop use
+every thread. Float32 products of at least ``2**21`` multiply-adds run on oneDNN (ATen's
+``mkldnn_matmul``, where torch exports it and ``torch.backends.mkldnn.enabled``), about twice
+as fast as torch's BLAS call on CPUs where MKL takes a slow path (AMD's); smaller ones, and
+float64, on ATen's ``addmm``.
 
 The extension is built on first use with :func:`torch.utils.cpp_extension.load` (needs a C++
 compiler and ``ninja``: ``pip install carousel-rnn[compiled]``) and cached under
@@ -18,7 +28,9 @@ compiler and ``ninja``: ``pip install carousel-rnn[compiled]``) and cached under
 source, so it is built once per machine and torch version; a message is logged (logger
 ``carousel.kernels``, level WARNING) while it builds. Where no compiler or ``ninja`` is
 present, the build fails, or ``CAROUSEL_NO_COMPILE=1`` is set, :func:`available` is False and
-``impl="compiled"`` runs the pure-PyTorch path :mod:`carousel.bptt` instead.
+``impl="compiled"`` runs the pure-PyTorch path :mod:`carousel.bptt` instead. Where torch's
+threads are OpenMP's, the extension is built with ``-fopenmp`` (else ATen's header-only
+``at::parallel_for`` runs serially in it), or without it where that build fails.
 
 Covered: the Elman RNN (tanh, ReLU), the GRU (both formulations) and the LSTM
 family without projection, layer normalisation or full gate recurrence, i.e. torch.nn's cell
@@ -50,6 +62,19 @@ _state: dict[str, Any] = {"tried": False, "ok": False, "error": None}
 
 #: Compiler flags: optimised for the building machine's CPU (the cache is keyed by it).
 _CFLAGS = ["-O3", "-march=native", "-fno-math-errno"]
+#: Added where torch's intra-op threads are OpenMP's: ATen's ``at::parallel_for`` is a
+#: header template that runs serially in code compiled without OpenMP. The extension then
+#: shares torch's OpenMP runtime (same ``libgomp.so.1``), and its thread count.
+_OPENMP_FLAGS = ["-fopenmp"]
+
+
+def _openmp() -> bool:
+    """Whether torch's CPU threads are OpenMP's (the extension is then built with it)."""
+    return "parallel backend: OpenMP" in torch.__config__.parallel_info()
+
+
+def _flags(openmp: bool) -> list[str]:
+    return _CFLAGS + (_OPENMP_FLAGS if openmp else [])
 
 
 def _cpu_id() -> str:
@@ -68,13 +93,18 @@ def _disabled() -> bool:
     return os.environ.get("CAROUSEL_NO_COMPILE", "").strip() not in ("", "0")
 
 
-def cache_dir() -> Path:
+def cache_dir(flags: list[str] | None = None) -> Path:
     """The directory the built extension is cached in (created on build).
 
     ``$CAROUSEL_KERNEL_DIR`` if set, else ``$XDG_CACHE_HOME/carousel/kernels`` (default
     ``~/.cache/carousel/kernels``), then a subdirectory keyed by the torch version and the
-    source's hash.
+    hash of the source, the compiler flags and the CPU.
+
+    Args:
+        flags: the compiler flags of the build (default: those :func:`load` tries first).
     """
+    if flags is None:
+        flags = _flags(_openmp())
     root = os.environ.get("CAROUSEL_KERNEL_DIR")
     if root:
         base = Path(root)
@@ -82,7 +112,7 @@ def cache_dir() -> Path:
         xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
         base = Path(xdg) / "carousel" / "kernels"
     h = hashlib.sha256(_SOURCE.read_bytes())
-    h.update(" ".join(_CFLAGS).encode())
+    h.update(" ".join(flags).encode())
     h.update(_cpu_id().encode())  # -march=native: one build per kind of CPU
     digest = h.hexdigest()[:12]
     tv = torch.__version__.replace("+", "_")
@@ -107,6 +137,28 @@ def _clear_stale_lock(build: Path) -> None:
         pass
 
 
+def _build(cpp_extension, flags: list[str]) -> None:
+    """Build (unless cached) and load the extension with ``flags``; raises on failure."""
+    build = cache_dir(flags)
+    build.mkdir(parents=True, exist_ok=True)
+    _clear_stale_lock(build)
+    if not any(build.glob("*.so")):
+        _log.warning(
+            "carousel: building the compiled recurrent kernels in %s (once per "
+            "machine and torch version; takes a minute or two) ...",
+            build,
+        )
+    cpp_extension.load(
+        name="carousel_kernels",
+        sources=[str(_SOURCE)],
+        extra_cflags=flags,
+        extra_ldflags=[f for f in flags if f in _OPENMP_FLAGS],
+        build_directory=str(build),
+        is_python_module=False,
+        verbose=False,
+    )
+
+
 def load() -> bool:
     """Build (once, cached) and load the extension; True when it is usable.
 
@@ -127,23 +179,19 @@ def load() -> bool:
             from torch.utils import cpp_extension
 
             cpp_extension.verify_ninja_availability()
-            build = cache_dir()
-            build.mkdir(parents=True, exist_ok=True)
-            _clear_stale_lock(build)
-            if not any(build.glob("*.so")):
-                _log.warning(
-                    "carousel: building the compiled recurrent kernels in %s (once per "
-                    "machine and torch version; takes a minute or two) ...",
-                    build,
-                )
-            cpp_extension.load(
-                name="carousel_kernels",
-                sources=[str(_SOURCE)],
-                extra_cflags=_CFLAGS,
-                build_directory=str(build),
-                is_python_module=False,
-                verbose=False,
-            )
+            if _openmp():
+                try:
+                    _build(cpp_extension, _flags(True))
+                except Exception as err:  # a compiler without OpenMP: serial at::parallel_for
+                    _log.warning(
+                        "carousel: building the kernels with OpenMP failed (%s: %s); "
+                        "building them without (one thread per kernel call)",
+                        type(err).__name__,
+                        str(err).splitlines()[0] if str(err) else "",
+                    )
+                    _build(cpp_extension, _flags(False))
+            else:
+                _build(cpp_extension, _flags(False))
             _state["ok"] = hasattr(torch.ops.carousel_kernels, "lstm_forward")
         except Exception as err:  # no compiler, no ninja, a failed build: fall back
             _state["error"] = err
@@ -217,14 +265,28 @@ def _contig(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.contiguous()
 
 
+def _mm(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``a @ b`` (``+ bias``, broadcast over the rows) by the extension: oneDNN for large
+    float32 products (about twice as fast as torch's BLAS call on some CPUs), else ATen."""
+    return _ops().matmul(a, b, bias)
+
+
+def _grad_with_prev(d: Tensor, states: Tensor, s0: Tensor) -> Tensor:
+    """``sum_t d_t^T s_{t-1}`` (``(N, K)``) as :func:`carousel.bptt._common.grad_with_prev`,
+    with the products of :func:`_mm`."""
+    T, B, N = d.shape
+    K = states.shape[-1]
+    out = _mm(d[0].t(), s0)
+    if T > 1:
+        _ops().matmul_acc(out, d[1:].reshape(-1, N).t(), states[:-1].reshape(-1, K))
+    return out
+
+
 def _lstm_forward(x, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co, offsets, flags):
     """The forward pass: ``(x2, h0, c0, w_hh, w_ci, w_cf, w_co, hs, cs, gates, acts)``."""
     T, B, I = x.shape
     x2 = x.reshape(T * B, I)
-    if b_ih is not None:
-        xw = torch.addmm(b_ih + b_hh, x2, w_ih.t())
-    else:
-        xw = x2.mm(w_ih.t())
+    xw = _mm(x2, w_ih.t(), None if b_ih is None else b_ih + b_hh)
     xw = xw.view(T, B, -1)
     w_hh = w_hh.contiguous()
     w_ci, w_cf, w_co = _contig(w_ci), _contig(w_cf), _contig(w_co)
@@ -239,7 +301,7 @@ def _gru_forward(x, h0, mask, w_ih, w_hh, b_ih, b_hh):
     """The forward pass: ``(x2, h0, w_hh, hs, gates, pn)``."""
     T, B, I = x.shape
     x2 = x.reshape(T * B, I)
-    xw = torch.addmm(b_ih, x2, w_ih.t()) if b_ih is not None else x2.mm(w_ih.t())
+    xw = _mm(x2, w_ih.t(), b_ih)
     w_hh = w_hh.contiguous()
     h0 = h0.contiguous()
     hs, gates, pn = _ops().gru_forward(xw.view(T, B, -1), h0, mask, w_hh, _contig(b_hh))
@@ -250,10 +312,7 @@ def _rnn_forward(x, h0, mask, w_ih, w_hh, b_ih, b_hh, relu):
     """The forward pass: ``(x2, h0, w_hh, hs)``."""
     T, B, I = x.shape
     x2 = x.reshape(T * B, I)
-    if b_ih is not None:
-        xw = torch.addmm(b_ih + b_hh, x2, w_ih.t())
-    else:
-        xw = x2.mm(w_ih.t())
+    xw = _mm(x2, w_ih.t(), None if b_ih is None else b_ih + b_hh)
     w_hh = w_hh.contiguous()
     h0 = h0.contiguous()
     return x2, h0, w_hh, _ops().rnn_forward(xw.view(T, B, -1), h0, mask, w_hh, relu)
@@ -283,7 +342,7 @@ class LSTMKernelFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_hs, grad_cs, _grad_gates):
-        from carousel.bptt._common import bias_grads, grad_with_prev, prev_states
+        from carousel.bptt._common import bias_grads, prev_states
 
         if grad_hs is None and grad_cs is None:
             return (None,) * 13
@@ -301,9 +360,9 @@ class LSTMKernelFunction(torch.autograd.Function):
         )
         GH = dA.shape[-1]
         dA2 = dA.view(T * B, GH)
-        dx = dA2.mm(w_ih).view(T, B, -1) if needs[0] else None
-        dW_ih = dA2.t().mm(x2) if needs[4] else None
-        dW_hh = grad_with_prev(dA, hs, h0) if needs[5] else None
+        dx = _mm(dA2, w_ih).view(T, B, -1) if needs[0] else None
+        dW_ih = _mm(dA2.t(), x2) if needs[4] else None
+        dW_hh = _grad_with_prev(dA, hs, h0) if needs[5] else None
         db_ih, db_hh = bias_grads(dA, ctx.has_bias, needs[6], needs[7])
         oi, of, _, oo = ctx.offsets
         d_ci = d_cf = d_co = None
@@ -337,7 +396,7 @@ class GRUKernelFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_hs, _grad_gates):
-        from carousel.bptt._common import grad_with_prev, sum_rows
+        from carousel.bptt._common import sum_rows
 
         if grad_hs is None:
             return (None,) * 7
@@ -348,9 +407,9 @@ class GRUKernelFunction(torch.autograd.Function):
         dH[1:].copy_(grad_hs)
         dX, dP = _ops().gru_backward(gates, pn, hs, h0, dH, mask, w_hh)
         dX2 = dX.view(T * B, 3 * H)
-        dx = dX2.mm(w_ih).view(T, B, -1) if needs[0] else None
-        dW_ih = dX2.t().mm(x2) if needs[3] else None
-        dW_hh = grad_with_prev(dP, hs, h0) if needs[4] else None
+        dx = _mm(dX2, w_ih).view(T, B, -1) if needs[0] else None
+        dW_ih = _mm(dX2.t(), x2) if needs[3] else None
+        dW_hh = _grad_with_prev(dP, hs, h0) if needs[4] else None
         db_ih = sum_rows(dX) if ctx.has_bias and needs[5] else None
         db_hh = sum_rows(dP) if ctx.has_bias and needs[6] else None
         return dx, dH[0] if needs[1] else None, None, dW_ih, dW_hh, db_ih, db_hh
@@ -360,10 +419,7 @@ def _gru_cho_forward(x, h0, mask, w_ih, w_hh, b_ih, b_hh):
     """The forward pass of Cho's GRU: ``(x2, h0, w_hh, hs, gates, rh)``."""
     T, B, I = x.shape
     x2 = x.reshape(T * B, I)
-    if b_ih is not None:
-        xw = torch.addmm(b_ih + b_hh, x2, w_ih.t())
-    else:
-        xw = x2.mm(w_ih.t())
+    xw = _mm(x2, w_ih.t(), None if b_ih is None else b_ih + b_hh)
     w_hh = w_hh.contiguous()
     h0 = h0.contiguous()
     hs, gates, rh = _ops().gru_cho_forward(xw.view(T, B, -1), h0, mask, w_hh)
@@ -387,7 +443,7 @@ class GRUChoKernelFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_hs, _grad_gates):
-        from carousel.bptt._common import bias_grads, grad_with_prev
+        from carousel.bptt._common import bias_grads
 
         if grad_hs is None:
             return (None,) * 7
@@ -398,14 +454,14 @@ class GRUChoKernelFunction(torch.autograd.Function):
         dH[1:].copy_(grad_hs)
         dA = _ops().gru_cho_backward(gates, hs, h0, dH, mask, w_hh)
         dA2 = dA.view(T * B, 3 * H)
-        dx = dA2.mm(w_ih).view(T, B, -1) if needs[0] else None
-        dW_ih = dA2.t().mm(x2) if needs[3] else None
+        dx = _mm(dA2, w_ih).view(T, B, -1) if needs[0] else None
+        dW_ih = _mm(dA2.t(), x2) if needs[3] else None
         dW_hh = None
         if needs[4]:
             dW_hh = torch.cat(
                 [
-                    grad_with_prev(dA[..., : 2 * H], hs, h0),  # sum_t d[r,z]_t^T h_{t-1}
-                    dA2[:, 2 * H :].t().mm(rh.view(T * B, H)),  # sum_t dn_t^T (r_t h_{t-1})
+                    _grad_with_prev(dA[..., : 2 * H], hs, h0),  # sum_t d[r,z]_t^T h_{t-1}
+                    _mm(dA2[:, 2 * H :].t(), rh.view(T * B, H)),  # sum_t dn_t^T (r_t h_{t-1})
                 ]
             )
         db_ih, db_hh = bias_grads(dA, ctx.has_bias, needs[5], needs[6])
@@ -428,7 +484,7 @@ class RNNKernelFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_hs):
-        from carousel.bptt._common import bias_grads, grad_with_prev
+        from carousel.bptt._common import bias_grads
 
         if grad_hs is None:
             return (None,) * 8
@@ -439,9 +495,9 @@ class RNNKernelFunction(torch.autograd.Function):
         dH[1:].copy_(grad_hs)
         dA = _ops().rnn_backward(hs, dH, mask, w_hh, ctx.relu)
         dA2 = dA.view(T * B, H)
-        dx = dA2.mm(w_ih).view(T, B, -1) if needs[0] else None
-        dW_ih = dA2.t().mm(x2) if needs[3] else None
-        dW_hh = grad_with_prev(dA, hs, h0) if needs[4] else None
+        dx = _mm(dA2, w_ih).view(T, B, -1) if needs[0] else None
+        dW_ih = _mm(dA2.t(), x2) if needs[3] else None
+        dW_hh = _grad_with_prev(dA, hs, h0) if needs[4] else None
         db_ih, db_hh = bias_grads(dA, ctx.has_bias, needs[5], needs[6])
         return dx, dH[0] if needs[1] else None, None, dW_ih, dW_hh, db_ih, db_hh, None
 

@@ -1,22 +1,36 @@
 // Compiled forward and backward through time for carousel's built-in cells.
 //
-// The time loop runs here: one matrix product per step (at::addmm_out into a preallocated
-// buffer) and one fused pass of the gate arithmetic over the B x H units. The input
-// projections of all steps and the weight gradients, summed over time, are single matrix
-// products done by the Python wrapper (carousel/kernels/__init__.py), which also checks every
+// The time loop runs here: one matrix product per step (mm_acc / mm_into: oneDNN for large
+// float32 products, else at::addmm, into preallocated buffers) and one fused pass of the gate
+// arithmetic over the B x H units. The input projections of all steps and the weight
+// gradients, summed over time, are single matrix products done by the Python wrapper
+// (carousel/kernels/__init__.py, through the matmul operators below), which also checks every
 // argument. The math and the mask convention are those of the pure-PyTorch path,
 // carousel/bptt/ (its docstrings give the equations).
 //
 // Threads: the rows of a batch are independent through time, so with several threads and a
 // batch large enough (batch_chunks) the batch is split into one block of contiguous rows per
 // thread and each block runs its own time loop, its own per-step products on its rows
-// included (over_batch: one at::parallel_for around the whole loop; inside it ATen's and
-// MKL's products run on the calling thread), with no synchronisation between steps. Otherwise
-// one loop runs over the whole batch, its products threaded by ATen, and the gate pass of a
-// step splits the rows over threads (at::parallel_for) when there are many.
+// included (over_batch: one at::parallel_for around the whole loop; inside it ATen's, MKL's and
+// oneDNN's products run on the calling thread), with no synchronisation between steps.
+// Otherwise one loop runs over the whole batch, its products threaded by ATen, and the gate
+// pass of a step splits the rows over threads (at::parallel_for) when there are many. Built
+// with -fopenmp where torch uses OpenMP: at::parallel_for is a header template that runs
+// serially without it.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <torch/library.h>
+
+// oneDNN's matrix product as ATen builds it for addmm (result = alpha a b + beta result): on
+// CPUs where MKL takes a slower path (AMD's) it runs the larger products about twice as fast.
+// Declared weak: where a torch build does not export it the kernels use at::addmm.
+namespace at {
+namespace native {
+TORCH_API void mkldnn_matmul(const Tensor& mat1, const Tensor& mat2, const Tensor& result,
+                             float beta, float alpha) __attribute__((weak));
+}  // namespace native
+}  // namespace at
 
 #include <algorithm>
 #include <cmath>
@@ -87,9 +101,61 @@ void over_batch(int64_t B, int64_t n, const F& f) {
     f(int64_t(0), B);
     return;
   }
+  // the caller's thread-local state (grad mode: the blocks make views and modify them in
+  // place) in every thread
+  const at::ThreadLocalState state;
   at::parallel_for(0, n, 1, [&](int64_t c0, int64_t c1) {
+    at::ThreadLocalStateGuard guard(state);
     for (int64_t c = c0; c < c1; ++c) f(B * c / n, B * (c + 1) / n);
   });
+}
+
+// ------------------------------------------------------------------------ matrix products
+// float32 products with at least this many multiply-adds (M K N) go to oneDNN: below, its
+// fixed cost per call (about 15 us here) outweighs its faster arithmetic.
+constexpr int64_t kOneDnnMinWork = int64_t(1) << 21;
+
+bool use_onednn(const at::Tensor& a, const at::Tensor& b) {
+  if (&at::native::mkldnn_matmul == nullptr || a.scalar_type() != at::kFloat ||
+      !at::hasMKLDNN() || !at::globalContext().userEnabledMkldnn())
+    return false;
+  return a.size(0) * a.size(1) * b.size(1) >= kOneDnnMinWork;
+}
+
+// out = a b, or out = bias + a b (bias (N,), broadcast over the rows); out (M, N) may be a
+// view with a row stride.
+void mm_into(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
+             const c10::optional<at::Tensor>& bias) {
+  if (use_onednn(a, b)) {
+    if (bias.has_value()) out.copy_(bias->expand_as(out));
+    at::native::mkldnn_matmul(a, b, out, bias.has_value() ? 1.0f : 0.0f, 1.0f);
+  } else if (bias.has_value()) {
+    at::addmm_out(const_cast<at::Tensor&>(out), *bias, a, b);
+  } else {
+    at::mm_out(const_cast<at::Tensor&>(out), a, b);
+  }
+}
+
+// out += a b.
+void mm_acc(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  if (use_onednn(a, b)) {
+    at::native::mkldnn_matmul(a, b, out, 1.0f, 1.0f);
+  } else {
+    out.addmm_(a, b);
+  }
+}
+
+// Whether a product of a (M, K) and b (K, N) of a's dtype goes to oneDNN (for the tests).
+bool onednn_used(const at::Tensor& a, const at::Tensor& b) { return use_onednn(a, b); }
+
+// The operators for the wrapper's products over all steps: a b (+ bias) and out += a b.
+at::Tensor matmul(const at::Tensor& a, const at::Tensor& b, const c10::optional<at::Tensor>& bias) {
+  at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
+  mm_into(out, a, b, bias);
+  return out;
+}
+void matmul_acc(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  mm_acc(out, a, b);
 }
 
 // The mask of step t, (B,) (mask: (T, B) contiguous bool), or nullptr without one.
@@ -304,7 +370,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
       const at::Tensor hs_c = hs.narrow(1, b0, b1 - b0);
       const at::Tensor h0_c = h0c.narrow(0, b0, b1 - b0);
       for (int64_t t = 0; t < T; ++t) {
-        g_c[t].addmm_(t == 0 ? h0_c : hs_c[t - 1], w_t);
+        mm_acc(g_c[t], t == 0 ? h0_c : hs_c[t - 1], w_t);
         const int64_t s = t * B * H;
         lstm_fwd_step<scalar_t>(L, b0, b1, H, GH, gp + t * B * GH, t == 0 ? h0p : hp + s - B * H,
                                 t == 0 ? c0p : cp + s - B * H, hp + s, cp + s, ap + s,
@@ -356,11 +422,141 @@ at::Tensor lstm_backward(const at::Tensor& gates, const at::Tensor& cs, const at
                                 t == 0 ? c0p : csp + s - B * H, ap + s, dhp + s + B * H,
                                 dcp + s + B * H, dap + t * B * GH, dhp + s, dcp + s,
                                 mask_at(mp, t, B), wci, wcf, wco);
-        dH_c[t].addmm_(dA_c[t], w_hh);
+        mm_acc(dH_c[t], dA_c[t], w_hh);
       }
     });
   });
   return dA;
+}
+
+// ------------------------------------------------------------------ GRU and RNN: one row
+// The gate passes of one batch row, outside the dispatch macros and with restrict pointers so
+// that every loop vectorises. valid: the row's mask at this step (false: the state is held).
+
+// torch.nn's GRU, forward. ab: (3H) pre-activations, input part (r, z, n; overwritten with the
+// gates); pb: (3H) recurrent part W_hh h + b_hh; pno: (H) kept p_n; hpb, hb: h_{t-1}, h_t.
+template <typename T>
+void gru_fwd_row(int64_t H, T* __restrict ab, const T* __restrict pb, T* __restrict pno,
+                 const T* __restrict hpb, T* __restrict hb, bool valid) {
+  for (int64_t j = 0; j < 2 * H; ++j) ab[j] = sigm(ab[j] + pb[j]);  // r, z
+  T* an = ab + 2 * H;
+  const T* pnb = pb + 2 * H;
+  for (int64_t j = 0; j < H; ++j) pno[j] = pnb[j];
+  for (int64_t j = 0; j < H; ++j) an[j] = tanh_(an[j] + ab[j] * pnb[j]);  // n
+  if (valid) {
+    const T* z = ab + H;
+    for (int64_t j = 0; j < H; ++j) hb[j] = an[j] + z[j] * (hpb[j] - an[j]);
+  } else {
+    for (int64_t j = 0; j < H; ++j) hb[j] = hpb[j];
+  }
+}
+
+// torch.nn's GRU, backward: dxb, dpb (3H) the gradients of the input and recurrent parts;
+// adds the direct part of the gradient of h_{t-1} into dhpb.
+template <typename T>
+void gru_bwd_row(int64_t H, const T* __restrict gb, const T* __restrict pnb,
+                 const T* __restrict hpb, const T* __restrict dhb, T* __restrict dxb,
+                 T* __restrict dpb, T* __restrict dhpb, bool valid) {
+  if (!valid) {
+    for (int64_t k = 0; k < 3 * H; ++k) dxb[k] = T(0);
+    for (int64_t k = 0; k < 3 * H; ++k) dpb[k] = T(0);
+    for (int64_t j = 0; j < H; ++j) dhpb[j] += dhb[j];
+    return;
+  }
+  const T* r = gb;
+  const T* z = gb + H;
+  const T* n = gb + 2 * H;
+  for (int64_t j = 0; j < H; ++j) {
+    const T dhj = dhb[j];
+    const T dan = dhj * (T(1) - z[j]) * (T(1) - n[j] * n[j]);
+    const T daz = dhj * (hpb[j] - n[j]) * z[j] * (T(1) - z[j]);
+    const T dar = dan * pnb[j] * r[j] * (T(1) - r[j]);
+    dxb[j] = dar;
+    dpb[j] = dar;
+    dxb[H + j] = daz;
+    dpb[H + j] = daz;
+    dxb[2 * H + j] = dan;
+    dpb[2 * H + j] = dan * r[j];
+    dhpb[j] += dhj * z[j];
+  }
+}
+
+// Cho's GRU, forward, before the product W_hn (r h): the gates r, z and r h_{t-1} into rhb.
+template <typename T>
+void gru_cho_fwd_row1(int64_t H, T* __restrict ab, const T* __restrict hpb,
+                      T* __restrict rhb) {
+  for (int64_t j = 0; j < 2 * H; ++j) ab[j] = sigm(ab[j]);  // r, z
+  for (int64_t j = 0; j < H; ++j) rhb[j] = ab[j] * hpb[j];
+}
+
+// Cho's GRU, forward, after the product: n and h_t.
+template <typename T>
+void gru_cho_fwd_row2(int64_t H, T* __restrict ab, const T* __restrict hpb, T* __restrict hb,
+                      bool valid) {
+  T* an = ab + 2 * H;
+  for (int64_t j = 0; j < H; ++j) an[j] = tanh_(an[j]);  // n
+  if (valid) {
+    const T* z = ab + H;
+    for (int64_t j = 0; j < H; ++j) hb[j] = an[j] + z[j] * (hpb[j] - an[j]);
+  } else {
+    for (int64_t j = 0; j < H; ++j) hb[j] = hpb[j];
+  }
+}
+
+// Cho's GRU, backward, before the product with W_hn: the gradients of n and z.
+template <typename T>
+void gru_cho_bwd_row1(int64_t H, const T* __restrict gb, const T* __restrict hpb,
+                      const T* __restrict dhb, T* __restrict dab, T* __restrict dhpb,
+                      bool valid) {
+  if (!valid) {
+    for (int64_t k = 0; k < 3 * H; ++k) dab[k] = T(0);
+    for (int64_t j = 0; j < H; ++j) dhpb[j] += dhb[j];
+    return;
+  }
+  const T* z = gb + H;
+  const T* n = gb + 2 * H;
+  for (int64_t j = 0; j < H; ++j) {
+    dab[2 * H + j] = dhb[j] * (T(1) - z[j]) * (T(1) - n[j] * n[j]);
+    dab[H + j] = dhb[j] * (hpb[j] - n[j]) * z[j] * (T(1) - z[j]);
+    dhpb[j] += dhb[j] * z[j];
+  }
+}
+
+// Cho's GRU, backward, after the product: drb = delta (r h_{t-1}) gives the gradient of r.
+template <typename T>
+void gru_cho_bwd_row2(int64_t H, const T* __restrict gb, const T* __restrict hpb,
+                      const T* __restrict drb, T* __restrict dab, T* __restrict dhpb) {
+  const T* r = gb;
+  for (int64_t j = 0; j < H; ++j) {
+    dab[j] = drb[j] * hpb[j] * r[j] * (T(1) - r[j]);
+    dhpb[j] += drb[j] * r[j];
+  }
+}
+
+// Elman RNN, forward: hb holds W_hh h_{t-1} + W_ih x_t + b, overwritten with h_t.
+template <typename T>
+void rnn_fwd_row(int64_t H, T* __restrict hb, const T* __restrict hqb, bool valid, bool relu) {
+  if (!valid) {
+    for (int64_t j = 0; j < H; ++j) hb[j] = hqb[j];
+  } else if (relu) {
+    for (int64_t j = 0; j < H; ++j) hb[j] = hb[j] > T(0) ? hb[j] : T(0);
+  } else {
+    for (int64_t j = 0; j < H; ++j) hb[j] = tanh_(hb[j]);
+  }
+}
+
+// Elman RNN, backward: the pre-activation gradient dab; frozen rows pass dh on into dhpb.
+template <typename T>
+void rnn_bwd_row(int64_t H, const T* __restrict hb, const T* __restrict dhb, T* __restrict dab,
+                 T* __restrict dhpb, bool valid, bool relu) {
+  if (!valid) {
+    for (int64_t j = 0; j < H; ++j) dab[j] = T(0);
+    for (int64_t j = 0; j < H; ++j) dhpb[j] += dhb[j];
+  } else if (relu) {
+    for (int64_t j = 0; j < H; ++j) dab[j] = hb[j] > T(0) ? dhb[j] : T(0);
+  } else {
+    for (int64_t j = 0; j < H; ++j) dab[j] = dhb[j] * (T(1) - hb[j] * hb[j]);
+  }
 }
 
 // ------------------------------------------------------------------------------------- GRU
@@ -390,35 +586,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
       const at::Tensor h0_c = h0c.narrow(0, b0, b1 - b0);
       for (int64_t t = 0; t < T; ++t) {
         const at::Tensor h_prev = t == 0 ? h0_c : hs_c[t - 1];
-        if (b_hh.has_value()) {
-          at::addmm_out(p_c, *b_hh, h_prev, w_t);
-        } else {
-          at::mm_out(p_c, h_prev, w_t);
-        }
+        mm_into(p_c, h_prev, w_t, b_hh);
         scalar_t* a = gp + t * B * G;
         const scalar_t* hp = t == 0 ? h0p : hsp + (t - 1) * B * H;
         scalar_t* h = hsp + t * B * H;
         scalar_t* pnt = pnp + t * B * H;
         const bool* m = mask_at(mp, t, B);
         at::parallel_for(b0, b1, grain(H), [&](int64_t r0, int64_t r1) {
-          for (int64_t b = r0; b < r1; ++b) {
-            scalar_t* ab = a + b * G;
-            const scalar_t* pb = pp + b * G;
-            for (int64_t j = 0; j < 2 * H; ++j) ab[j] = sigm(ab[j] + pb[j]);  // r, z
-            scalar_t* an = ab + 2 * H;
-            const scalar_t* pnb = pb + 2 * H;
-            scalar_t* pno = pnt + b * H;
-            for (int64_t j = 0; j < H; ++j) pno[j] = pnb[j];
-            for (int64_t j = 0; j < H; ++j) an[j] = tanh_(an[j] + ab[j] * pnb[j]);  // n
-            const scalar_t* hpb = hp + b * H;
-            scalar_t* hb = h + b * H;
-            if (m == nullptr || m[b]) {
-              const scalar_t* z = ab + H;
-              for (int64_t j = 0; j < H; ++j) hb[j] = an[j] + z[j] * (hpb[j] - an[j]);
-            } else {
-              for (int64_t j = 0; j < H; ++j) hb[j] = hpb[j];
-            }
-          }
+          for (int64_t b = r0; b < r1; ++b)
+            gru_fwd_row<scalar_t>(H, a + b * G, pp + b * G, pnt + b * H, hp + b * H, h + b * H,
+                                  m == nullptr || m[b]);
         });
       }
     });
@@ -463,30 +640,11 @@ std::tuple<at::Tensor, at::Tensor> gru_backward(const at::Tensor& gates, const a
         scalar_t* dhpp = dHp + t * B * H;
         const bool* m = mask_at(mp, t, B);
         at::parallel_for(b0, b1, grain(H), [&](int64_t r0, int64_t r1) {
-          for (int64_t b = r0; b < r1; ++b) {
-            const scalar_t* gb = gt + b * G;
-            scalar_t* dxb = dx + b * G;
-            scalar_t* dpb = dp + b * G;
-            if (m != nullptr && !m[b]) {
-              for (int64_t k = 0; k < G; ++k) dxb[k] = dpb[k] = scalar_t(0);
-              for (int64_t j = 0; j < H; ++j) dhpp[b * H + j] += dh[b * H + j];
-              continue;
-            }
-            for (int64_t j = 0; j < H; ++j) {
-              const scalar_t r = gb[j], z = gb[H + j], n = gb[2 * H + j];
-              const scalar_t dhj = dh[b * H + j], hpj = hp[b * H + j];
-              const scalar_t dan = dhj * (scalar_t(1) - z) * (scalar_t(1) - n * n);
-              const scalar_t daz = dhj * (hpj - n) * z * (scalar_t(1) - z);
-              const scalar_t dar = dan * pnt[b * H + j] * r * (scalar_t(1) - r);
-              dxb[j] = dpb[j] = dar;
-              dxb[H + j] = dpb[H + j] = daz;
-              dxb[2 * H + j] = dan;
-              dpb[2 * H + j] = dan * r;
-              dhpp[b * H + j] += dhj * z;
-            }
-          }
+          for (int64_t b = r0; b < r1; ++b)
+            gru_bwd_row<scalar_t>(H, gt + b * G, pnt + b * H, hp + b * H, dh + b * H, dx + b * G,
+                                  dp + b * G, dhpp + b * H, m == nullptr || m[b]);
         });
-        dH_c[t].addmm_(dP_c[t], w_hh);
+        mm_acc(dH_c[t], dP_c[t], w_hh);
       }
     });
   });
@@ -520,36 +678,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_cho_forward(
       const at::Tensor h0_c = h0c.narrow(0, b0, b1 - b0);
       for (int64_t t = 0; t < T; ++t) {
         const at::Tensor g = g_c[t];
-        g.narrow(1, 0, 2 * H).addmm_(t == 0 ? h0_c : hs_c[t - 1], w_rz_t);
+        mm_acc(g.narrow(1, 0, 2 * H), t == 0 ? h0_c : hs_c[t - 1], w_rz_t);
         scalar_t* a = gp + t * B * G;
         const scalar_t* hp = t == 0 ? h0p : hsp + (t - 1) * B * H;
         scalar_t* rht = rhp + t * B * H;
         at::parallel_for(b0, b1, grain(H), [&](int64_t r0, int64_t r1) {
-          for (int64_t b = r0; b < r1; ++b) {
-            scalar_t* ab = a + b * G;
-            for (int64_t j = 0; j < 2 * H; ++j) ab[j] = sigm(ab[j]);  // r, z
-            const scalar_t* hpb = hp + b * H;
-            scalar_t* rhb = rht + b * H;
-            for (int64_t j = 0; j < H; ++j) rhb[j] = ab[j] * hpb[j];
-          }
+          for (int64_t b = r0; b < r1; ++b)
+            gru_cho_fwd_row1<scalar_t>(H, a + b * G, hp + b * H, rht + b * H);
         });
-        g.narrow(1, 2 * H, H).addmm_(rh_c[t], w_n_t);
+        mm_acc(g.narrow(1, 2 * H, H), rh_c[t], w_n_t);
         scalar_t* h = hsp + t * B * H;
         const bool* m = mask_at(mp, t, B);
         at::parallel_for(b0, b1, grain(H), [&](int64_t r0, int64_t r1) {
-          for (int64_t b = r0; b < r1; ++b) {
-            scalar_t* ab = a + b * G;
-            scalar_t* an = ab + 2 * H;
-            for (int64_t j = 0; j < H; ++j) an[j] = tanh_(an[j]);  // n
-            const scalar_t* hpb = hp + b * H;
-            scalar_t* hb = h + b * H;
-            if (m == nullptr || m[b]) {
-              const scalar_t* z = ab + H;
-              for (int64_t j = 0; j < H; ++j) hb[j] = an[j] + z[j] * (hpb[j] - an[j]);
-            } else {
-              for (int64_t j = 0; j < H; ++j) hb[j] = hpb[j];
-            }
-          }
+          for (int64_t b = r0; b < r1; ++b)
+            gru_cho_fwd_row2<scalar_t>(H, a + b * G, hp + b * H, h + b * H, m == nullptr || m[b]);
         });
       }
     });
@@ -593,41 +735,17 @@ at::Tensor gru_cho_backward(const at::Tensor& gates, const at::Tensor& hs, const
         scalar_t* dhpp = dHp + t * B * H;
         const bool* m = mask_at(mp, t, B);
         at::parallel_for(b0, b1, grain(H), [&](int64_t r0, int64_t r1) {
-          for (int64_t b = r0; b < r1; ++b) {
-            const scalar_t* gb = gt + b * G;
-            scalar_t* dab = da + b * G;
-            const scalar_t* dhb = dh + b * H;
-            scalar_t* dhpb = dhpp + b * H;
-            if (m != nullptr && !m[b]) {
-              for (int64_t k = 0; k < G; ++k) dab[k] = scalar_t(0);
-              for (int64_t j = 0; j < H; ++j) dhpb[j] += dhb[j];
-              continue;
-            }
-            const scalar_t* hpb = hp + b * H;
-            for (int64_t j = 0; j < H; ++j) {
-              const scalar_t z = gb[H + j], n = gb[2 * H + j];
-              dab[2 * H + j] = dhb[j] * (scalar_t(1) - z) * (scalar_t(1) - n * n);
-              dab[H + j] = dhb[j] * (hpb[j] - n) * z * (scalar_t(1) - z);
-              dhpb[j] += dhb[j] * z;
-            }
-          }
+          for (int64_t b = r0; b < r1; ++b)
+            gru_cho_bwd_row1<scalar_t>(H, gt + b * G, hp + b * H, dh + b * H, da + b * G,
+                                       dhpp + b * H, m == nullptr || m[b]);
         });
-        at::mm_out(drh_c, dat.narrow(1, 2 * H, H), w_n);  // delta (r h_{t-1})
+        mm_into(drh_c, dat.narrow(1, 2 * H, H), w_n, c10::nullopt);  // delta (r h_{t-1})
         at::parallel_for(b0, b1, grain(H), [&](int64_t r0, int64_t r1) {
-          for (int64_t b = r0; b < r1; ++b) {
-            const scalar_t* gb = gt + b * G;
-            scalar_t* dab = da + b * G;
-            const scalar_t* hpb = hp + b * H;
-            const scalar_t* drb = drp + b * H;
-            scalar_t* dhpb = dhpp + b * H;
-            for (int64_t j = 0; j < H; ++j) {
-              const scalar_t r = gb[j];
-              dab[j] = drb[j] * hpb[j] * r * (scalar_t(1) - r);
-              dhpb[j] += drb[j] * r;
-            }
-          }
+          for (int64_t b = r0; b < r1; ++b)
+            gru_cho_bwd_row2<scalar_t>(H, gt + b * G, hp + b * H, drp + b * H, da + b * G,
+                                       dhpp + b * H);
         });
-        dH_c[t].addmm_(dat.narrow(1, 0, 2 * H), w_rz);
+        mm_acc(dH_c[t], dat.narrow(1, 0, 2 * H), w_rz);
       }
     });
   });
@@ -652,23 +770,13 @@ at::Tensor rnn_forward(const at::Tensor& xw, const at::Tensor& h0,
       const at::Tensor hs_c = hs.narrow(1, b0, b1 - b0);
       const at::Tensor h0_c = h0c.narrow(0, b0, b1 - b0);
       for (int64_t t = 0; t < T; ++t) {
-        hs_c[t].addmm_(t == 0 ? h0_c : hs_c[t - 1], w_t);
+        mm_acc(hs_c[t], t == 0 ? h0_c : hs_c[t - 1], w_t);
         scalar_t* hp = hsp + t * B * H;
         const scalar_t* hq = t == 0 ? h0p : hsp + (t - 1) * B * H;
         const bool* m = mask_at(mp, t, B);
         at::parallel_for(b0, b1, grain(H), [&](int64_t r0, int64_t r1) {
-          for (int64_t b = r0; b < r1; ++b) {
-            scalar_t* hb = hp + b * H;
-            if (m != nullptr && !m[b]) {
-              for (int64_t j = 0; j < H; ++j) hb[j] = hq[b * H + j];
-              continue;
-            }
-            if (relu) {
-              for (int64_t j = 0; j < H; ++j) hb[j] = hb[j] > scalar_t(0) ? hb[j] : scalar_t(0);
-            } else {
-              for (int64_t j = 0; j < H; ++j) hb[j] = tanh_(hb[j]);
-            }
-          }
+          for (int64_t b = r0; b < r1; ++b)
+            rnn_fwd_row<scalar_t>(H, hp + b * H, hq + b * H, m == nullptr || m[b], relu);
         });
       }
     });
@@ -701,24 +809,11 @@ at::Tensor rnn_backward(const at::Tensor& hs, const at::Tensor& dH,
         scalar_t* dhpp = dHp + t * B * H;
         const bool* m = mask_at(mp, t, B);
         at::parallel_for(b0, b1, grain(H), [&](int64_t r0, int64_t r1) {
-          for (int64_t b = r0; b < r1; ++b) {
-            const int64_t o = b * H;
-            if (m != nullptr && !m[b]) {
-              for (int64_t j = 0; j < H; ++j) {
-                da[o + j] = scalar_t(0);
-                dhpp[o + j] += dh[o + j];
-              }
-              continue;
-            }
-            if (relu) {
-              for (int64_t j = 0; j < H; ++j) da[o + j] = h[o + j] > scalar_t(0) ? dh[o + j] : 0;
-            } else {
-              for (int64_t j = 0; j < H; ++j)
-                da[o + j] = dh[o + j] * (scalar_t(1) - h[o + j] * h[o + j]);
-            }
-          }
+          for (int64_t b = r0; b < r1; ++b)
+            rnn_bwd_row<scalar_t>(H, h + b * H, dh + b * H, da + b * H, dhpp + b * H,
+                                  m == nullptr || m[b], relu);
         });
-        dH_c[t].addmm_(dA_c[t], w_hh);
+        mm_acc(dH_c[t], dA_c[t], w_hh);
       }
     });
   });
@@ -737,4 +832,7 @@ TORCH_LIBRARY(carousel_kernels, m) {
   m.def("rnn_forward", &rnn_forward);
   m.def("rnn_backward", &rnn_backward);
   m.def("batch_chunks", &batch_chunks);
+  m.def("matmul", &matmul);
+  m.def("onednn_used", &onednn_used);
+  m.def("matmul_acc(Tensor(a!) out, Tensor a, Tensor b) -> ()", &matmul_acc);
 }
