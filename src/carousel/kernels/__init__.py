@@ -282,6 +282,18 @@ def _grad_with_prev(d: Tensor, states: Tensor, s0: Tensor) -> Tensor:
     return out
 
 
+def _grad_buffer(grad: Tensor | None, states: Tensor) -> Tensor:
+    """``(T+1, B, H)``: zeros in row 0, the upstream gradient of ``states`` (``(T, B, H)``,
+    ``None``: zero) below; the backward kernels accumulate into it."""
+    T, B, H = states.shape
+    if grad is None:
+        return states.new_zeros(T + 1, B, H)
+    out = states.new_empty(T + 1, B, H)
+    out[0].zero_()
+    out[1:].copy_(grad)
+    return out
+
+
 def _lstm_forward(x, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co, offsets, flags):
     """The forward pass: ``(x2, h0, c0, w_hh, w_ci, w_cf, w_co, hs, cs, gates, acts)``."""
     T, B, I = x.shape
@@ -349,12 +361,7 @@ class LSTMKernelFunction(torch.autograd.Function):
         x2, h0, c0, mask, w_ih, w_hh, w_ci, w_cf, w_co, gates, hs, cs, acts = ctx.saved_tensors
         T, B, H = hs.shape
         needs = ctx.needs_input_grad
-        dH = hs.new_zeros(T + 1, B, H)
-        if grad_hs is not None:
-            dH[1:].copy_(grad_hs)
-        dC = cs.new_zeros(T + 1, B, H)
-        if grad_cs is not None:
-            dC[1:].copy_(grad_cs)
+        dH, dC = _grad_buffer(grad_hs, hs), _grad_buffer(grad_cs, cs)
         dA = _ops().lstm_backward(
             gates, cs, c0, acts, dH, dC, mask, w_hh, w_ci, w_cf, w_co, ctx.offsets, ctx.flags
         )
@@ -403,8 +410,7 @@ class GRUKernelFunction(torch.autograd.Function):
         x2, h0, mask, w_ih, w_hh, hs, gates, pn = ctx.saved_tensors
         T, B, H = hs.shape
         needs = ctx.needs_input_grad
-        dH = hs.new_zeros(T + 1, B, H)
-        dH[1:].copy_(grad_hs)
+        dH = _grad_buffer(grad_hs, hs)
         dX, dP = _ops().gru_backward(gates, pn, hs, h0, dH, mask, w_hh)
         dX2 = dX.view(T * B, 3 * H)
         dx = _mm(dX2, w_ih).view(T, B, -1) if needs[0] else None
@@ -450,8 +456,7 @@ class GRUChoKernelFunction(torch.autograd.Function):
         x2, h0, mask, w_ih, w_hh, hs, gates, rh = ctx.saved_tensors
         T, B, H = hs.shape
         needs = ctx.needs_input_grad
-        dH = hs.new_zeros(T + 1, B, H)
-        dH[1:].copy_(grad_hs)
+        dH = _grad_buffer(grad_hs, hs)
         dA = _ops().gru_cho_backward(gates, hs, h0, dH, mask, w_hh)
         dA2 = dA.view(T * B, 3 * H)
         dx = _mm(dA2, w_ih).view(T, B, -1) if needs[0] else None
@@ -491,8 +496,7 @@ class RNNKernelFunction(torch.autograd.Function):
         x2, h0, mask, w_ih, w_hh, hs = ctx.saved_tensors
         T, B, H = hs.shape
         needs = ctx.needs_input_grad
-        dH = hs.new_zeros(T + 1, B, H)
-        dH[1:].copy_(grad_hs)
+        dH = _grad_buffer(grad_hs, hs)
         dA = _ops().rnn_backward(hs, dH, mask, w_hh, ctx.relu)
         dA2 = dA.view(T * B, H)
         dx = _mm(dA2, w_ih).view(T, B, -1) if needs[0] else None

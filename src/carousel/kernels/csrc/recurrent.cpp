@@ -33,6 +33,7 @@ TORCH_API void mkldnn_matmul(const Tensor& mat1, const Tensor& mat2, const Tenso
 }  // namespace at
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -115,11 +116,27 @@ void over_batch(int64_t B, int64_t n, const F& f) {
 // fixed cost per call (about 15 us here) outweighs its faster arithmetic.
 constexpr int64_t kOneDnnMinWork = int64_t(1) << 21;
 
+// Set when oneDNN refused a product (it checks its arguments before computing): ATen's
+// products from then on.
+std::atomic<bool> onednn_failed{false};
+
 bool use_onednn(const at::Tensor& a, const at::Tensor& b) {
   if (&at::native::mkldnn_matmul == nullptr || a.scalar_type() != at::kFloat ||
-      !at::hasMKLDNN() || !at::globalContext().userEnabledMkldnn())
+      onednn_failed.load(std::memory_order_relaxed) || !at::hasMKLDNN() ||
+      !at::globalContext().userEnabledMkldnn())
     return false;
   return a.size(0) * a.size(1) * b.size(1) >= kOneDnnMinWork;
+}
+
+// out = beta out + a b with oneDNN; false (out untouched) where it refuses.
+bool onednn_mm(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, float beta) {
+  try {
+    at::native::mkldnn_matmul(a, b, out, beta, 1.0f);
+    return true;
+  } catch (const c10::Error&) {
+    onednn_failed.store(true);
+    return false;
+  }
 }
 
 // out = a b, or out = bias + a b (bias (N,), broadcast over the rows); out (M, N) may be a
@@ -128,8 +145,9 @@ void mm_into(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
              const c10::optional<at::Tensor>& bias) {
   if (use_onednn(a, b)) {
     if (bias.has_value()) out.copy_(bias->expand_as(out));
-    at::native::mkldnn_matmul(a, b, out, bias.has_value() ? 1.0f : 0.0f, 1.0f);
-  } else if (bias.has_value()) {
+    if (onednn_mm(out, a, b, bias.has_value() ? 1.0f : 0.0f)) return;
+  }
+  if (bias.has_value()) {
     at::addmm_out(const_cast<at::Tensor&>(out), *bias, a, b);
   } else {
     at::mm_out(const_cast<at::Tensor&>(out), a, b);
@@ -138,11 +156,8 @@ void mm_into(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
 
 // out += a b.
 void mm_acc(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
-  if (use_onednn(a, b)) {
-    at::native::mkldnn_matmul(a, b, out, 1.0f, 1.0f);
-  } else {
-    out.addmm_(a, b);
-  }
+  if (use_onednn(a, b) && onednn_mm(out, a, b, 1.0f)) return;
+  out.addmm_(a, b);
 }
 
 // Whether a product of a (M, K) and b (K, N) of a's dtype goes to oneDNN (for the tests).
