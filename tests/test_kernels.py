@@ -367,7 +367,7 @@ def test_several_threads(built):
     _assert_same(runs[0], runs[1], names)
 
 
-BT, BB, BI, BH = 7, 75, 8, 32  # 2 blocks of 37 and 38 rows with two threads (batch_chunks)
+BT, BB, BI, BH = 8, 75, 8, 64  # 2 blocks of 37 and 38 rows with two threads (batch_chunks)
 
 
 @pytest.mark.parametrize("mask_kind", ["none", "random"])

@@ -82,7 +82,7 @@ inline int64_t grain(int64_t H) { return std::max<int64_t>(1, 8192 / std::max<in
 // many multiply-adds of its recurrent products over the sequence (below, a thread's share is
 // too small to pay for the fork; batch-1 generation always stays on one loop).
 constexpr int64_t kMinChunkRows = 4;
-constexpr int64_t kMinChunkWork = int64_t(1) << 18;
+constexpr int64_t kMinChunkWork = int64_t(1) << 20;
 
 // Number of blocks of rows the batch is split into for the time loop: one per thread, fewer
 // where a block would fall under the minima above; 1 inside a parallel region.
