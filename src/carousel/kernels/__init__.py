@@ -29,8 +29,9 @@ source, so it is built once per machine and torch version; a message is logged (
 ``carousel.kernels``, level WARNING) while it builds. Where no compiler or ``ninja`` is
 present, the build fails, or ``CAROUSEL_NO_COMPILE=1`` is set, :func:`available` is False and
 ``impl="compiled"`` runs the pure-PyTorch path :mod:`carousel.bptt` instead. Where torch's
-threads are OpenMP's, the extension is built with ``-fopenmp`` (else ATen's header-only
-``at::parallel_for`` runs serially in it), or without it where that build fails.
+threads are GNU OpenMP's (``libgomp``), the extension is built with ``-fopenmp`` and shares
+that runtime (else ATen's header-only ``at::parallel_for`` runs serially in it: one thread a
+kernel call, as where that build fails and it is built without).
 
 Covered: the Elman RNN (tanh, ReLU), the GRU (both formulations) and the LSTM
 family without projection, layer normalisation or full gate recurrence, i.e. torch.nn's cell
@@ -69,8 +70,16 @@ _OPENMP_FLAGS = ["-fopenmp"]
 
 
 def _openmp() -> bool:
-    """Whether torch's CPU threads are OpenMP's (the extension is then built with it)."""
-    return "parallel backend: OpenMP" in torch.__config__.parallel_info()
+    """Whether torch's CPU threads are GNU OpenMP's (``libgomp``, loaded in this process): the
+    extension is then built with ``-fopenmp`` and shares that runtime. Not with another
+    OpenMP runtime (LLVM's, Intel's), which would add a second thread pool."""
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return False
+    try:
+        with open("/proc/self/maps") as f:
+            return any("libgomp" in line for line in f)
+    except OSError:
+        return False
 
 
 def _flags(openmp: bool) -> list[str]:
