@@ -414,8 +414,9 @@ def test_batch_split_layer_with_lengths(built):
             torch.testing.assert_close(u, v)
 
 
+@pytest.mark.parametrize("family", ["lstm", "gru", "gru_cho", "rnn"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_onednn_products_float32(threads, built):
+def test_onednn_products_float32(threads, family, built):
     """Large float32 products go to oneDNN, also inside the batch blocks of two threads:
     same results as "bptt"."""
     torch.set_num_threads(threads)
@@ -429,7 +430,12 @@ def test_onednn_products_float32(threads, built):
             assert not used(torch.empty(16, 256), torch.empty(256, 1024))
         finally:
             torch.backends.mkldnn.enabled = enabled
-    cell = carousel.LSTMCell(16, 256, peephole=True)
+    cell = {
+        "lstm": lambda: carousel.LSTMCell(16, 256, peephole=True),
+        "gru": lambda: carousel.GRUCell(16, 256),
+        "gru_cho": lambda: carousel.GRUCell(16, 256, reset_after=False),  # strided products
+        "rnn": lambda: carousel.RNNCell(16, 256),
+    }[family]()
     runs, names = _run_all(
         cell,
         [kernels.run_sequence, bptt.run_sequence],
