@@ -416,9 +416,10 @@ def test_batch_split_layer_with_lengths(built):
 
 @pytest.mark.parametrize("family", ["lstm", "gru", "gru_cho", "rnn"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_onednn_products_float32(threads, family, built):
-    """Large float32 products go to oneDNN, also inside the batch blocks of two threads:
-    same results as "bptt"."""
+def test_float32_products(threads, family, built):
+    """Float32 at a size where the per-step products take the small kernel (strided operands
+    for Cho's GRU) and those over all steps oneDNN, in one thread and in the batch blocks of
+    two: same results as "bptt"."""
     torch.set_num_threads(threads)
     used = torch.ops.carousel_kernels.onednn_used
     assert not used(torch.empty(32, 256, dtype=D), torch.empty(256, 1024, dtype=D))
@@ -446,6 +447,19 @@ def test_onednn_products_float32(threads, family, built):
         size=16,
     )
     _assert_same(runs[0], runs[1], names, rtol=1e-3, atol=1e-3)
+
+
+def test_small_products(built):
+    """The register-tiled kernel of the per-step float32 products (where AVX-512 is compiled
+    in; ATen's product elsewhere): tile remainders in rows and columns, strided operands."""
+    small_mm = torch.ops.carousel_kernels.small_mm
+    for m, k, n in [(1, 1, 1), (5, 3, 15), (6, 32, 17), (7, 128, 65), (13, 16, 100), (33, 64, 384)]:
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        expected = (a.double() @ b.double()).float()
+        torch.testing.assert_close(small_mm(a, b), expected, rtol=1e-5, atol=1e-5 * k**0.5)
+    a = torch.randn(12, 40)[:, 3:35]  # rows with a stride
+    b = torch.randn(32, 70)
+    torch.testing.assert_close(small_mm(a, b), a @ b, rtol=1e-5, atol=1e-4)
 
 
 def test_batch_chunks(built):

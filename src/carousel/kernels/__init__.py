@@ -16,10 +16,12 @@ and every block runs the whole time loop, forward and backward, with its own per
 on its rows: the rows of a batch do not interact, so the threads never wait for each other
 within the loop (one ``at::parallel_for`` around it). Smaller batches (batch-1 generation)
 keep one loop, whose products ATen threads. The products over all steps outside the loop use
-every thread. Float32 products of at least ``2**21`` multiply-adds run on oneDNN (ATen's
-``mkldnn_matmul``, where torch exports it and ``torch.backends.mkldnn.enabled``), about twice
-as fast as torch's BLAS call on CPUs where MKL takes a slow path (AMD's); smaller ones, and
-float64, on ATen's ``addmm``.
+every thread. In float32 the per-step products run on a register-tiled AVX-512 kernel
+(where the compiler targets AVX-512 and the weight matrix has at most ``2**20`` elements),
+the other products of at least ``2**21`` multiply-adds on oneDNN (ATen's ``mkldnn_matmul``,
+where torch exports it and ``torch.backends.mkldnn.enabled``): both two to two and a half
+times as fast as torch's BLAS call on CPUs where MKL takes a slow path (AMD's). Smaller
+products, and float64, run on ATen's ``addmm``.
 
 The extension is built on first use with :func:`torch.utils.cpp_extension.load` (needs a C++
 compiler and ``ninja``: ``pip install carousel-rnn[compiled]``) and cached under
