@@ -38,6 +38,7 @@ TORCH_API void mkldnn_matmul(const Tensor& mat1, const Tensor& mat2, const Tenso
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 #include <cstdint>
 #if defined(__AVX512F__)
@@ -235,6 +236,40 @@ void run_small(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, 
   small_gemm(a.size(0), b.size(1), a.size(1), a.data_ptr<float>(), a.stride(0),
              b.data_ptr<float>(), b.stride(0), out.data_ptr<float>(), out.stride(0), acc);
 }
+
+// A per-step product of a time loop, c (+)= a w with the weight w (K, N) fixed: decided once
+// for the loop (shapes, dtype and strides do not change from step to step), then run on raw
+// pointers by the small kernel, or else by `fallback`, which builds the ATen views.
+struct StepProduct {
+  bool small = false;
+  const float* w = nullptr;
+  int64_t ldw = 0, K = 0, N = 0;
+
+  StepProduct(const at::Tensor& weight, int64_t rows) {
+    small = kSmallGemm && small_gemm_enabled.load(std::memory_order_relaxed) &&
+            weight.scalar_type() == at::kFloat && rows > 0 && rows <= kSmallMaxRows &&
+            weight.numel() <= kSmallMaxWeight && weight.size(1) > 0 && weight.stride(1) == 1;
+    if (small) {
+      w = weight.data_ptr<float>();
+      ldw = weight.stride(0);
+      K = weight.size(0);
+      N = weight.size(1);
+    }
+  }
+
+  // c (rows x N, row stride ldc) (+)= a (rows x K, row stride lda) w.
+  template <typename T, typename F>
+  void run(int64_t rows, const T* a, int64_t lda, T* c, int64_t ldc, bool acc,
+           const F& fallback) const {
+    if constexpr (std::is_same_v<T, float>) {
+      if (small) {
+        small_gemm(rows, N, K, a, lda, w, ldw, c, ldc, acc);
+        return;
+      }
+    }
+    fallback();
+  }
+};
 
 // out = a b, or out = bias + a b (bias (N,), broadcast over the rows); out (M, N) may be a
 // view with a row stride.
@@ -502,9 +537,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
       const at::Tensor g_c = gates.narrow(1, b0, b1 - b0);
       const at::Tensor hs_c = hs.narrow(1, b0, b1 - b0);
       const at::Tensor h0_c = h0c.narrow(0, b0, b1 - b0);
+      const StepProduct prod(w_t, b1 - b0);
       for (int64_t t = 0; t < T; ++t) {
-        mm_acc(g_c[t], t == 0 ? h0_c : hs_c[t - 1], w_t);
         const int64_t s = t * B * H;
+        prod.run<scalar_t>(b1 - b0, (t == 0 ? h0p : hp + s - B * H) + b0 * H, H,
+                           gp + (t * B + b0) * GH, GH, true,
+                           [&] { mm_acc(g_c[t], t == 0 ? h0_c : hs_c[t - 1], w_t); });
         lstm_fwd_step<scalar_t>(L, b0, b1, H, GH, gp + t * B * GH, t == 0 ? h0p : hp + s - B * H,
                                 t == 0 ? c0p : cp + s - B * H, hp + s, cp + s, ap + s,
                                 mask_at(mp, t, B), wci, wcf, wco);
@@ -549,13 +587,15 @@ at::Tensor lstm_backward(const at::Tensor& gates, const at::Tensor& cs, const at
     over_batch(B, chunks, [&](int64_t b0, int64_t b1) {
       const at::Tensor dA_c = dA.narrow(1, b0, b1 - b0);
       const at::Tensor dH_c = dH.narrow(1, b0, b1 - b0);
+      const StepProduct prod(w_hh, b1 - b0);
       for (int64_t t = T - 1; t >= 0; --t) {
         const int64_t s = t * B * H;
         lstm_bwd_step<scalar_t>(L, b0, b1, H, GH, gp + t * B * GH,
                                 t == 0 ? c0p : csp + s - B * H, ap + s, dhp + s + B * H,
                                 dcp + s + B * H, dap + t * B * GH, dhp + s, dcp + s,
                                 mask_at(mp, t, B), wci, wcf, wco);
-        mm_acc(dH_c[t], dA_c[t], w_hh);
+        prod.run<scalar_t>(b1 - b0, dap + (t * B + b0) * GH, GH, dhp + s + b0 * H, H, true,
+                           [&] { mm_acc(dH_c[t], dA_c[t], w_hh); });
       }
     });
   });
@@ -710,18 +750,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
     scalar_t* gp = gates.data_ptr<scalar_t>();
     scalar_t* hsp = hs.data_ptr<scalar_t>();
     scalar_t* pnp = pn.data_ptr<scalar_t>();
-    const scalar_t* pp = p.data_ptr<scalar_t>();
+    scalar_t* pp = p.data_ptr<scalar_t>();
     const scalar_t* h0p = h0c.data_ptr<scalar_t>();
+    const scalar_t* bhp = opt_ptr<scalar_t>(b_hh);
     const bool* mp = mask_data(mk);
     over_batch(B, chunks, [&](int64_t b0, int64_t b1) {
       at::Tensor p_c = p.narrow(0, b0, b1 - b0);
       const at::Tensor hs_c = hs.narrow(1, b0, b1 - b0);
       const at::Tensor h0_c = h0c.narrow(0, b0, b1 - b0);
+      const StepProduct prod(w_t, b1 - b0);
       for (int64_t t = 0; t < T; ++t) {
-        const at::Tensor h_prev = t == 0 ? h0_c : hs_c[t - 1];
-        mm_into(p_c, h_prev, w_t, b_hh);
-        scalar_t* a = gp + t * B * G;
         const scalar_t* hp = t == 0 ? h0p : hsp + (t - 1) * B * H;
+        if (prod.small && bhp != nullptr)  // p = b_hh + h_{t-1} W_hh^T
+          for (int64_t b = b0; b < b1; ++b) std::copy(bhp, bhp + G, pp + b * G);
+        prod.run<scalar_t>(b1 - b0, hp + b0 * H, H, pp + b0 * G, G, bhp != nullptr, [&] {
+          mm_into(p_c, t == 0 ? h0_c : hs_c[t - 1], w_t, b_hh);
+        });
+        scalar_t* a = gp + t * B * G;
         scalar_t* h = hsp + t * B * H;
         scalar_t* pnt = pnp + t * B * H;
         const bool* m = mask_at(mp, t, B);
@@ -763,6 +808,7 @@ std::tuple<at::Tensor, at::Tensor> gru_backward(const at::Tensor& gates, const a
     over_batch(B, chunks, [&](int64_t b0, int64_t b1) {
       const at::Tensor dP_c = dP.narrow(1, b0, b1 - b0);
       const at::Tensor dH_c = dH.narrow(1, b0, b1 - b0);
+      const StepProduct prod(w_hh, b1 - b0);
       for (int64_t t = T - 1; t >= 0; --t) {
         const scalar_t* gt = gp + t * B * G;
         const scalar_t* pnt = pnp + t * B * H;
@@ -777,7 +823,8 @@ std::tuple<at::Tensor, at::Tensor> gru_backward(const at::Tensor& gates, const a
             gru_bwd_row<scalar_t>(H, gt + b * G, pnt + b * H, hp + b * H, dh + b * H, dx + b * G,
                                   dp + b * G, dhpp + b * H, m == nullptr || m[b]);
         });
-        mm_acc(dH_c[t], dP_c[t], w_hh);
+        prod.run<scalar_t>(b1 - b0, dp + b0 * G, G, dhpp + b0 * H, H, true,
+                           [&] { mm_acc(dH_c[t], dP_c[t], w_hh); });
       }
     });
   });
@@ -809,17 +856,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_cho_forward(
       const at::Tensor hs_c = hs.narrow(1, b0, b1 - b0);
       const at::Tensor rh_c = rh.narrow(1, b0, b1 - b0);
       const at::Tensor h0_c = h0c.narrow(0, b0, b1 - b0);
+      const StepProduct prod_rz(w_rz_t, b1 - b0), prod_n(w_n_t, b1 - b0);
       for (int64_t t = 0; t < T; ++t) {
-        const at::Tensor g = g_c[t];
-        mm_acc(g.narrow(1, 0, 2 * H), t == 0 ? h0_c : hs_c[t - 1], w_rz_t);
         scalar_t* a = gp + t * B * G;
         const scalar_t* hp = t == 0 ? h0p : hsp + (t - 1) * B * H;
         scalar_t* rht = rhp + t * B * H;
+        prod_rz.run<scalar_t>(b1 - b0, hp + b0 * H, H, a + b0 * G, G, true, [&] {
+          mm_acc(g_c[t].narrow(1, 0, 2 * H), t == 0 ? h0_c : hs_c[t - 1], w_rz_t);
+        });
         at::parallel_for(b0, b1, grain(H), [&](int64_t r0, int64_t r1) {
           for (int64_t b = r0; b < r1; ++b)
             gru_cho_fwd_row1<scalar_t>(H, a + b * G, hp + b * H, rht + b * H);
         });
-        mm_acc(g.narrow(1, 2 * H, H), rh_c[t], w_n_t);
+        prod_n.run<scalar_t>(b1 - b0, rht + b0 * H, H, a + b0 * G + 2 * H, G, true,
+                             [&] { mm_acc(g_c[t].narrow(1, 2 * H, H), rh_c[t], w_n_t); });
         scalar_t* h = hsp + t * B * H;
         const bool* m = mask_at(mp, t, B);
         at::parallel_for(b0, b1, grain(H), [&](int64_t r0, int64_t r1) {
@@ -853,14 +903,14 @@ at::Tensor gru_cho_backward(const at::Tensor& gates, const at::Tensor& hs, const
     const scalar_t* h0p = h0c.data_ptr<scalar_t>();
     scalar_t* dHp = dH.data_ptr<scalar_t>();
     scalar_t* dAp = dA.data_ptr<scalar_t>();
-    const scalar_t* drp = drh.data_ptr<scalar_t>();
+    scalar_t* drp = drh.data_ptr<scalar_t>();
     const bool* mp = mask_data(mk);
     over_batch(B, chunks, [&](int64_t b0, int64_t b1) {
       const at::Tensor dA_c = dA.narrow(1, b0, b1 - b0);
       const at::Tensor dH_c = dH.narrow(1, b0, b1 - b0);
       at::Tensor drh_c = drh.narrow(0, b0, b1 - b0);
+      const StepProduct prod_n(w_n, b1 - b0), prod_rz(w_rz, b1 - b0);
       for (int64_t t = T - 1; t >= 0; --t) {
-        const at::Tensor dat = dA_c[t];
         const scalar_t* gt = gp + t * B * G;
         const scalar_t* hp = t == 0 ? h0p : hsp + (t - 1) * B * H;
         const scalar_t* dh = dHp + (t + 1) * B * H;
@@ -872,13 +922,16 @@ at::Tensor gru_cho_backward(const at::Tensor& gates, const at::Tensor& hs, const
             gru_cho_bwd_row1<scalar_t>(H, gt + b * G, hp + b * H, dh + b * H, da + b * G,
                                        dhpp + b * H, m == nullptr || m[b]);
         });
-        mm_into(drh_c, dat.narrow(1, 2 * H, H), w_n, c10::nullopt);  // delta (r h_{t-1})
+        prod_n.run<scalar_t>(b1 - b0, da + b0 * G + 2 * H, G, drp + b0 * H, H, false, [&] {
+          mm_into(drh_c, dA_c[t].narrow(1, 2 * H, H), w_n, c10::nullopt);  // delta (r h_{t-1})
+        });
         at::parallel_for(b0, b1, grain(H), [&](int64_t r0, int64_t r1) {
           for (int64_t b = r0; b < r1; ++b)
             gru_cho_bwd_row2<scalar_t>(H, gt + b * G, hp + b * H, drp + b * H, da + b * G,
                                        dhpp + b * H);
         });
-        mm_acc(dH_c[t], dat.narrow(1, 0, 2 * H), w_rz);
+        prod_rz.run<scalar_t>(b1 - b0, da + b0 * G, G, dhpp + b0 * H, H, true,
+                              [&] { mm_acc(dH_c[t], dA_c[t].narrow(1, 0, 2 * H), w_rz); });
       }
     });
   });
@@ -902,10 +955,12 @@ at::Tensor rnn_forward(const at::Tensor& xw, const at::Tensor& h0,
     over_batch(B, chunks, [&](int64_t b0, int64_t b1) {
       const at::Tensor hs_c = hs.narrow(1, b0, b1 - b0);
       const at::Tensor h0_c = h0c.narrow(0, b0, b1 - b0);
+      const StepProduct prod(w_t, b1 - b0);
       for (int64_t t = 0; t < T; ++t) {
-        mm_acc(hs_c[t], t == 0 ? h0_c : hs_c[t - 1], w_t);
         scalar_t* hp = hsp + t * B * H;
         const scalar_t* hq = t == 0 ? h0p : hsp + (t - 1) * B * H;
+        prod.run<scalar_t>(b1 - b0, hq + b0 * H, H, hp + b0 * H, H, true,
+                           [&] { mm_acc(hs_c[t], t == 0 ? h0_c : hs_c[t - 1], w_t); });
         const bool* m = mask_at(mp, t, B);
         at::parallel_for(b0, b1, grain(H), [&](int64_t r0, int64_t r1) {
           for (int64_t b = r0; b < r1; ++b)
@@ -935,6 +990,7 @@ at::Tensor rnn_backward(const at::Tensor& hs, const at::Tensor& dH,
     over_batch(B, chunks, [&](int64_t b0, int64_t b1) {
       const at::Tensor dA_c = dA.narrow(1, b0, b1 - b0);
       const at::Tensor dH_c = dH.narrow(1, b0, b1 - b0);
+      const StepProduct prod(w_hh, b1 - b0);
       for (int64_t t = T - 1; t >= 0; --t) {
         const scalar_t* h = hsp + t * B * H;
         const scalar_t* dh = dHp + (t + 1) * B * H;
@@ -946,7 +1002,8 @@ at::Tensor rnn_backward(const at::Tensor& hs, const at::Tensor& dH,
             rnn_bwd_row<scalar_t>(H, h + b * H, dh + b * H, da + b * H, dhpp + b * H,
                                   m == nullptr || m[b], relu);
         });
-        mm_acc(dH_c[t], dA_c[t], w_hh);
+        prod.run<scalar_t>(b1 - b0, da + b0 * H, H, dhpp + b0 * H, H, true,
+                           [&] { mm_acc(dH_c[t], dA_c[t], w_hh); });
       }
     });
   });
