@@ -237,6 +237,15 @@ void run_small(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, 
              b.data_ptr<float>(), b.stride(0), out.data_ptr<float>(), out.stride(0), acc);
 }
 
+// The forward's recurrent weights are copied transposed (unit column stride, for the small
+// kernel) only where the sequence has this many rows (T B) to repay the copy: a one-step
+// generation call keeps the transposed view, on ATen's product.
+constexpr int64_t kPackMinRows = 64;
+
+at::Tensor transposed(const at::Tensor& w, int64_t rows) {
+  return rows >= kPackMinRows && w.scalar_type() == at::kFloat ? w.t().contiguous() : w.t();
+}
+
 // A per-step product of a time loop, c (+)= a w with the weight w (K, N) fixed: decided once
 // for the loop (shapes, dtype and strides do not change from step to step), then run on raw
 // pointers by the small kernel, or else by `fallback`, which builds the ATen views.
@@ -520,7 +529,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
   at::Tensor cs = at::empty({T, B, H}, xw.options());
   at::Tensor acts = at::empty({T, B, H}, xw.options());
   at::Tensor h0c = h0.contiguous(), c0c = c0.contiguous(), mk = mask_tensor(mask);
-  at::Tensor w_t = w_hh.t().contiguous();  // (H, GH): unit column stride
+  at::Tensor w_t = transposed(w_hh, T * B);
   const int64_t chunks = batch_chunks(T, B, GH, H);
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "lstm_forward", [&] {
     scalar_t* gp = gates.data_ptr<scalar_t>();
@@ -744,7 +753,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
   at::Tensor pn = at::empty({T, B, H}, xw.options());
   at::Tensor p = at::empty({B, G}, xw.options());
   at::Tensor h0c = h0.contiguous(), mk = mask_tensor(mask);
-  at::Tensor w_t = w_hh.t().contiguous();  // (H, GH): unit column stride
+  at::Tensor w_t = transposed(w_hh, T * B);
   const int64_t chunks = batch_chunks(T, B, G, H);
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "gru_forward", [&] {
     scalar_t* gp = gates.data_ptr<scalar_t>();
@@ -842,8 +851,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_cho_forward(
   at::Tensor hs = at::empty({T, B, H}, xw.options());
   at::Tensor rh = at::empty({T, B, H}, xw.options());
   at::Tensor h0c = h0.contiguous(), mk = mask_tensor(mask);
-  at::Tensor w_rz_t = w_hh.narrow(0, 0, 2 * H).t().contiguous();
-  at::Tensor w_n_t = w_hh.narrow(0, 2 * H, H).t().contiguous();
+  at::Tensor w_rz_t = transposed(w_hh.narrow(0, 0, 2 * H), T * B);
+  at::Tensor w_n_t = transposed(w_hh.narrow(0, 2 * H, H), T * B);
   const int64_t chunks = batch_chunks(T, B, G, H);
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "gru_cho_forward", [&] {
     scalar_t* gp = gates.data_ptr<scalar_t>();
@@ -946,7 +955,7 @@ at::Tensor rnn_forward(const at::Tensor& xw, const at::Tensor& h0,
   const int64_t T = xw.size(0), B = xw.size(1), H = h0.size(-1);
   at::Tensor hs = xw.is_contiguous() ? xw : xw.contiguous();  // overwritten in place
   at::Tensor h0c = h0.contiguous(), mk = mask_tensor(mask);
-  at::Tensor w_t = w_hh.t().contiguous();  // (H, GH): unit column stride
+  at::Tensor w_t = transposed(w_hh, T * B);
   const int64_t chunks = batch_chunks(T, B, H, H);
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rnn_forward", [&] {
     scalar_t* hsp = hs.data_ptr<scalar_t>();
