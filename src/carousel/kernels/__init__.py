@@ -276,10 +276,22 @@ def _contig(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.contiguous()
 
 
+#: Products with fewer multiply-adds run on torch directly: the extension sends only larger
+#: float32 ones to oneDNN (``kOneDnnMinWork`` in csrc/recurrent.cpp), and its operator call
+#: costs a few microseconds more than torch's (one-step generation makes many).
+_ONEDNN_MIN_WORK = 1 << 21
+
+
+def _big(a: Tensor, b: Tensor) -> bool:
+    return a.dtype == torch.float32 and a.shape[0] * a.shape[1] * b.shape[1] >= _ONEDNN_MIN_WORK
+
+
 def _mm(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``a @ b`` (``+ bias``, broadcast over the rows) by the extension: oneDNN for large
-    float32 products (about twice as fast as torch's BLAS call on some CPUs), else ATen."""
-    return _ops().matmul(a, b, bias)
+    """``a @ b`` (``+ bias``, broadcast over the rows): large float32 products by the
+    extension (oneDNN, about twice as fast as torch's BLAS call on some CPUs), else torch."""
+    if _big(a, b):
+        return _ops().matmul(a, b, bias)
+    return a.mm(b) if bias is None else torch.addmm(bias, a, b)
 
 
 def _grad_with_prev(d: Tensor, states: Tensor, s0: Tensor) -> Tensor:
@@ -289,7 +301,11 @@ def _grad_with_prev(d: Tensor, states: Tensor, s0: Tensor) -> Tensor:
     K = states.shape[-1]
     out = _mm(d[0].t(), s0)
     if T > 1:
-        _ops().matmul_acc(out, d[1:].reshape(-1, N).t(), states[:-1].reshape(-1, K))
+        a, b = d[1:].reshape(-1, N).t(), states[:-1].reshape(-1, K)
+        if _big(a, b):
+            _ops().matmul_acc(out, a, b)
+        else:
+            out.addmm_(a, b)
     return out
 
 
