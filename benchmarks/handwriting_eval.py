@@ -52,6 +52,19 @@ def rates(model, samples, scorer=None, beam_width=8, lm_weight=0.5):
     return r
 
 
+def evaluation_data(meta: dict, eval_size: int) -> HandwritingData:
+    """The data of a checkpoint's training run, with evaluation sets drawn from the next seed
+    (fresh samples, never seen during training or its checkpoint selection)."""
+    cfg = meta["config"]["data"]
+    return HandwritingData(
+        HandwritingConfig(
+            faces=tuple(cfg["faces"]), held_out_faces=tuple(cfg["held_out_faces"]),
+            test_word_every=cfg["test_word_every"], variation=cfg["variation"],
+            spacing=cfg["spacing"], eval_seed=cfg["eval_seed"] + 1, eval_size=eval_size,
+        )
+    )  # fmt: skip
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -69,14 +82,7 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(1)
     model, meta = load_recognizer(a.checkpoint)
-    cfg = meta["config"]["data"]
-    data = HandwritingData(
-        HandwritingConfig(
-            faces=tuple(cfg["faces"]), held_out_faces=tuple(cfg["held_out_faces"]),
-            test_word_every=cfg["test_word_every"], variation=cfg["variation"],
-            spacing=cfg["spacing"], eval_seed=cfg["eval_seed"] + 1, eval_size=a.eval_size,
-        )
-    )  # fmt: skip
+    data = evaluation_data(meta, a.eval_size)
     scorer = None
     if not a.no_lm and a.lm == "train-words":
         scorer = NGramCharScorer(len(ALPHABET), order=4).fit(
