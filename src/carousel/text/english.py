@@ -9,8 +9,9 @@ deterministically for a given Python version.
 
 What it is and is not: the words are the English of technical documentation (``file``,
 ``return``, ``value`` are frequent; everyday words such as ``water`` or ``people`` are rarer,
-and some, such as ``house``, are missing), mixed with a few identifiers written in prose (``lineno``). Words must occur at least
-``min_count`` times, which drops most one-off identifiers. Nothing is filtered by any task's
+and some, such as ``house``, are missing), mixed with a few identifiers written in prose
+(``lineno``). Words must occur at least ``min_count`` times, which drops most one-off
+identifiers. Nothing is filtered by any task's
 word list: a test word is in it only because it is an English word the documentation uses.
 """
 
