@@ -615,6 +615,20 @@ at::Tensor lstm_backward(const at::Tensor& gates, const at::Tensor& cs, const at
 // The gate passes of one batch row, outside the dispatch macros and with restrict pointers so
 // that every loop vectorises. valid: the row's mask at this step (false: the state is held).
 
+// Both GRUs' new state from their gates gb = (r, z, n): h_t = n + z (h_{t-1} - n), or h_{t-1}
+// held where the row is masked (valid false).
+template <typename T>
+void gru_state_row(int64_t H, const T* __restrict gb, const T* __restrict hpb,
+                   T* __restrict hb, bool valid) {
+  if (valid) {
+    const T* z = gb + H;
+    const T* n = gb + 2 * H;
+    for (int64_t j = 0; j < H; ++j) hb[j] = n[j] + z[j] * (hpb[j] - n[j]);
+  } else {
+    for (int64_t j = 0; j < H; ++j) hb[j] = hpb[j];
+  }
+}
+
 // torch.nn's GRU, forward. ab: (3H) pre-activations, input part (r, z, n; overwritten with the
 // gates); pb: (3H) recurrent part W_hh h + b_hh; pno: (H) kept p_n; hpb, hb: h_{t-1}, h_t.
 template <typename T>
@@ -625,12 +639,7 @@ void gru_fwd_row(int64_t H, T* __restrict ab, const T* __restrict pb, T* __restr
   const T* pnb = pb + 2 * H;
   for (int64_t j = 0; j < H; ++j) pno[j] = pnb[j];
   for (int64_t j = 0; j < H; ++j) an[j] = tanh_(an[j] + ab[j] * pnb[j]);  // n
-  if (valid) {
-    const T* z = ab + H;
-    for (int64_t j = 0; j < H; ++j) hb[j] = an[j] + z[j] * (hpb[j] - an[j]);
-  } else {
-    for (int64_t j = 0; j < H; ++j) hb[j] = hpb[j];
-  }
+  gru_state_row(H, ab, hpb, hb, valid);
 }
 
 // torch.nn's GRU, backward: dxb, dpb (3H) the gradients of the input and recurrent parts;
@@ -677,12 +686,7 @@ void gru_cho_fwd_row2(int64_t H, T* __restrict ab, const T* __restrict hpb, T* _
                       bool valid) {
   T* an = ab + 2 * H;
   for (int64_t j = 0; j < H; ++j) an[j] = tanh_(an[j]);  // n
-  if (valid) {
-    const T* z = ab + H;
-    for (int64_t j = 0; j < H; ++j) hb[j] = an[j] + z[j] * (hpb[j] - an[j]);
-  } else {
-    for (int64_t j = 0; j < H; ++j) hb[j] = hpb[j];
-  }
+  gru_state_row(H, ab, hpb, hb, valid);
 }
 
 // Cho's GRU, backward, before the product with W_hn: the gradients of n and z.
