@@ -164,12 +164,17 @@ def test_matches_bptt_float32(config, built):
             16, 40, peephole=True, input_gate=False, output_activation=False
         ),
     }[config]
+    _assert_float32_kernel_matches_bptt(make(), steps=30, batch=8)
+
+
+def _assert_float32_kernel_matches_bptt(cell, *, steps: int, batch: int) -> None:
+    """The compiled kernel and the bptt path agree in float32 (inputs of size 16)."""
     runs, names = _run_all(
-        make(),
+        cell,
         [kernels.run_sequence, bptt.run_sequence],
         "random",
-        steps=30,
-        batch=8,
+        steps=steps,
+        batch=batch,
         dtype=torch.float32,
         size=16,
     )
@@ -437,16 +442,7 @@ def test_float32_products(threads, family, built):
         "gru_cho": lambda: carousel.GRUCell(16, 256, reset_after=False),  # strided products
         "rnn": lambda: carousel.RNNCell(16, 256),
     }[family]()
-    runs, names = _run_all(
-        cell,
-        [kernels.run_sequence, bptt.run_sequence],
-        "random",
-        steps=4,
-        batch=32,
-        dtype=torch.float32,
-        size=16,
-    )
-    _assert_same(runs[0], runs[1], names, rtol=1e-3, atol=1e-3)
+    _assert_float32_kernel_matches_bptt(cell, steps=4, batch=32)
 
 
 def test_small_products(built):
