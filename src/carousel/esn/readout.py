@@ -159,7 +159,8 @@ class RidgeReadout(nn.Module):
                 "RidgeReadout.all_reduce: torch.distributed is not initialised; call "
                 "torch.distributed.init_process_group first"
             )
-        _mirror_gram_(self.xx)  # the full symmetric sums, whatever each process filled
+        # S_xx's blocks on and below the diagonal add up; solve() mirrors them, so what each
+        # process holds above the diagonal does not matter
         for t in (self.xx, self.xy, self.x_sum, self.y_sum, self.count):
             dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
 
