@@ -3,8 +3,9 @@ reference loop.
 
 In float64: outputs, final states, per-step states, gates and the gradients of every
 parameter, of the input and of the initial state, with random upstream gradients on all of
-them, with and without a mask, for every covered cell (RNN tanh/ReLU, torch.nn's GRU, every
-LSTM variant without projection, layer norm or FGR); through the layers with two layers,
+them, with and without a mask, for every covered cell (RNN tanh/ReLU, both GRUs, every LSTM
+variant without projection, layer norm (LN) and full gate recurrence (FGR) among them, alone and
+combined with the other switches); through the layers with two layers,
 both directions and lengths; ``gradcheck`` on each Function. In float32 against the
 pure-PyTorch path at a larger size. The fallback (``CAROUSEL_NO_COMPILE=1``, a failed build)
 is tested without the build. The compiled tests skip when the extension cannot be built (no
@@ -52,15 +53,26 @@ CELLS = {
     "gru_no_bias": lambda: carousel.GRUCell(I, H, bias=False, dtype=D),
     "gru_cho": lambda: carousel.GRUCell(I, H, reset_after=False, dtype=D),
     "gru_cho_no_bias": lambda: carousel.GRUCell(I, H, bias=False, reset_after=False, dtype=D),
-    **{
-        f"lstm_{name}": _lstm(variant=name)
-        for name in carousel.LSTM_VARIANTS
-        if name not in ("FGR", "LN")
-    },
+    **{f"lstm_{name}": _lstm(variant=name) for name in carousel.LSTM_VARIANTS},
     "lstm_no_bias": _lstm(bias=False),
     "lstm_NIG+NFG": _lstm(variant="NIG", forget_gate=False),
     "lstm_P+CIFG+NOAF": _lstm(peephole=True, coupled=True, output_activation=False),
     "lstm_P+NOG": _lstm(peephole=True, output_gate=False),
+    "lstm_LN+P": _lstm(layer_norm=True, peephole=True),
+    "lstm_LN+P+CIFG+NOAF": _lstm(
+        layer_norm=True, peephole=True, coupled=True, output_activation=False
+    ),
+    "lstm_LN+NOG+NIAF+no_bias": _lstm(
+        layer_norm=True, output_gate=False, input_activation=False, bias=False
+    ),
+    "lstm_LN+NIG+NFG": _lstm(layer_norm=True, input_gate=False, forget_gate=False),
+    "lstm_FGR+NP": _lstm(full_gate_recurrence=True),
+    "lstm_FGR+P+CIFG": _lstm(full_gate_recurrence=True, peephole=True, coupled=True),
+    "lstm_FGR+P+NIG+NOAF": _lstm(
+        full_gate_recurrence=True, peephole=True, input_gate=False, output_activation=False
+    ),
+    "lstm_FGR+NOG": _lstm(full_gate_recurrence=True, peephole=True, output_gate=False),
+    "lstm_FGR+LN": _lstm(full_gate_recurrence=True, layer_norm=True, peephole=True),
     "lstm_all_off": _lstm(
         input_gate=False,
         forget_gate=False,
@@ -71,8 +83,7 @@ CELLS = {
 }
 UNCOVERED = {
     "lstm_proj": _lstm(proj_size=3),
-    "lstm_LN": _lstm(layer_norm=True),
-    "lstm_FGR": _lstm(full_gate_recurrence=True),
+    "lstm_LN_proj": _lstm(layer_norm=True, proj_size=3),
 }
 
 
@@ -154,7 +165,9 @@ def test_matches_bptt_and_reference_float64(config, mask_kind, built):
     _assert_same(runs[0], runs[2], names)
 
 
-@pytest.mark.parametrize("config", ["rnn_tanh", "gru", "lstm_NP", "lstm_PNIGNOAF"])
+@pytest.mark.parametrize(
+    "config", ["rnn_tanh", "gru", "lstm_NP", "lstm_PNIGNOAF", "lstm_LN", "lstm_FGR", "lstm_FGR+LN"]
+)
 def test_matches_bptt_float32(config, built):
     make = {
         "rnn_tanh": lambda: carousel.RNNCell(16, 40),
@@ -163,6 +176,9 @@ def test_matches_bptt_float32(config, built):
         "lstm_PNIGNOAF": lambda: carousel.LSTMCell(
             16, 40, peephole=True, input_gate=False, output_activation=False
         ),
+        "lstm_LN": lambda: carousel.LSTMCell(16, 40, variant="LN"),
+        "lstm_FGR": lambda: carousel.LSTMCell(16, 40, variant="FGR"),
+        "lstm_FGR+LN": lambda: carousel.LSTMCell(16, 40, variant="FGR", layer_norm=True),
     }[config]
     _assert_float32_kernel_matches_bptt(make(), steps=30, batch=8)
 
@@ -193,6 +209,8 @@ LAYERS = {
     "LSTM": lambda **kw: carousel.LSTM(I, H, **kw),
     "LSTM_vanilla": lambda **kw: carousel.LSTM(I, H, variant="vanilla", **kw),
     "LSTM_CIFG": lambda **kw: carousel.LSTM(I, H, variant="CIFG", **kw),
+    "LSTM_LN": lambda **kw: carousel.LSTM(I, H, variant="LN", **kw),
+    "LSTM_FGR": lambda **kw: carousel.LSTM(I, H, variant="FGR", **kw),
     "GRU": lambda **kw: carousel.GRU(I, H, **kw),
     "GRU_cho": lambda **kw: carousel.GRU(I, H, reset_after=False, **kw),
     "RNN_relu": lambda **kw: carousel.RNN(I, H, nonlinearity="relu", **kw),
@@ -233,16 +251,26 @@ def test_auto_prefers_compiled(built):
     assert carousel.LSTM(I, H).resolve_impl() == "fused"  # oneDNN for the standard LSTM
     assert carousel.LSTM(I, H).resolve_impl(return_states=True) == "compiled"
     assert carousel.GRU(I, H, reset_after=False).resolve_impl() == "compiled"
-    assert carousel.LSTM(I, H, variant="LN").resolve_impl() == "bptt"
+    assert carousel.LSTM(I, H, variant="LN").resolve_impl() == "compiled"
+    assert carousel.LSTM(I, H, variant="FGR").resolve_impl() == "compiled"
+    assert carousel.LSTM(I, H, variant="LN", proj_size=3).resolve_impl() == "bptt"
 
 
 GT, GB, GI, GH = 3, 2, 2, 3
 
 
+LSTM_GRADCHECK = {
+    "lstm_NP": {},
+    "lstm_vanilla": {"variant": "vanilla"},
+    "lstm_CIFG": {"variant": "CIFG"},
+    "lstm_LN": {"variant": "LN", "peephole": True},
+    "lstm_FGR": {"variant": "FGR"},
+    "lstm_FGR+LN+CIFG": {"variant": "FGR", "layer_norm": True, "coupled": True},
+}
+
+
 @pytest.mark.parametrize("masked", [False, True])
-@pytest.mark.parametrize(
-    "family", ["rnn", "gru", "gru_cho", "lstm_NP", "lstm_vanilla", "lstm_CIFG"]
-)
+@pytest.mark.parametrize("family", ["rnn", "gru", "gru_cho", *LSTM_GRADCHECK])
 def test_gradcheck(family, masked, built):
     mask = torch.tensor([[True, True], [True, False], [False, False]]) if masked else None
     x = torch.randn(GT, GB, GI, dtype=D, requires_grad=True)
@@ -260,20 +288,27 @@ def test_gradcheck(family, masked, built):
             fn = lambda *a: f.apply(*a[:2], mask, *a[2:])[0]  # noqa: E731
         assert torch.autograd.gradcheck(fn, (x, h0, *ws))
         return
-    cell = carousel.LSTMCell(GI, GH, variant=family[5:], dtype=D)
+    cell = carousel.LSTMCell(GI, GH, dtype=D, **LSTM_GRADCHECK[family])
+    _randomize(cell)
     offsets, flags = kernels._lstm_layout(cell)
-    G = len(cell.variant.gate_names())
-    c0 = torch.randn(GB, GH, dtype=D, requires_grad=True)
-    ws = [torch.randn(s, dtype=D, requires_grad=True) for s in [(G * GH, GI), (G * GH, GH)]]
-    ws += [torch.randn(G * GH, dtype=D, requires_grad=True) for _ in range(2)]
-    peep = [torch.randn(GH, dtype=D, requires_grad=True) if flags[0] else None for _ in range(3)]
-    if flags[0] and flags[3]:
-        peep[1] = None  # CIFG has no forget-gate peephole
+    fgr = cell.variant.full_gate_recurrence
+    state = _random_state(cell, GB, D)
+    names = [n for n, _ in cell.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in cell.parameters()]
+    order = ["weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_ci", "weight_cf"]
+    order += ["weight_co", "weight_gg", "ln_ih_weight", "ln_hh_weight", "ln_c_weight"]
+    order += ["ln_c_bias"]
 
-    def fn(x, h0, c0, *w):
-        return kernels.LSTMKernelFunction.apply(x, h0, c0, mask, *w[:4], *w[4:], offsets, flags)[:2]
+    def fn(x, h0, c0, s0, *ps):
+        by_name = dict(zip(names, ps))
+        args = [by_name.get(n) for n in order]
+        out = kernels.LSTMKernelFunction.apply(
+            x, h0, c0, s0, mask, *args, offsets, flags, cell.ln_eps
+        )
+        return out[:3] if fgr else out[:2]
 
-    assert torch.autograd.gradcheck(fn, (x, h0, c0, *ws, *peep))
+    s0 = state[2] if fgr else None
+    assert torch.autograd.gradcheck(fn, (x, state[0], state[1], s0, *params))
 
 
 # ------------------------------------------------------------------ fallback (no build needed)
@@ -286,6 +321,24 @@ def test_disabled_by_env_falls_back(monkeypatch):
     ref.load_state_dict(gru.state_dict())
     x = torch.randn(T, B, I, dtype=D)
     torch.testing.assert_close(gru(x)[0], ref(x)[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("variant", ["LN", "FGR"])
+def test_disabled_by_env_falls_back_lstm(variant, monkeypatch):
+    """LN and FGR LSTMs (covered by the kernel) run "bptt" without it, gradients included."""
+    monkeypatch.setenv("CAROUSEL_NO_COMPILE", "1")
+    assert kernels.supports(carousel.LSTMCell(I, H, variant=variant))
+    lstm = carousel.LSTM(I, H, variant=variant, impl="compiled", dtype=D)
+    assert carousel.LSTM(I, H, variant=variant).resolve_impl() == "bptt"
+    ref = carousel.LSTM(I, H, variant=variant, impl="bptt", dtype=D)
+    ref.load_state_dict(lstm.state_dict())
+    x = torch.randn(T, B, I, dtype=D)
+    a, b = lstm(x)[0], ref(x)[0]
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    ga = torch.autograd.grad(a.sum(), list(lstm.parameters()))
+    gb = torch.autograd.grad(b.sum(), list(ref.parameters()))
+    for u, v in zip(ga, gb, strict=True):
+        torch.testing.assert_close(u, v, rtol=0, atol=0)
 
 
 def test_failed_build_falls_back(monkeypatch, caplog):
@@ -342,7 +395,9 @@ def test_cache_dir_keyed_by_torch_and_source(monkeypatch, tmp_path):
     assert torch.__version__.replace("+", "_") in d.name
 
 
-@pytest.mark.parametrize("config", ["rnn_relu", "gru", "gru_cho", "lstm_vanilla", "lstm_CIFG"])
+@pytest.mark.parametrize(
+    "config", ["rnn_relu", "gru", "gru_cho", "lstm_vanilla", "lstm_CIFG", "lstm_LN", "lstm_FGR+LN"]
+)
 def test_inference_without_autograd(config, built):
     """Under no_grad the kernel runs without the autograd Function: same results."""
     cell = CELLS[config]()
@@ -377,8 +432,12 @@ BT, BB, BI, BH = 8, 75, 8, 64  # 2 blocks of 37 and 38 rows with two threads (ba
 
 @pytest.mark.parametrize("mask_kind", ["none", "random"])
 @pytest.mark.parametrize(
-    "config", ["rnn_tanh", "rnn_relu", "gru", "gru_cho", "lstm_vanilla", "lstm_CIFG", "lstm_NOAF"]
-)
+    "config",
+    [
+        "rnn_tanh", "rnn_relu", "gru", "gru_cho", "lstm_vanilla", "lstm_CIFG", "lstm_NOAF",
+        "lstm_LN", "lstm_FGR",
+    ],
+)  # fmt: skip
 def test_batch_split_over_two_threads(config, mask_kind, built):
     """With two threads and a large enough batch, each thread runs the whole time loop on its
     own block of rows, forward and backward: same results as "bptt" in float64."""
@@ -391,6 +450,8 @@ def test_batch_split_over_two_threads(config, mask_kind, built):
         "lstm_vanilla": lambda: carousel.LSTMCell(BI, BH, variant="vanilla", dtype=D),
         "lstm_CIFG": lambda: carousel.LSTMCell(BI, BH, variant="CIFG", peephole=True, dtype=D),
         "lstm_NOAF": lambda: carousel.LSTMCell(BI, BH, variant="NOAF", dtype=D),
+        "lstm_LN": lambda: carousel.LSTMCell(BI, BH, variant="LN", peephole=True, dtype=D),
+        "lstm_FGR": lambda: carousel.LSTMCell(BI, BH, variant="FGR", dtype=D),
     }[config]()
     assert torch.ops.carousel_kernels.batch_chunks(BT, BB, BH, BH) == 2  # the smallest (RNN)
     runs, names = _run_all(

@@ -35,11 +35,13 @@ threads are GNU OpenMP's (``libgomp``), the extension is built with ``-fopenmp``
 that runtime (else ATen's header-only ``at::parallel_for`` runs serially in it: one thread a
 kernel call, as where that build fails and it is built without).
 
-Covered: the Elman RNN (tanh, ReLU), the GRU (both formulations) and the LSTM
-family without projection, layer normalisation or full gate recurrence, i.e. torch.nn's cell
-with any combination of the switches peephole, NIG, NFG, NOG, NIAF, NOAF and CIFG. Other
-cells (LSTM with ``proj_size``, ``layer_norm`` or ``full_gate_recurrence``) run on
-the pure-PyTorch path (:func:`supports`). Floating dtypes float32 and float64, on the CPU.
+Covered: the Elman RNN (tanh, ReLU), the GRU (both formulations) and the LSTM family without
+projection: torch.nn's cell with any combination of the switches peephole, NIG, NFG, NOG,
+NIAF, NOAF and CIFG, with or without layer normalisation (Ba et al. 2016; the input part
+``LN(W_ih x) gamma_ih`` of all steps and its backward are one layer norm here, the recurrent
+part's and the cell's layer norms run per row in the loop) and full gate recurrence (Greff's
+FGR: a second per-step product ``W_gg s_{t-1}``). LSTMs with ``proj_size`` run on the
+pure-PyTorch path (:func:`supports`). Floating dtypes float32 and float64, on the CPU.
 """
 
 from __future__ import annotations
@@ -229,8 +231,9 @@ def supports(cell: Any, device: torch.device | str | None = None) -> bool:
     """Whether a compiled kernel exists for ``cell`` (regardless of :func:`available`).
 
     True for :class:`~carousel.cells.RNNCell`, :class:`~carousel.cells.GRUCell` (both
-    formulations) and :class:`~carousel.cells.LSTMCell` without projection, layer
-    norm and full gate recurrence, with the step methods not overridden, on the CPU.
+    formulations) and :class:`~carousel.cells.LSTMCell` without projection (every variant
+    switch, layer norm and full gate recurrence included), with the step methods not
+    overridden, on the CPU.
     """
     if device is not None and torch.device(device).type != "cpu":
         return False
@@ -241,8 +244,7 @@ def supports(cell: Any, device: torch.device | str | None = None) -> bool:
     if fam is GRUCell:
         return True
     if fam is LSTMCell:
-        v = cell.variant
-        return not (cell.proj_size or v.layer_norm or v.full_gate_recurrence)
+        return not cell.proj_size
     return False
 
 
@@ -321,19 +323,42 @@ def _grad_buffer(grad: Tensor | None, states: Tensor) -> Tensor:
     return out
 
 
-def _lstm_forward(x, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co, offsets, flags):
-    """The forward pass: ``(x2, h0, c0, w_hh, w_ci, w_cf, w_co, hs, cs, gates, acts)``."""
+def _lstm_forward(
+    x, h0, c0, s0, mask, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co, w_gg,
+    ln_ih, ln_hh, ln_c_w, ln_c_b, offsets, flags, ln_eps,
+):  # fmt: skip
+    """The forward pass: ``(hs, cs, ss, gates, saved)`` with ``ss`` ``None`` without FGR and
+    ``saved`` what :meth:`LSTMKernelFunction.backward` reads. With layer norm the input part
+    ``LN(x W_ih^T) gamma_ih + b_ih + b_hh`` of all steps is one product and one layer norm
+    here; the kernel adds ``LN(W_hh h_{t-1}) gamma_hh`` step by step."""
     T, B, I = x.shape
     x2 = x.reshape(T * B, I)
-    xw = _mm(x2, w_ih.t(), None if b_ih is None else b_ih + b_hh)
-    xw = xw.view(T, B, -1)
+    bias = None if b_ih is None else b_ih + b_hh
+    xz = mu_x = rs_x = None
+    ln: list[Tensor] = []
+    if ln_ih is not None:
+        xz = _mm(x2, w_ih.t())  # (T*B, GH)
+        xw, mu_x, rs_x = torch.native_layer_norm(xz, [xz.shape[-1]], ln_ih, bias, ln_eps)
+        ln = [ln_hh, ln_c_w, ln_c_b]
+    else:
+        xw = _mm(x2, w_ih.t(), bias)
     w_hh = w_hh.contiguous()
     w_ci, w_cf, w_co = _contig(w_ci), _contig(w_cf), _contig(w_co)
     h0, c0 = h0.contiguous(), c0.contiguous()
-    hs, cs, gates, acts = _ops().lstm_forward(
-        xw, h0, c0, mask, w_hh, w_ci, w_cf, w_co, list(offsets), list(flags)
-    )
-    return x2, h0, c0, w_hh, w_ci, w_cf, w_co, hs, cs, gates, acts
+    fgr = [] if w_gg is None else [w_gg.contiguous(), s0.contiguous()]
+    out = _ops().lstm_forward(
+        xw.view(T, B, -1), h0, c0, mask, w_hh, w_ci, w_cf, w_co, list(offsets), list(flags),
+        ln, float(ln_eps), fgr,
+    )  # fmt: skip
+    hs, cs, gates, acts = out[:4]
+    zn, rs_z, cn, rs_c = out[4:8] if ln else (None,) * 4
+    ss = out[-1] if fgr else None
+    saved = (
+        x2, h0, c0, None if w_gg is None else fgr[1], mask, w_ih, w_hh, w_ci, w_cf, w_co,
+        w_gg, ln_ih, ln_hh, ln_c_w, ln_c_b, gates, hs, cs, acts, ss,
+        xz, mu_x, rs_x, zn, rs_z, cn, rs_c,
+    )  # fmt: skip
+    return hs, cs, ss, gates, saved
 
 
 def _gru_forward(x, h0, mask, w_ih, w_hh, b_ih, b_hh):
@@ -360,57 +385,86 @@ def _rnn_forward(x, h0, mask, w_ih, w_hh, b_ih, b_hh, relu):
 class LSTMKernelFunction(torch.autograd.Function):
     """The LSTM family over a sequence with the compiled loop.
 
-    ``apply(x, h0, c0, mask, W_ih, W_hh, b_ih, b_hh, w_ci, w_cf, w_co, offsets, flags)``;
-    ``offsets`` the column offsets of ``i, f, g, o`` in the gate rows (-1: absent), ``flags``
-    ``(peephole, input_activation, output_activation, coupled)``. Returns ``(hs, cs, gates)``
-    as :class:`carousel.bptt.LSTMFunction` but with the gates in torch.nn's order.
+    ``apply(x, h0, c0, s0, mask, W_ih, W_hh, b_ih, b_hh, w_ci, w_cf, w_co, W_gg, ln_ih_weight,
+    ln_hh_weight, ln_c_weight, ln_c_bias, offsets, flags, ln_eps)`` with absent weights (and
+    ``s0`` without full gate recurrence) ``None``; ``offsets`` the column offsets of
+    ``i, f, g, o`` in the gate rows (-1: absent), ``flags`` ``(peephole, input_activation,
+    output_activation, coupled)``; layer norm where ``ln_ih_weight`` is given, FGR where
+    ``W_gg`` is. Returns ``(hs, cs, ss, gates)`` as :class:`carousel.bptt.LSTMFunction` (``ss``
+    the FGR gate states in :meth:`~carousel.functional.LSTMVariant.recurrent_gate_names`
+    order, ``None`` without FGR) but with the gates in torch.nn's order.
     """
 
     @staticmethod
-    def forward(ctx, x, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co, offsets, flags):
-        x2, h0, c0, w_hh, w_ci, w_cf, w_co, hs, cs, gates, acts = _lstm_forward(
-            x, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co, offsets, flags
-        )
+    def forward(ctx, x, h0, c0, s0, mask, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co, w_gg,
+                ln_ih, ln_hh, ln_c_w, ln_c_b, offsets, flags, ln_eps):  # fmt: skip
+        hs, cs, ss, gates, saved = _lstm_forward(
+            x, h0, c0, s0, mask, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co, w_gg,
+            ln_ih, ln_hh, ln_c_w, ln_c_b, offsets, flags, ln_eps,
+        )  # fmt: skip
         ctx.offsets, ctx.flags = list(offsets), list(flags)
         ctx.has_bias = b_ih is not None
-        ctx.save_for_backward(x2, h0, c0, mask, w_ih, w_hh, w_ci, w_cf, w_co, gates, hs, cs, acts)
+        ctx.save_for_backward(*saved)
         ctx.mark_non_differentiable(gates)
         ctx.set_materialize_grads(False)
-        return hs, cs, gates
+        return hs, cs, ss, gates
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_hs, grad_cs, _grad_gates):
+    def backward(ctx, grad_hs, grad_cs, grad_ss, _grad_gates):
         from carousel.bptt._common import bias_grads, prev_states
 
-        if grad_hs is None and grad_cs is None:
-            return (None,) * 13
-        x2, h0, c0, mask, w_ih, w_hh, w_ci, w_cf, w_co, gates, hs, cs, acts = ctx.saved_tensors
+        if grad_hs is None and grad_cs is None and grad_ss is None:
+            return (None,) * 20
+        (x2, h0, c0, s0, mask, w_ih, w_hh, w_ci, w_cf, w_co, w_gg, ln_ih, ln_hh, ln_c_w, ln_c_b,
+         gates, hs, cs, acts, ss, xz, mu_x, rs_x, zn, rs_z, cn, rs_c,
+         ) = ctx.saved_tensors  # fmt: skip
         T, B, H = hs.shape
+        GH = gates.shape[-1]
         needs = ctx.needs_input_grad
+        ln, fgr = ln_ih is not None, w_gg is not None
         dH, dC = _grad_buffer(grad_hs, hs), _grad_buffer(grad_cs, cs)
-        dA = _ops().lstm_backward(
-            gates, cs, c0, acts, dH, dC, mask, w_hh, w_ci, w_cf, w_co, ctx.offsets, ctx.flags
-        )
-        GH = dA.shape[-1]
+        dS = _grad_buffer(grad_ss, ss) if fgr else None
+        out = _ops().lstm_backward(
+            gates, cs, c0, acts, dH, dC, mask, w_hh, w_ci, w_cf, w_co, ctx.offsets, ctx.flags,
+            [ln_hh, zn, rs_z, ln_c_w, cn, rs_c] if ln else [], [w_gg, dS] if fgr else [],
+        )  # fmt: skip
+        dA = out[0]
         dA2 = dA.view(T * B, GH)
-        dx = _mm(dA2, w_ih).view(T, B, -1) if needs[0] else None
-        dW_ih = _mm(dA2.t(), x2) if needs[4] else None
-        dW_hh = _grad_with_prev(dA, hs, h0) if needs[5] else None
-        db_ih, db_hh = bias_grads(dA, ctx.has_bias, needs[6], needs[7])
+        g_ih = g_hh = g_c = b_c = None
+        if ln:  # the input part's layer norm, then the gains, from the saved statistics
+            dZ, dY = out[1], out[2]
+            dP2, g_ih, _ = torch.ops.aten.native_layer_norm_backward(
+                dA2, xz, [GH], mu_x, rs_x, ln_ih, None, [needs[0] or needs[5], needs[13], False]
+            )
+            if needs[14]:
+                g_hh = (dA2 * zn.view(T * B, GH)).sum(0)
+            if needs[15]:
+                g_c = (dY * cn).sum((0, 1))
+            if needs[16]:
+                b_c = dY.sum((0, 1))
+            dW_hh = _grad_with_prev(dZ, hs, h0) if needs[6] else None
+        else:
+            dP2 = dA2
+            dW_hh = _grad_with_prev(dA, hs, h0) if needs[6] else None
+        dx = _mm(dP2, w_ih).view(T, B, -1) if needs[0] else None
+        dW_ih = _mm(dP2.t(), x2) if needs[5] else None
+        db_ih, db_hh = bias_grads(dA, ctx.has_bias, needs[7], needs[8])
         oi, of, _, oo = ctx.offsets
         d_ci = d_cf = d_co = None
         if w_ci is not None or w_cf is not None or w_co is not None:
             c_prev = prev_states(c0, cs)
-            if w_ci is not None and needs[8]:
+            if w_ci is not None and needs[9]:
                 d_ci = (dA[..., oi : oi + H] * c_prev).sum((0, 1))
-            if w_cf is not None and needs[9]:
+            if w_cf is not None and needs[10]:
                 d_cf = (dA[..., of : of + H] * c_prev).sum((0, 1))
-            if w_co is not None and needs[10]:
+            if w_co is not None and needs[11]:
                 d_co = (dA[..., oo : oo + H] * cs).sum((0, 1))
+        dW_gg = _grad_with_prev(out[-1], ss, s0) if fgr and needs[12] else None
         return (
-            dx, dH[0] if needs[1] else None, dC[0] if needs[2] else None, None,
-            dW_ih, dW_hh, db_ih, db_hh, d_ci, d_cf, d_co, None, None,
+            dx, dH[0] if needs[1] else None, dC[0] if needs[2] else None,
+            dS[0] if fgr and needs[3] else None, None, dW_ih, dW_hh, db_ih, db_hh,
+            d_ci, d_cf, d_co, dW_gg, g_ih, g_hh, g_c, b_c, None, None, None,
         )  # fmt: skip
 
 
@@ -580,7 +634,7 @@ def run_sequence(
     Shape:
         - output ``(T, B, O)``; state and states fields ``(B, *)`` and ``(T, B, *)``.
     """
-    from carousel.functional.lstm import LSTMState
+    from carousel.functional.lstm import LSTMGateState, LSTMState
     from carousel.layers.sequence import SequenceResult
 
     bptt, _, GRUCell, LSTMCell = _cells()
@@ -607,16 +661,19 @@ def run_sequence(
     )
     if fam is LSTMCell:
         offsets, flags = _lstm_layout(cell)
+        fgr = cell.variant.full_gate_recurrence
         args = (
-            x, state0[0], state0[1], mask, params["weight_ih"], params["weight_hh"],
-            params.get("bias_ih"), params.get("bias_hh"), params.get("weight_ci"),
-            params.get("weight_cf"), params.get("weight_co"), offsets, flags,
+            x, state0[0], state0[1], state0[2] if fgr else None, mask, params["weight_ih"],
+            params["weight_hh"], params.get("bias_ih"), params.get("bias_hh"),
+            params.get("weight_ci"), params.get("weight_cf"), params.get("weight_co"),
+            params.get("weight_gg"), params.get("ln_ih_weight"), params.get("ln_hh_weight"),
+            params.get("ln_c_weight"), params.get("ln_c_bias"), offsets, flags, cell.ln_eps,
         )  # fmt: skip
         if grad:
-            hs, cs, g = LSTMKernelFunction.apply(*args)
+            hs, cs, ss, g = LSTMKernelFunction.apply(*args)
         else:
-            hs, cs, g = _lstm_forward(*args)[-4:-1]
-        states = LSTMState(hs, cs)
+            hs, cs, ss, g = _lstm_forward(*args)[:4]
+        states = LSTMGateState(hs, cs, ss) if fgr else LSTMState(hs, cs)
         if return_gates:
             H = cell.hidden_size
             names = cell.variant.gate_names()

@@ -343,29 +343,138 @@ inline const bool* mask_at(const bool* mask, int64_t t, int64_t B) {
 // ------------------------------------------------------------------------------------ LSTM
 // Gate rows in torch.nn's order with absent gates left out; oi, of_, og, oo are the column
 // offsets of the gates in a (B, G*H) row (-1: absent). flags: peephole, input_activation,
-// output_activation, coupled.
+// output_activation, coupled. si, sf, so: the offsets of i, f, o in FGR's gate state s
+// (B, S*H), the sigmoid gates with weights in the order i, f, o (absent ones left out).
 struct LstmLayout {
   int64_t oi, of, og, oo;
   bool peep, in_act, out_act, coupled;
+  int64_t si, sf, so, SH;
+};
+
+LstmLayout lstm_layout(at::IntArrayRef offsets, at::IntArrayRef flags, int64_t H) {
+  LstmLayout L{offsets[0], offsets[1], offsets[2], offsets[3],
+               flags[0] != 0, flags[1] != 0, flags[2] != 0, flags[3] != 0, 0, 0, 0, 0};
+  L.sf = L.oi >= 0 ? H : 0;
+  L.so = L.sf + (L.of >= 0 ? H : 0);
+  L.SH = L.so + (L.oo >= 0 ? H : 0);
+  return L;
+}
+
+// Row sums written with 16 partial sums, so that they vectorise without -ffast-math.
+template <typename T>
+T row_dot(const T* __restrict x, const T* __restrict y, int64_t n) {
+  T acc[16] = {};
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16)
+    for (int k = 0; k < 16; ++k) acc[k] += x[j + k] * y[j + k];
+  T s = T(0);
+  for (; j < n; ++j) s += x[j] * y[j];
+  for (int k = 0; k < 16; ++k) s += acc[k];
+  return s;
+}
+
+template <typename T>
+T row_sum(const T* __restrict x, int64_t n) {
+  T acc[16] = {};
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16)
+    for (int k = 0; k < 16; ++k) acc[k] += x[j + k];
+  T s = T(0);
+  for (; j < n; ++j) s += x[j];
+  for (int k = 0; k < 16; ++k) s += acc[k];
+  return s;
+}
+
+// Layer normalisation of a row in place, without gain and bias (Ba et al. 2016, eq. 4: the
+// biased variance, as torch's layer_norm): x = (x - mean) / sqrt(var + eps). Returns the
+// reciprocal standard deviation 1 / sqrt(var + eps).
+template <typename T>
+T ln_row(T* __restrict x, int64_t n, T eps) {
+  const T mu = row_sum(x, n) / T(n);
+  for (int64_t j = 0; j < n; ++j) x[j] -= mu;
+  const T rs = T(1) / std::sqrt(row_dot(x, x, n) / T(n) + eps);
+  for (int64_t j = 0; j < n; ++j) x[j] *= rs;
+  return rs;
+}
+
+// Backward of y = LN(x) gamma for a row: dx = rs (d - mean(d) - xn mean(d xn)) with
+// d = dy gamma (written into the scratch row d), xn the normalised row, rs its reciprocal
+// standard deviation.
+template <typename T>
+void ln_row_backward(int64_t n, const T* __restrict dy, const T* __restrict gamma,
+                     const T* __restrict xn, T rs, T* __restrict d, T* __restrict dx) {
+  for (int64_t j = 0; j < n; ++j) d[j] = dy[j] * gamma[j];
+  const T m1 = row_sum(d, n) / T(n);
+  const T m2 = row_dot(d, xn, n) / T(n);
+  for (int64_t j = 0; j < n; ++j) dx[j] = rs * (d[j] - m1 - xn[j] * m2);
+}
+
+// The optional parts of a forward step (nullptr: off), pointers to row 0 of the step's block.
+// Layer norm (Ba et al. 2016): z (B, GH) holds W_hh h_{t-1} and is normalised in place, rs_z
+// (B) its reciprocal std, gam_hh (GH) its gain; cn (B, H) receives LN(c_t) before gain and
+// bias, rs_c (B) its reciprocal std, gam_c and beta_c (H). FGR: sp (B, SH) = s_{t-1} W_gg^T,
+// s_prev and s_out (B, SH) the gate states s_{t-1} and s_t.
+template <typename T>
+struct LstmFwdExtra {
+  T* z = nullptr;
+  T* rs_z = nullptr;
+  const T* gam_hh = nullptr;
+  T* cn = nullptr;
+  T* rs_c = nullptr;
+  const T* gam_c = nullptr;
+  const T* beta_c = nullptr;
+  T eps = T(0);
+  const T* sp = nullptr;
+  const T* s_prev = nullptr;
+  T* s_out = nullptr;
+};
+
+// The optional parts of a backward step: with layer norm, zn (B, GH) and rs_z (B) as saved by
+// the forward (z normalised), dz (B, GH) receives the gradient of W_hh h_{t-1}; cn, rs_c as
+// saved, dy (B, H) receives the gradient of LN(c_t) gamma_c + beta_c. With FGR, ds (B, SH) is
+// the total gradient of s_t, dsp (B, SH) that of s_{t-1} (frozen rows pass ds on into it),
+// dasig (B, SH) receives the pre-activation gradients of the sigmoid gates in s's order.
+template <typename T>
+struct LstmBwdExtra {
+  const T* zn = nullptr;
+  const T* rs_z = nullptr;
+  const T* gam_hh = nullptr;
+  T* dz = nullptr;
+  const T* cn = nullptr;
+  const T* rs_c = nullptr;
+  const T* gam_c = nullptr;
+  T* dy = nullptr;
+  const T* ds = nullptr;
+  T* dsp = nullptr;
+  T* dasig = nullptr;
 };
 
 // The gate pass of one step over the rows [b0, b1); every pointer is to row 0 of its (B, *)
-// block of the step, m to the step's mask (nullptr: none).
+// block of the step, m to the step's mask (nullptr: none); E the layer norm and FGR parts.
 template <typename T>
 void lstm_fwd_step(const LstmLayout& L, int64_t b0, int64_t b1, int64_t H, int64_t GH, T* a,
                    const T* hprev, const T* cprev, T* h, T* c, T* act_out, const bool* m,
-                   const T* wci, const T* wcf, const T* wco) {
+                   const T* wci, const T* wcf, const T* wco, const LstmFwdExtra<T>& E) {
+  const int64_t SH = L.SH;
   at::parallel_for(b0, b1, grain(H), [&](int64_t r0, int64_t r1) {
-    std::vector<T> ones(H, T(1)), fbuf(H), cbuf(H);
+    std::vector<T> ones(H, T(1)), fbuf(H), cbuf(H), ybuf(E.cn != nullptr ? H : 0);
     for (int64_t b = r0; b < r1; ++b) {
       T* ab = a + b * GH;
       const T* cp = cprev + b * H;
       T* act = act_out + b * H;
+      if (E.z != nullptr) {  // a += LN(W_hh h_{t-1}) gamma_hh
+        T* zb = E.z + b * GH;
+        E.rs_z[b] = ln_row(zb, GH, E.eps);
+        for (int64_t k = 0; k < GH; ++k) ab[k] += zb[k] * E.gam_hh[k];
+      }
+      const T* spb = E.sp != nullptr ? E.sp + b * SH : nullptr;  // FGR: + W_gg s_{t-1}
       const T* ip = ones.data();
       const T* fp = ones.data();
       const T* op = ones.data();
       if (L.oi >= 0) {
         T* ai = ab + L.oi;
+        if (spb != nullptr)
+          for (int64_t j = 0; j < H; ++j) ai[j] += spb[L.si + j];
         if (L.peep)
           for (int64_t j = 0; j < H; ++j) ai[j] += wci[j] * cp[j];
         for (int64_t j = 0; j < H; ++j) ai[j] = sigm(ai[j]);
@@ -376,6 +485,8 @@ void lstm_fwd_step(const LstmLayout& L, int64_t b0, int64_t b1, int64_t H, int64
         fp = fbuf.data();
       } else if (L.of >= 0) {
         T* af = ab + L.of;
+        if (spb != nullptr)
+          for (int64_t j = 0; j < H; ++j) af[j] += spb[L.sf + j];
         if (L.peep)
           for (int64_t j = 0; j < H; ++j) af[j] += wcf[j] * cp[j];
         for (int64_t j = 0; j < H; ++j) af[j] = sigm(af[j]);
@@ -388,25 +499,46 @@ void lstm_fwd_step(const LstmLayout& L, int64_t b0, int64_t b1, int64_t H, int64
       for (int64_t j = 0; j < H; ++j) cn[j] = fp[j] * cp[j] + ip[j] * g[j];
       if (L.oo >= 0) {
         T* ao = ab + L.oo;
+        if (spb != nullptr)
+          for (int64_t j = 0; j < H; ++j) ao[j] += spb[L.so + j];
         if (L.peep)
           for (int64_t j = 0; j < H; ++j) ao[j] += wco[j] * cn[j];
         for (int64_t j = 0; j < H; ++j) ao[j] = sigm(ao[j]);
         op = ao;
       }
+      const T* y = cn;  // what the output activation reads: c_t, or LN(c_t) gamma_c + beta_c
+      if (E.cn != nullptr) {
+        T* cnb = E.cn + b * H;
+        std::copy(cn, cn + H, cnb);
+        E.rs_c[b] = ln_row(cnb, H, E.eps);
+        for (int64_t j = 0; j < H; ++j) ybuf[j] = cnb[j] * E.gam_c[j] + E.beta_c[j];
+        y = ybuf.data();
+      }
       if (L.out_act) {
-        for (int64_t j = 0; j < H; ++j) act[j] = tanh_(cn[j]);
+        for (int64_t j = 0; j < H; ++j) act[j] = tanh_(y[j]);
       } else {
-        for (int64_t j = 0; j < H; ++j) act[j] = cn[j];
+        for (int64_t j = 0; j < H; ++j) act[j] = y[j];
       }
       T* hb = h + b * H;
       T* cb = c + b * H;
-      if (m == nullptr || m[b]) {
+      const bool valid = m == nullptr || m[b];
+      if (valid) {
         for (int64_t j = 0; j < H; ++j) hb[j] = op[j] * act[j];
         for (int64_t j = 0; j < H; ++j) cb[j] = cn[j];
       } else {
         const T* hp = hprev + b * H;
         for (int64_t j = 0; j < H; ++j) hb[j] = hp[j];
         for (int64_t j = 0; j < H; ++j) cb[j] = cp[j];
+      }
+      if (E.s_out != nullptr) {  // s_t: the sigmoid gates, or s_{t-1} held
+        T* sb = E.s_out + b * SH;
+        if (!valid) {
+          std::copy(E.s_prev + b * SH, E.s_prev + (b + 1) * SH, sb);
+        } else {
+          if (L.oi >= 0) std::copy(ab + L.oi, ab + L.oi + H, sb + L.si);
+          if (L.of >= 0) std::copy(ab + L.of, ab + L.of + H, sb + L.sf);
+          if (L.oo >= 0) std::copy(ab + L.oo, ab + L.oo + H, sb + L.so);
+        }
       }
     }
   });
@@ -415,15 +547,16 @@ void lstm_fwd_step(const LstmLayout& L, int64_t b0, int64_t b1, int64_t H, int64
 // Backward of one step over the rows [b0, b1). dh, dc: total gradients of h_t, c_t
 // (complete). Writes the pre-activation gradients into da (B, GH), adds the gradient of
 // c_{t-1} into dcp and, for frozen rows, passes dh on into dhp (the recurrent product is added
-// by the caller). Written as short passes over a row (the gate switches tested outside the
-// loops) so that each loop vectorises.
+// by the caller); E the layer norm and FGR parts. Written as short passes over a row (the gate
+// switches tested outside the loops) so that each loop vectorises.
 template <typename T>
 void lstm_bwd_step(const LstmLayout& L, int64_t b0, int64_t b1, int64_t H, int64_t GH,
                    const T* gates, const T* cprev, const T* acts, const T* dh, const T* dc,
                    T* da, T* dhp, T* dcp, const bool* m, const T* wci, const T* wcf,
-                   const T* wco) {
+                   const T* wco, const LstmBwdExtra<T>& E) {
+  const int64_t SH = L.SH;
   at::parallel_for(b0, b1, grain(H), [&](int64_t r0, int64_t r1) {
-    std::vector<T> ones(H, T(1)), dcbuf(H);
+    std::vector<T> ones(H, T(1)), dcbuf(H), scratch(E.dz != nullptr ? GH : E.dy ? H : 0);
     T* dcv = dcbuf.data();  // the total gradient of c_t
     for (int64_t b = r0; b < r1; ++b) {
       const T* gb = gates + b * GH;
@@ -438,26 +571,44 @@ void lstm_bwd_step(const LstmLayout& L, int64_t b0, int64_t b1, int64_t H, int64
         for (int64_t k = 0; k < GH; ++k) dab[k] = T(0);
         for (int64_t j = 0; j < H; ++j) dhpb[j] += dhb[j];
         for (int64_t j = 0; j < H; ++j) dcpb[j] += dcb[j];
+        if (E.dz != nullptr) std::fill(E.dz + b * GH, E.dz + (b + 1) * GH, T(0));
+        if (E.dy != nullptr) std::fill(E.dy + b * H, E.dy + (b + 1) * H, T(0));
+        if (E.dasig != nullptr) {
+          std::fill(E.dasig + b * SH, E.dasig + (b + 1) * SH, T(0));
+          const T* dsb = E.ds + b * SH;
+          T* dspb = E.dsp + b * SH;
+          for (int64_t k = 0; k < SH; ++k) dspb[k] += dsb[k];
+        }
         continue;
       }
+      const T* dsb = E.ds != nullptr ? E.ds + b * SH : nullptr;  // FGR: delta s_t
       const T* i = L.oi >= 0 ? gb + L.oi : ones.data();
       const T* g = gb + L.og;
+      T* dao = L.oo >= 0 ? dab + L.oo : nullptr;
+      // dcv = the gradient of the output activation's input (c_t, or LN(c_t) gamma + beta)
       if (L.oo >= 0) {
         const T* o = gb + L.oo;
-        T* dao = dab + L.oo;
         if (L.out_act) {
-          for (int64_t j = 0; j < H; ++j) dcv[j] = dcb[j] + dhb[j] * o[j] * (T(1) - act[j] * act[j]);
+          for (int64_t j = 0; j < H; ++j) dcv[j] = dhb[j] * o[j] * (T(1) - act[j] * act[j]);
         } else {
-          for (int64_t j = 0; j < H; ++j) dcv[j] = dcb[j] + dhb[j] * o[j];
+          for (int64_t j = 0; j < H; ++j) dcv[j] = dhb[j] * o[j];
         }
         for (int64_t j = 0; j < H; ++j) dao[j] = dhb[j] * act[j] * o[j] * (T(1) - o[j]);
-        if (L.peep)
-          for (int64_t j = 0; j < H; ++j) dcv[j] += dao[j] * wco[j];
+        if (dsb != nullptr)
+          for (int64_t j = 0; j < H; ++j) dao[j] += dsb[L.so + j] * o[j] * (T(1) - o[j]);
       } else if (L.out_act) {
-        for (int64_t j = 0; j < H; ++j) dcv[j] = dcb[j] + dhb[j] * (T(1) - act[j] * act[j]);
+        for (int64_t j = 0; j < H; ++j) dcv[j] = dhb[j] * (T(1) - act[j] * act[j]);
       } else {
-        for (int64_t j = 0; j < H; ++j) dcv[j] = dcb[j] + dhb[j];
+        for (int64_t j = 0; j < H; ++j) dcv[j] = dhb[j];
       }
+      if (E.dy != nullptr) {  // through LN(c_t): dcv is the gradient of LN(c_t) gamma + beta
+        T* dyb = E.dy + b * H;
+        std::copy(dcv, dcv + H, dyb);
+        ln_row_backward(H, dyb, E.gam_c, E.cn + b * H, E.rs_c[b], scratch.data(), dcv);
+      }
+      for (int64_t j = 0; j < H; ++j) dcv[j] += dcb[j];
+      if (L.oo >= 0 && L.peep)
+        for (int64_t j = 0; j < H; ++j) dcv[j] += dao[j] * wco[j];  // through w_co c_t
       T* dag = dab + L.og;
       if (L.in_act) {
         for (int64_t j = 0; j < H; ++j) dag[j] = dcv[j] * i[j] * (T(1) - g[j] * g[j]);
@@ -480,6 +631,8 @@ void lstm_bwd_step(const LstmLayout& L, int64_t b0, int64_t b1, int64_t H, int64
         } else {
           for (int64_t j = 0; j < H; ++j) dai[j] = dcv[j] * g[j] * i[j] * (T(1) - i[j]);
         }
+        if (dsb != nullptr)
+          for (int64_t j = 0; j < H; ++j) dai[j] += dsb[L.si + j] * i[j] * (T(1) - i[j]);
         if (L.peep)
           for (int64_t j = 0; j < H; ++j) dcpb[j] += dai[j] * wci[j];
       }
@@ -487,9 +640,20 @@ void lstm_bwd_step(const LstmLayout& L, int64_t b0, int64_t b1, int64_t H, int64
         const T* f = gb + L.of;
         T* daf = dab + L.of;
         for (int64_t j = 0; j < H; ++j) daf[j] = dcv[j] * cp[j] * f[j] * (T(1) - f[j]);
+        if (dsb != nullptr)
+          for (int64_t j = 0; j < H; ++j) daf[j] += dsb[L.sf + j] * f[j] * (T(1) - f[j]);
         if (L.peep)
           for (int64_t j = 0; j < H; ++j) dcpb[j] += daf[j] * wcf[j];
       }
+      if (E.dasig != nullptr) {  // the sigmoid gates' gradients in s's order, for W_gg
+        T* dsig = E.dasig + b * SH;
+        if (L.oi >= 0) std::copy(dab + L.oi, dab + L.oi + H, dsig + L.si);
+        if (L.of >= 0) std::copy(dab + L.of, dab + L.of + H, dsig + L.sf);
+        if (L.oo >= 0) std::copy(dab + L.oo, dab + L.oo + H, dsig + L.so);
+      }
+      if (E.dz != nullptr)  // through LN(W_hh h_{t-1}) gamma_hh
+        ln_row_backward(GH, dab, E.gam_hh, E.zn + b * GH, E.rs_z[b], scratch.data(),
+                        E.dz + b * GH);
     }
   });
 }
@@ -513,15 +677,26 @@ void check_grad_buffer(const at::Tensor& d, const at::Tensor& like, const char* 
               name, ": expected a contiguous (T+1, B, H) tensor, got sizes ", d.sizes());
 }
 
-// xw: (T, B, GH) input projections with both biases; returns (hs, cs, gates, acts).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
-    const at::Tensor& xw, const at::Tensor& h0, const at::Tensor& c0,
-    const c10::optional<at::Tensor>& mask, const at::Tensor& w_hh,
-    const c10::optional<at::Tensor>& w_ci, const c10::optional<at::Tensor>& w_cf,
-    const c10::optional<at::Tensor>& w_co, at::IntArrayRef offsets, at::IntArrayRef flags) {
+// xw: (T, B, GH) input projections with both biases (with layer norm: LN(W_ih x) gamma_ih + b,
+// computed by the caller). ln: empty, or (gamma_hh (GH), gamma_c (H), beta_c (H)) for Ba et
+// al.'s layer-normalised LSTM with epsilon ln_eps. fgr: empty, or (W_gg (SH, SH), s0 (B, SH))
+// for full gate recurrence. Returns [hs, cs, gates, acts], then with layer norm [zn (T, B, GH)
+// = LN(W_hh h_{t-1}) before its gain, rs_z (T, B), cn (T, B, H) = LN(c_t) before gain and bias,
+// rs_c (T, B)] (the reciprocal standard deviations), then with FGR [ss (T, B, SH)], the gate
+// states (frozen where masked).
+std::vector<at::Tensor> lstm_forward(const at::Tensor& xw, const at::Tensor& h0,
+                                     const at::Tensor& c0, const c10::optional<at::Tensor>& mask,
+                                     const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_ci,
+                                     const c10::optional<at::Tensor>& w_cf,
+                                     const c10::optional<at::Tensor>& w_co, at::IntArrayRef offsets,
+                                     at::IntArrayRef flags, at::TensorList ln, double ln_eps,
+                                     at::TensorList fgr) {
   const int64_t T = xw.size(0), B = xw.size(1), GH = xw.size(2), H = c0.size(-1);
-  LstmLayout L{offsets[0], offsets[1], offsets[2], offsets[3],
-               flags[0] != 0, flags[1] != 0, flags[2] != 0, flags[3] != 0};
+  const LstmLayout L = lstm_layout(offsets, flags, H);
+  const int64_t SH = L.SH;
+  const bool has_ln = !ln.empty(), has_fgr = !fgr.empty();
+  TORCH_CHECK(ln.empty() || ln.size() == 3, "lstm_forward: ln must be empty or 3 tensors");
+  TORCH_CHECK(fgr.empty() || fgr.size() == 2, "lstm_forward: fgr must be empty or 2 tensors");
   // xw is a fresh buffer of the caller: overwritten in place, step by step, with the
   // activations
   at::Tensor gates = xw.is_contiguous() ? xw : xw.contiguous();
@@ -530,7 +705,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
   at::Tensor acts = at::empty({T, B, H}, xw.options());
   at::Tensor h0c = h0.contiguous(), c0c = c0.contiguous(), mk = mask_tensor(mask);
   at::Tensor w_t = transposed(w_hh, T * B);
-  const int64_t chunks = batch_chunks(T, B, GH, H);
+  at::Tensor zs, rs_z, cns, rs_c, gam_hh, gam_c, beta_c;
+  if (has_ln) {
+    zs = at::empty({T, B, GH}, xw.options());
+    rs_z = at::empty({T, B}, xw.options());
+    cns = at::empty({T, B, H}, xw.options());
+    rs_c = at::empty({T, B}, xw.options());
+    gam_hh = ln[0].contiguous();
+    gam_c = ln[1].contiguous();
+    beta_c = ln[2].contiguous();
+  }
+  at::Tensor ss, s0c, w_gg_t, sp;
+  if (has_fgr) {
+    ss = at::empty({T, B, SH}, xw.options());
+    s0c = fgr[1].contiguous();
+    w_gg_t = transposed(fgr[0], T * B);
+    sp = at::empty({B, SH}, xw.options());
+  }
+  const int64_t chunks = batch_chunks(T, B, has_fgr ? GH + SH : GH, H);
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "lstm_forward", [&] {
     scalar_t* gp = gates.data_ptr<scalar_t>();
     scalar_t* hp = hs.data_ptr<scalar_t>();
@@ -542,45 +734,113 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
     const scalar_t* wci = opt_ptr<scalar_t>(w_ci);
     const scalar_t* wcf = opt_ptr<scalar_t>(w_cf);
     const scalar_t* wco = opt_ptr<scalar_t>(w_co);
+    scalar_t* zp = has_ln ? zs.data_ptr<scalar_t>() : nullptr;
+    scalar_t* ssp = has_fgr ? ss.data_ptr<scalar_t>() : nullptr;
+    scalar_t* spp = has_fgr ? sp.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* s0p = has_fgr ? s0c.data_ptr<scalar_t>() : nullptr;
     over_batch(B, chunks, [&](int64_t b0, int64_t b1) {
       const at::Tensor g_c = gates.narrow(1, b0, b1 - b0);
       const at::Tensor hs_c = hs.narrow(1, b0, b1 - b0);
       const at::Tensor h0_c = h0c.narrow(0, b0, b1 - b0);
       const StepProduct prod(w_t, b1 - b0);
+      at::Tensor zs_c, ss_c, s0_c, sp_c;
+      if (has_ln) zs_c = zs.narrow(1, b0, b1 - b0);
+      if (has_fgr) {
+        ss_c = ss.narrow(1, b0, b1 - b0);
+        s0_c = s0c.narrow(0, b0, b1 - b0);
+        sp_c = sp.narrow(0, b0, b1 - b0);
+      }
+      const StepProduct prod_gg(has_fgr ? w_gg_t : w_t, b1 - b0);
+      LstmFwdExtra<scalar_t> E;
+      E.eps = static_cast<scalar_t>(ln_eps);
+      if (has_ln) {
+        E.gam_hh = gam_hh.data_ptr<scalar_t>();
+        E.gam_c = gam_c.data_ptr<scalar_t>();
+        E.beta_c = beta_c.data_ptr<scalar_t>();
+      }
       for (int64_t t = 0; t < T; ++t) {
         const int64_t s = t * B * H;
-        prod.run<scalar_t>(b1 - b0, (t == 0 ? h0p : hp + s - B * H) + b0 * H, H,
-                           gp + (t * B + b0) * GH, GH, true,
-                           [&] { mm_acc(g_c[t], t == 0 ? h0_c : hs_c[t - 1], w_t); });
-        lstm_fwd_step<scalar_t>(L, b0, b1, H, GH, gp + t * B * GH, t == 0 ? h0p : hp + s - B * H,
+        const scalar_t* hprev = t == 0 ? h0p : hp + s - B * H;
+        if (has_ln) {  // z = W_hh h_{t-1}, normalised in the gate pass
+          E.z = zp + t * B * GH;
+          E.rs_z = rs_z.data_ptr<scalar_t>() + t * B;
+          E.cn = cns.data_ptr<scalar_t>() + s;
+          E.rs_c = rs_c.data_ptr<scalar_t>() + t * B;
+          prod.run<scalar_t>(b1 - b0, hprev + b0 * H, H, E.z + b0 * GH, GH, false, [&] {
+            mm_into(zs_c[t], t == 0 ? h0_c : hs_c[t - 1], w_t, c10::nullopt);
+          });
+        } else {
+          prod.run<scalar_t>(b1 - b0, hprev + b0 * H, H, gp + (t * B + b0) * GH, GH, true,
+                             [&] { mm_acc(g_c[t], t == 0 ? h0_c : hs_c[t - 1], w_t); });
+        }
+        if (has_fgr) {  // sp = W_gg s_{t-1}
+          E.s_prev = t == 0 ? s0p : ssp + (t - 1) * B * SH;
+          E.s_out = ssp + t * B * SH;
+          E.sp = spp;
+          prod_gg.run<scalar_t>(b1 - b0, E.s_prev + b0 * SH, SH, spp + b0 * SH, SH, false, [&] {
+            mm_into(sp_c, t == 0 ? s0_c : ss_c[t - 1], w_gg_t, c10::nullopt);
+          });
+        }
+        lstm_fwd_step<scalar_t>(L, b0, b1, H, GH, gp + t * B * GH, hprev,
                                 t == 0 ? c0p : cp + s - B * H, hp + s, cp + s, ap + s,
-                                mask_at(mp, t, B), wci, wcf, wco);
+                                mask_at(mp, t, B), wci, wcf, wco, E);
       }
     });
   });
-  return {hs, cs, gates, acts};
+  std::vector<at::Tensor> out{hs, cs, gates, acts};
+  if (has_ln) out.insert(out.end(), {zs, rs_z, cns, rs_c});
+  if (has_fgr) out.push_back(ss);
+  return out;
 }
 
 // dH: (T+1, B, H), dC: (T+1, B, H) with row t+1 the upstream gradient of the state after
 // step t and row 0 zero; both are accumulated in place (row 0 ends as the initial state's
-// gradient). Returns dA (T, B, GH).
-at::Tensor lstm_backward(const at::Tensor& gates, const at::Tensor& cs, const at::Tensor& c0,
-                         const at::Tensor& acts, const at::Tensor& dH, const at::Tensor& dC,
-                         const c10::optional<at::Tensor>& mask, const at::Tensor& w_hh,
-                         const c10::optional<at::Tensor>& w_ci,
-                         const c10::optional<at::Tensor>& w_cf,
-                         const c10::optional<at::Tensor>& w_co, at::IntArrayRef offsets,
-                         at::IntArrayRef flags) {
+// gradient). ln: empty, or (gamma_hh, zn, rs_z, gamma_c, cn, rs_c) as lstm_forward's; fgr:
+// empty, or (W_gg, dS (T+1, B, SH)), dS accumulated in place as dH. Returns [dA (T, B, GH)],
+// then with layer norm [dZ (T, B, GH), the gradient of W_hh h_{t-1}; dY (T, B, H), that of
+// LN(c_t) gamma_c + beta_c], then with FGR [dAsig (T, B, SH), the sigmoid gates'
+// pre-activation gradients in s's order].
+std::vector<at::Tensor> lstm_backward(const at::Tensor& gates, const at::Tensor& cs,
+                                      const at::Tensor& c0, const at::Tensor& acts,
+                                      const at::Tensor& dH, const at::Tensor& dC,
+                                      const c10::optional<at::Tensor>& mask,
+                                      const at::Tensor& w_hh,
+                                      const c10::optional<at::Tensor>& w_ci,
+                                      const c10::optional<at::Tensor>& w_cf,
+                                      const c10::optional<at::Tensor>& w_co,
+                                      at::IntArrayRef offsets, at::IntArrayRef flags,
+                                      at::TensorList ln, at::TensorList fgr) {
   const int64_t T = gates.size(0), B = gates.size(1), GH = gates.size(2), H = cs.size(-1);
-  LstmLayout L{offsets[0], offsets[1], offsets[2], offsets[3],
-               flags[0] != 0, flags[1] != 0, flags[2] != 0, flags[3] != 0};
+  const LstmLayout L = lstm_layout(offsets, flags, H);
+  const int64_t SH = L.SH;
+  const bool has_ln = !ln.empty(), has_fgr = !fgr.empty();
+  TORCH_CHECK(ln.empty() || ln.size() == 6, "lstm_backward: ln must be empty or 6 tensors");
+  TORCH_CHECK(fgr.empty() || fgr.size() == 2, "lstm_backward: fgr must be empty or 2 tensors");
   check_grad_buffer(dH, gates, "dH");
   check_grad_buffer(dC, gates, "dC");
   TORCH_CHECK(gates.is_contiguous() && cs.is_contiguous() && acts.is_contiguous(),
               "lstm_backward: saved tensors must be contiguous");
   at::Tensor dA = at::empty_like(gates, at::MemoryFormat::Contiguous);
   at::Tensor c0c = c0.contiguous(), mk = mask_tensor(mask);
-  const int64_t chunks = batch_chunks(T, B, GH, H);
+  at::Tensor gam_hh, zn, rs_z, gam_c, cn, rs_c, dZ, dY;
+  if (has_ln) {
+    gam_hh = ln[0].contiguous();
+    zn = ln[1].contiguous();
+    rs_z = ln[2].contiguous();
+    gam_c = ln[3].contiguous();
+    cn = ln[4].contiguous();
+    rs_c = ln[5].contiguous();
+    dZ = at::empty_like(gates, at::MemoryFormat::Contiguous);
+    dY = at::empty_like(cs, at::MemoryFormat::Contiguous);
+  }
+  at::Tensor w_gg, dS, dAsig;
+  if (has_fgr) {
+    w_gg = fgr[0];
+    dS = fgr[1];
+    check_grad_buffer(dS, gates, "dS");
+    dAsig = at::empty({T, B, SH}, gates.options());
+  }
+  const int64_t chunks = batch_chunks(T, B, has_fgr ? GH + SH : GH, H);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_backward", [&] {
     const scalar_t* gp = gates.data_ptr<scalar_t>();
     const scalar_t* csp = cs.data_ptr<scalar_t>();
@@ -593,22 +853,58 @@ at::Tensor lstm_backward(const at::Tensor& gates, const at::Tensor& cs, const at
     const scalar_t* wci = opt_ptr<scalar_t>(w_ci);
     const scalar_t* wcf = opt_ptr<scalar_t>(w_cf);
     const scalar_t* wco = opt_ptr<scalar_t>(w_co);
+    // the per-step product into delta h_{t-1}: of dZ with layer norm, else of dA
+    scalar_t* dzp = has_ln ? dZ.data_ptr<scalar_t>() : nullptr;
+    scalar_t* dsp = has_fgr ? dS.data_ptr<scalar_t>() : nullptr;
+    scalar_t* dgp = has_fgr ? dAsig.data_ptr<scalar_t>() : nullptr;
+    const at::Tensor& dprod = has_ln ? dZ : dA;
+    scalar_t* dprodp = has_ln ? dzp : dap;
     over_batch(B, chunks, [&](int64_t b0, int64_t b1) {
-      const at::Tensor dA_c = dA.narrow(1, b0, b1 - b0);
+      const at::Tensor dP_c = dprod.narrow(1, b0, b1 - b0);
       const at::Tensor dH_c = dH.narrow(1, b0, b1 - b0);
       const StepProduct prod(w_hh, b1 - b0);
+      at::Tensor dS_c, dG_c;
+      if (has_fgr) {
+        dS_c = dS.narrow(1, b0, b1 - b0);
+        dG_c = dAsig.narrow(1, b0, b1 - b0);
+      }
+      const StepProduct prod_gg(has_fgr ? w_gg : w_hh, b1 - b0);
+      LstmBwdExtra<scalar_t> E;
+      if (has_ln) {
+        E.gam_hh = gam_hh.data_ptr<scalar_t>();
+        E.gam_c = gam_c.data_ptr<scalar_t>();
+      }
       for (int64_t t = T - 1; t >= 0; --t) {
         const int64_t s = t * B * H;
+        if (has_ln) {
+          E.zn = zn.data_ptr<scalar_t>() + t * B * GH;
+          E.rs_z = rs_z.data_ptr<scalar_t>() + t * B;
+          E.dz = dzp + t * B * GH;
+          E.cn = cn.data_ptr<scalar_t>() + s;
+          E.rs_c = rs_c.data_ptr<scalar_t>() + t * B;
+          E.dy = dY.data_ptr<scalar_t>() + s;
+        }
+        if (has_fgr) {
+          E.ds = dsp + (t + 1) * B * SH;
+          E.dsp = dsp + t * B * SH;
+          E.dasig = dgp + t * B * SH;
+        }
         lstm_bwd_step<scalar_t>(L, b0, b1, H, GH, gp + t * B * GH,
                                 t == 0 ? c0p : csp + s - B * H, ap + s, dhp + s + B * H,
                                 dcp + s + B * H, dap + t * B * GH, dhp + s, dcp + s,
-                                mask_at(mp, t, B), wci, wcf, wco);
-        prod.run<scalar_t>(b1 - b0, dap + (t * B + b0) * GH, GH, dhp + s + b0 * H, H, true,
-                           [&] { mm_acc(dH_c[t], dA_c[t], w_hh); });
+                                mask_at(mp, t, B), wci, wcf, wco, E);
+        prod.run<scalar_t>(b1 - b0, dprodp + (t * B + b0) * GH, GH, dhp + s + b0 * H, H, true,
+                           [&] { mm_acc(dH_c[t], dP_c[t], w_hh); });
+        if (has_fgr)  // delta s_{t-1} += delta a^sigma_t W_gg
+          prod_gg.run<scalar_t>(b1 - b0, dgp + (t * B + b0) * SH, SH, dsp + (t * B + b0) * SH,
+                                SH, true, [&] { mm_acc(dS_c[t], dG_c[t], w_gg); });
       }
     });
   });
-  return dA;
+  std::vector<at::Tensor> out{dA};
+  if (has_ln) out.insert(out.end(), {dZ, dY});
+  if (has_fgr) out.push_back(dAsig);
+  return out;
 }
 
 // ------------------------------------------------------------------ GRU and RNN: one row
