@@ -55,18 +55,30 @@ def test_compiled_float32_matches_torch(sparse):
     torch.testing.assert_close(fast(u)[0], ref(u)[0], rtol=1e-5, atol=1e-5)
 
 
-def test_auto_takes_the_compiled_loop_for_one_small_sequence(monkeypatch):
+def test_auto_takes_the_compiled_loop_for_one_sequence(monkeypatch):
     needs_compiler("compiled")
     calls = []
     real = _kernel.recur
-    monkeypatch.setattr(_kernel, "recur", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(_kernel, "recur", lambda *a: calls.append(a[-1]) or real(*a))
     u = torch.randn(30, 1, dtype=torch.float64)
-    Reservoir(1, 50, seed=0)(u)  # one sequence, 50 units: compiled
-    assert calls
+    Reservoir(1, 50, seed=0)(u)  # one sequence: compiled, one thread (a small step)
+    Reservoir(1, 600, seed=0, connectivity=0.1)(u)  # 36,000 nonzeros: torch's thread count
+    assert calls == [1, torch.get_num_threads()]
     calls.clear()
     Reservoir(1, 50, seed=0)(torch.randn(30, 3, 1, dtype=torch.float64))  # a batch: torch
-    Reservoir(1, 600, seed=0)(u)  # above AUTO_COMPILED_MAX_UNITS: torch
     assert not calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_compiled_threads_give_identical_states(dtype, sparse):
+    needs_compiler("compiled")
+    res = Reservoir(1, 300, seed=2, sparse=sparse, connectivity=0.1, leak_rate=0.3, dtype=dtype)
+    drive = torch.randn(40, 300, dtype=dtype)
+    h0 = torch.randn(300, dtype=dtype) * 0.1
+    one = _kernel.recur(res.weight_hh, drive, h0, 0.3, threads=1)
+    for threads in (2, 3, 7):
+        assert torch.equal(_kernel.recur(res.weight_hh, drive, h0, 0.3, threads=threads), one)
 
 
 def test_feedback_noise_and_no_input():

@@ -20,12 +20,14 @@ __all__ = ["IMPLS", "Reservoir"]
 
 #: Implementations of the time loop: ``"torch"`` (torch operations, any device, the reference)
 #: and ``"compiled"`` (a C loop for CPU sequences, see :mod:`carousel.esn._kernel`; equal to
-#: the torch path up to rounding, so it is used only when asked for).
+#: the torch path up to rounding). ``"auto"`` takes the compiled loop for one sequence on the
+#: CPU (faster than torch's at every size measured, 100-5000 units, sparse and dense:
+#: docs/performance.md), torch otherwise.
 IMPLS = ("auto", "torch", "compiled")
 
-#: ``impl="auto"`` takes the compiled loop up to this many units (one sequence, CPU): measured
-#: crossover of the two paths' fit time on one thread (benchmarks/esn.py, docs/performance.md)
-AUTO_COMPILED_MAX_UNITS = 500
+#: The compiled loop splits a step between threads (torch's thread count) from this many
+#: multiply-adds of the recurrent product a step (the threads meet at a barrier after each step).
+COMPILED_THREADS_MIN_WORK = 2**15
 
 
 def _check_nonneg_float(owner: str, name: str, value: object) -> float:
@@ -90,11 +92,12 @@ class Reservoir(nn.Module):
             so a configuration always runs the same path; the two agree to rounding).
         impl: ``"auto"``, ``"torch"`` or ``"compiled"`` (see :data:`IMPLS`): the compiled C
             loop is several times faster for small reservoirs on the CPU, where torch's
-            per-operation overhead dominates; it falls back to torch (with a logged warning)
-            where no C compiler is available, and on other devices. ``"auto"`` (the default)
-            takes it for one sequence on the CPU with at most
-            :data:`AUTO_COMPILED_MAX_UNITS` units when a compiler is there (silently torch
-            otherwise); the two paths agree to rounding.
+            per-operation overhead dominates, and 1.05-1.7x for large ones; it falls back to
+            torch (with a logged warning) where no C compiler is available, and on other
+            devices. ``"auto"`` (the default)
+            takes it for one sequence on the CPU when a compiler is there (silently torch
+            otherwise, and for batches, whose steps are matrix products); the two paths
+            agree to rounding.
         seed: seed of the named random streams.
         device, dtype: of the buffers (default float64: chaotic time series need it).
 
@@ -262,11 +265,15 @@ class Reservoir(nn.Module):
     def recur(self, drive: Tensor, state: Tensor) -> Tensor:
         """Run the recurrence on a precomputed drive ``(T, B, H)`` from ``state`` ``(B, H)``;
         returns all states ``(T, B, H)``. Small steps run on one thread
-        (:func:`carousel.esn.matrices.small_step_threads`)."""
+        (:func:`carousel.esn.matrices.small_step_threads`); the compiled loop splits steps of
+        at least :data:`COMPILED_THREADS_MIN_WORK` multiply-adds between torch's threads."""
+        threads = torch.get_num_threads()
+        if self.step_work() < COMPILED_THREADS_MIN_WORK:
+            threads = 1
         with small_step_threads(self.step_work(drive.shape[1])):
-            return self._recur(drive, state)
+            return self._recur(drive, state, threads)
 
-    def _recur(self, drive: Tensor, state: Tensor) -> Tensor:
+    def _recur(self, drive: Tensor, state: Tensor, threads: int = 1) -> Tensor:
         W, a = self.weight_hh, self.leak_rate
         T, B = drive.shape[0], drive.shape[1]
         compiled = (
@@ -274,16 +281,11 @@ class Reservoir(nn.Module):
             and _kernel.available(W)
             and (
                 self.impl == "compiled"
-                or (
-                    self.impl == "auto"
-                    and B == 1
-                    and W.shape[0] <= AUTO_COMPILED_MAX_UNITS
-                    and _kernel.load(quiet=True) is not None
-                )
+                or (self.impl == "auto" and B == 1 and _kernel.load(quiet=True) is not None)
             )
         )
         if compiled:
-            runs = [_kernel.recur(W, drive[:, b], state[b], a) for b in range(B)]
+            runs = [_kernel.recur(W, drive[:, b], state[b], a, threads) for b in range(B)]
             if all(r is not None for r in runs):
                 return torch.stack(runs, 1)
         states = torch.empty_like(drive)
