@@ -433,16 +433,10 @@ class LSTMKernelFunction(torch.autograd.Function):
         dA2 = dA.view(T * B, GH)
         g_ih = g_hh = g_c = b_c = None
         if ln:  # the input part's layer norm, then the gains, from the saved statistics
-            dZ, dY = out[1], out[2]
+            dZ, g_hh, g_c, b_c = out[1:5]  # the gains' and bias's gradients summed by the kernel
             dP2, g_ih, _ = torch.ops.aten.native_layer_norm_backward(
                 dA2, xz, [GH], mu_x, rs_x, ln_ih, None, [needs[0] or needs[5], needs[13], False]
             )
-            if needs[14]:
-                g_hh = (dA2 * zn.view(T * B, GH)).sum(0)
-            if needs[15]:
-                g_c = (dY * cn).sum((0, 1))
-            if needs[16]:
-                b_c = dY.sum((0, 1))
             dW_hh = _grad_with_prev(dZ, hs, h0) if needs[6] else None
         else:
             dP2 = dA2

@@ -431,9 +431,11 @@ struct LstmFwdExtra {
 
 // The optional parts of a backward step: with layer norm, zn (B, GH) and rs_z (B) as saved by
 // the forward (z normalised), dz (B, GH) receives the gradient of W_hh h_{t-1}; cn, rs_c as
-// saved, dy (B, H) receives the gradient of LN(c_t) gamma_c + beta_c. With FGR, ds (B, SH) is
-// the total gradient of s_t, dsp (B, SH) that of s_{t-1} (frozen rows pass ds on into it),
-// dasig (B, SH) receives the pre-activation gradients of the sigmoid gates in s's order.
+// saved; the gain and bias gradients are summed over the steps into rows of their own, g_hh
+// (B, GH) for gamma_hh, g_c and b_c (B, H) for gamma_c and beta_c (summed over the batch by
+// the caller). With FGR, ds (B, SH) is the total gradient of s_t, dsp (B, SH) that of s_{t-1}
+// (frozen rows pass ds on into it), dasig (B, SH) receives the pre-activation gradients of the
+// sigmoid gates in s's order.
 template <typename T>
 struct LstmBwdExtra {
   const T* zn = nullptr;
@@ -443,7 +445,9 @@ struct LstmBwdExtra {
   const T* cn = nullptr;
   const T* rs_c = nullptr;
   const T* gam_c = nullptr;
-  T* dy = nullptr;
+  T* g_hh = nullptr;
+  T* g_c = nullptr;
+  T* b_c = nullptr;
   const T* ds = nullptr;
   T* dsp = nullptr;
   T* dasig = nullptr;
@@ -556,7 +560,8 @@ void lstm_bwd_step(const LstmLayout& L, int64_t b0, int64_t b1, int64_t H, int64
                    const T* wco, const LstmBwdExtra<T>& E) {
   const int64_t SH = L.SH;
   at::parallel_for(b0, b1, grain(H), [&](int64_t r0, int64_t r1) {
-    std::vector<T> ones(H, T(1)), dcbuf(H), scratch(E.dz != nullptr ? GH : E.dy ? H : 0);
+    std::vector<T> ones(H, T(1)), dcbuf(H), scratch(E.dz != nullptr ? GH : 0);
+    std::vector<T> dybuf(E.dz != nullptr ? H : 0);
     T* dcv = dcbuf.data();  // the total gradient of c_t
     for (int64_t b = r0; b < r1; ++b) {
       const T* gb = gates + b * GH;
@@ -572,7 +577,6 @@ void lstm_bwd_step(const LstmLayout& L, int64_t b0, int64_t b1, int64_t H, int64
         for (int64_t j = 0; j < H; ++j) dhpb[j] += dhb[j];
         for (int64_t j = 0; j < H; ++j) dcpb[j] += dcb[j];
         if (E.dz != nullptr) std::fill(E.dz + b * GH, E.dz + (b + 1) * GH, T(0));
-        if (E.dy != nullptr) std::fill(E.dy + b * H, E.dy + (b + 1) * H, T(0));
         if (E.dasig != nullptr) {
           std::fill(E.dasig + b * SH, E.dasig + (b + 1) * SH, T(0));
           const T* dsb = E.ds + b * SH;
@@ -601,10 +605,15 @@ void lstm_bwd_step(const LstmLayout& L, int64_t b0, int64_t b1, int64_t H, int64
       } else {
         for (int64_t j = 0; j < H; ++j) dcv[j] = dhb[j];
       }
-      if (E.dy != nullptr) {  // through LN(c_t): dcv is the gradient of LN(c_t) gamma + beta
-        T* dyb = E.dy + b * H;
+      if (E.dz != nullptr) {  // through LN(c_t): dcv is the gradient of LN(c_t) gamma + beta
+        T* dyb = dybuf.data();
+        const T* cnb = E.cn + b * H;
+        T* gcb = E.g_c + b * H;
+        T* bcb = E.b_c + b * H;
         std::copy(dcv, dcv + H, dyb);
-        ln_row_backward(H, dyb, E.gam_c, E.cn + b * H, E.rs_c[b], scratch.data(), dcv);
+        for (int64_t j = 0; j < H; ++j) gcb[j] += dyb[j] * cnb[j];
+        for (int64_t j = 0; j < H; ++j) bcb[j] += dyb[j];
+        ln_row_backward(H, dyb, E.gam_c, cnb, E.rs_c[b], scratch.data(), dcv);
       }
       for (int64_t j = 0; j < H; ++j) dcv[j] += dcb[j];
       if (L.oo >= 0 && L.peep)
@@ -651,9 +660,12 @@ void lstm_bwd_step(const LstmLayout& L, int64_t b0, int64_t b1, int64_t H, int64
         if (L.of >= 0) std::copy(dab + L.of, dab + L.of + H, dsig + L.sf);
         if (L.oo >= 0) std::copy(dab + L.oo, dab + L.oo + H, dsig + L.so);
       }
-      if (E.dz != nullptr)  // through LN(W_hh h_{t-1}) gamma_hh
-        ln_row_backward(GH, dab, E.gam_hh, E.zn + b * GH, E.rs_z[b], scratch.data(),
-                        E.dz + b * GH);
+      if (E.dz != nullptr) {  // through LN(W_hh h_{t-1}) gamma_hh
+        const T* znb = E.zn + b * GH;
+        T* ghb = E.g_hh + b * GH;
+        for (int64_t k = 0; k < GH; ++k) ghb[k] += dab[k] * znb[k];
+        ln_row_backward(GH, dab, E.gam_hh, znb, E.rs_z[b], scratch.data(), E.dz + b * GH);
+      }
     }
   });
 }
@@ -797,9 +809,9 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& xw, const at::Tensor& h0,
 // step t and row 0 zero; both are accumulated in place (row 0 ends as the initial state's
 // gradient). ln: empty, or (gamma_hh, zn, rs_z, gamma_c, cn, rs_c) as lstm_forward's; fgr:
 // empty, or (W_gg, dS (T+1, B, SH)), dS accumulated in place as dH. Returns [dA (T, B, GH)],
-// then with layer norm [dZ (T, B, GH), the gradient of W_hh h_{t-1}; dY (T, B, H), that of
-// LN(c_t) gamma_c + beta_c], then with FGR [dAsig (T, B, SH), the sigmoid gates'
-// pre-activation gradients in s's order].
+// then with layer norm [dZ (T, B, GH), the gradient of W_hh h_{t-1}, and the gradients of
+// gamma_hh (GH), gamma_c (H) and beta_c (H)], then with FGR [dAsig (T, B, SH), the sigmoid
+// gates' pre-activation gradients in s's order].
 std::vector<at::Tensor> lstm_backward(const at::Tensor& gates, const at::Tensor& cs,
                                       const at::Tensor& c0, const at::Tensor& acts,
                                       const at::Tensor& dH, const at::Tensor& dC,
@@ -822,7 +834,7 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& gates, const at::Tensor&
               "lstm_backward: saved tensors must be contiguous");
   at::Tensor dA = at::empty_like(gates, at::MemoryFormat::Contiguous);
   at::Tensor c0c = c0.contiguous(), mk = mask_tensor(mask);
-  at::Tensor gam_hh, zn, rs_z, gam_c, cn, rs_c, dZ, dY;
+  at::Tensor gam_hh, zn, rs_z, gam_c, cn, rs_c, dZ, g_hh, g_c, b_c;
   if (has_ln) {
     gam_hh = ln[0].contiguous();
     zn = ln[1].contiguous();
@@ -831,7 +843,9 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& gates, const at::Tensor&
     cn = ln[4].contiguous();
     rs_c = ln[5].contiguous();
     dZ = at::empty_like(gates, at::MemoryFormat::Contiguous);
-    dY = at::empty_like(cs, at::MemoryFormat::Contiguous);
+    g_hh = at::zeros({B, GH}, gates.options());
+    g_c = at::zeros({B, H}, gates.options());
+    b_c = at::zeros({B, H}, gates.options());
   }
   at::Tensor w_gg, dS, dAsig;
   if (has_fgr) {
@@ -873,6 +887,9 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& gates, const at::Tensor&
       if (has_ln) {
         E.gam_hh = gam_hh.data_ptr<scalar_t>();
         E.gam_c = gam_c.data_ptr<scalar_t>();
+        E.g_hh = g_hh.data_ptr<scalar_t>();
+        E.g_c = g_c.data_ptr<scalar_t>();
+        E.b_c = b_c.data_ptr<scalar_t>();
       }
       for (int64_t t = T - 1; t >= 0; --t) {
         const int64_t s = t * B * H;
@@ -882,7 +899,6 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& gates, const at::Tensor&
           E.dz = dzp + t * B * GH;
           E.cn = cn.data_ptr<scalar_t>() + s;
           E.rs_c = rs_c.data_ptr<scalar_t>() + t * B;
-          E.dy = dY.data_ptr<scalar_t>() + s;
         }
         if (has_fgr) {
           E.ds = dsp + (t + 1) * B * SH;
@@ -902,7 +918,7 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& gates, const at::Tensor&
     });
   });
   std::vector<at::Tensor> out{dA};
-  if (has_ln) out.insert(out.end(), {dZ, dY});
+  if (has_ln) out.insert(out.end(), {dZ, g_hh.sum(0), g_c.sum(0), b_c.sum(0)});
   if (has_fgr) out.push_back(dAsig);
   return out;
 }
