@@ -287,7 +287,7 @@ class Reservoir(nn.Module):
         if compiled:
             runs = [_kernel.recur(W, drive[:, b], state[b], a, threads) for b in range(B)]
             if all(r is not None for r in runs):
-                return torch.stack(runs, 1)
+                return runs[0].unsqueeze(1) if B == 1 else torch.stack(runs, 1)
         states = torch.empty_like(drive)
         if T == 0:
             return states
