@@ -328,18 +328,18 @@ def _lstm_forward(
     ln_ih, ln_hh, ln_c_w, ln_c_b, offsets, flags, ln_eps,
 ):  # fmt: skip
     """The forward pass: ``(hs, cs, ss, gates, saved)`` with ``ss`` ``None`` without FGR and
-    ``saved`` what :meth:`LSTMKernelFunction.backward` reads. With layer norm the input part
-    ``LN(x W_ih^T) gamma_ih + b_ih + b_hh`` of all steps is one product and one layer norm
-    here; the kernel adds ``LN(W_hh h_{t-1}) gamma_hh`` step by step."""
+    ``saved`` what :meth:`LSTMKernelFunction.backward` reads. The input projections of all
+    steps are one product; with layer norm the kernel normalises them row by row in the loop,
+    beside ``W_hh h_{t-1}``, and adds the biases after."""
     T, B, I = x.shape
     x2 = x.reshape(T * B, I)
     bias = None if b_ih is None else b_ih + b_hh
-    xz = mu_x = rs_x = None
     ln: list[Tensor] = []
     if ln_ih is not None:
-        xz = _mm(x2, w_ih.t())  # (T*B, GH)
-        xw, mu_x, rs_x = torch.native_layer_norm(xz, [xz.shape[-1]], ln_ih, bias, ln_eps)
-        ln = [ln_hh, ln_c_w, ln_c_b]
+        xw = _mm(x2, w_ih.t())  # (T*B, GH), normalised in place by the kernel
+        if bias is None:
+            bias = xw.new_zeros(xw.shape[-1])
+        ln = [ln_ih, bias, ln_hh, ln_c_w, ln_c_b]
     else:
         xw = _mm(x2, w_ih.t(), bias)
     w_hh = w_hh.contiguous()
@@ -351,12 +351,12 @@ def _lstm_forward(
         ln, float(ln_eps), fgr,
     )  # fmt: skip
     hs, cs, gates, acts = out[:4]
-    zn, rs_z, cn, rs_c = out[4:8] if ln else (None,) * 4
+    xn, zn, rs_x, rs_z, cn, rs_c = out[4:10] if ln else (None,) * 6
     ss = out[-1] if fgr else None
     saved = (
         x2, h0, c0, None if w_gg is None else fgr[1], mask, w_ih, w_hh, w_ci, w_cf, w_co,
         w_gg, ln_ih, ln_hh, ln_c_w, ln_c_b, gates, hs, cs, acts, ss,
-        xz, mu_x, rs_x, zn, rs_z, cn, rs_c,
+        xn, rs_x, zn, rs_z, cn, rs_c,
     )  # fmt: skip
     return hs, cs, ss, gates, saved
 
@@ -417,7 +417,7 @@ class LSTMKernelFunction(torch.autograd.Function):
         if grad_hs is None and grad_cs is None and grad_ss is None:
             return (None,) * 20
         (x2, h0, c0, s0, mask, w_ih, w_hh, w_ci, w_cf, w_co, w_gg, ln_ih, ln_hh, ln_c_w, ln_c_b,
-         gates, hs, cs, acts, ss, xz, mu_x, rs_x, zn, rs_z, cn, rs_c,
+         gates, hs, cs, acts, ss, xn, rs_x, zn, rs_z, cn, rs_c,
          ) = ctx.saved_tensors  # fmt: skip
         T, B, H = hs.shape
         GH = gates.shape[-1]
@@ -427,33 +427,38 @@ class LSTMKernelFunction(torch.autograd.Function):
         dS = _grad_buffer(grad_ss, ss) if fgr else None
         out = _ops().lstm_backward(
             gates, cs, c0, acts, dH, dC, mask, w_hh, w_ci, w_cf, w_co, ctx.offsets, ctx.flags,
-            [ln_hh, zn, rs_z, ln_c_w, cn, rs_c] if ln else [], [w_gg, dS] if fgr else [],
+            [ln_ih, xn, rs_x, ln_hh, zn, rs_z, ln_c_w, cn, rs_c] if ln else [],
+            [w_gg, dS] if fgr else [],
         )  # fmt: skip
-        dA = out[0]
+        dA = out[0]  # with layer norm: the gradient of W_ih x (through its layer norm)
         dA2 = dA.view(T * B, GH)
         g_ih = g_hh = g_c = b_c = None
-        if ln:  # the input part's layer norm, then the gains, from the saved statistics
-            dZ, g_hh, g_c, b_c = out[1:5]  # the gains' and bias's gradients summed by the kernel
-            dP2, g_ih, _ = torch.ops.aten.native_layer_norm_backward(
-                dA2, xz, [GH], mu_x, rs_x, ln_ih, None, [needs[0] or needs[5], needs[13], False]
-            )
-            dW_hh = _grad_with_prev(dZ, hs, h0) if needs[6] else None
-        else:
-            dP2 = dA2
-            dW_hh = _grad_with_prev(dA, hs, h0) if needs[6] else None
-        dx = _mm(dP2, w_ih).view(T, B, -1) if needs[0] else None
-        dW_ih = _mm(dP2.t(), x2) if needs[5] else None
-        db_ih, db_hh = bias_grads(dA, ctx.has_bias, needs[7], needs[8])
-        oi, of, _, oo = ctx.offsets
         d_ci = d_cf = d_co = None
-        if w_ci is not None or w_cf is not None or w_co is not None:
-            c_prev = prev_states(c0, cs)
-            if w_ci is not None and needs[9]:
-                d_ci = (dA[..., oi : oi + H] * c_prev).sum((0, 1))
-            if w_cf is not None and needs[10]:
-                d_cf = (dA[..., of : of + H] * c_prev).sum((0, 1))
-            if w_co is not None and needs[11]:
-                d_co = (dA[..., oo : oo + H] * cs).sum((0, 1))
+        oi, of, _, oo = ctx.offsets
+        if ln:  # the gains', biases' and peepholes' gradients summed by the kernel
+            dZ, g_ih, g_hh, g_b, g_c, b_c, g_peep = out[1:8]
+            dW_hh = _grad_with_prev(dZ, hs, h0) if needs[6] else None
+            db_ih = db_hh = None
+            if ctx.has_bias:
+                db_ih = g_b if needs[7] else None
+                db_hh = (g_b.clone() if needs[7] else g_b) if needs[8] else None
+            d_ci, d_cf, d_co = (
+                g if w is not None and need else None
+                for g, w, need in zip(g_peep, (w_ci, w_cf, w_co), needs[9:12])
+            )
+        else:
+            dW_hh = _grad_with_prev(dA, hs, h0) if needs[6] else None
+            db_ih, db_hh = bias_grads(dA, ctx.has_bias, needs[7], needs[8])
+            if w_ci is not None or w_cf is not None or w_co is not None:
+                c_prev = prev_states(c0, cs)
+                if w_ci is not None and needs[9]:
+                    d_ci = (dA[..., oi : oi + H] * c_prev).sum((0, 1))
+                if w_cf is not None and needs[10]:
+                    d_cf = (dA[..., of : of + H] * c_prev).sum((0, 1))
+                if w_co is not None and needs[11]:
+                    d_co = (dA[..., oo : oo + H] * cs).sum((0, 1))
+        dx = _mm(dA2, w_ih).view(T, B, -1) if needs[0] else None
+        dW_ih = _mm(dA2.t(), x2) if needs[5] else None
         dW_gg = _grad_with_prev(out[-1], ss, s0) if fgr and needs[12] else None
         return (
             dx, dH[0] if needs[1] else None, dC[0] if needs[2] else None,

@@ -409,13 +409,123 @@ void ln_row_backward(int64_t n, const T* __restrict dy, const T* __restrict gamm
   for (int64_t j = 0; j < n; ++j) dx[j] = rs * (d[j] - m1 - xn[j] * m2);
 }
 
+// The pre-activations of a layer-normalised LSTM row (Ba et al. 2016, eq. 20):
+// a = LN(x) gam_x + LN(z) gam_z + bias over the n = G*H gate rows, with x = W_ih x_t and
+// z = W_hh h_{t-1} normalised in place (saved for the backward pass); rs_x, rs_z receive their
+// reciprocal standard deviations. Three passes: the means, the variances (two-pass, as
+// torch's layer_norm: no cancellation), then the normalisation and the sum.
+template <typename T>
+void ln2_row(int64_t n, T* __restrict x, T* __restrict z, const T* __restrict gam_x,
+             const T* __restrict gam_z, const T* __restrict bias, T eps, T* __restrict a,
+             T& rs_x, T& rs_z) {
+  T sx[16] = {}, sz[16] = {};
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16)
+    for (int k = 0; k < 16; ++k) {
+      sx[k] += x[j + k];
+      sz[k] += z[j + k];
+    }
+  T mx = T(0), mz = T(0);
+  for (; j < n; ++j) {
+    mx += x[j];
+    mz += z[j];
+  }
+  for (int k = 0; k < 16; ++k) {
+    mx += sx[k];
+    mz += sz[k];
+    sx[k] = sz[k] = T(0);
+  }
+  mx /= T(n);
+  mz /= T(n);
+  T vx = T(0), vz = T(0);
+  for (j = 0; j + 16 <= n; j += 16)
+    for (int k = 0; k < 16; ++k) {
+      const T dx = x[j + k] - mx, dz = z[j + k] - mz;
+      sx[k] += dx * dx;
+      sz[k] += dz * dz;
+    }
+  for (; j < n; ++j) {
+    vx += (x[j] - mx) * (x[j] - mx);
+    vz += (z[j] - mz) * (z[j] - mz);
+  }
+  for (int k = 0; k < 16; ++k) {
+    vx += sx[k];
+    vz += sz[k];
+  }
+  const T rx = T(1) / std::sqrt(vx / T(n) + eps), rz = T(1) / std::sqrt(vz / T(n) + eps);
+  for (j = 0; j < n; ++j) {
+    x[j] = (x[j] - mx) * rx;
+    z[j] = (z[j] - mz) * rz;
+    a[j] = x[j] * gam_x[j] + z[j] * gam_z[j] + bias[j];
+  }
+  rs_x = rx;
+  rs_z = rz;
+}
+
+// Backward of ln2_row: given da (n), adds the gradients of gam_x, gam_z and the bias into gx,
+// gz, gb, writes the gradient of z into dz and overwrites da with that of x (ln_row_backward
+// for both layer norms, in two passes).
+template <typename T>
+void ln2_row_backward(int64_t n, T* __restrict da, const T* __restrict xn,
+                      const T* __restrict zn, const T* __restrict gam_x,
+                      const T* __restrict gam_z, T rs_x, T rs_z, T* __restrict gx,
+                      T* __restrict gz, T* __restrict gb, T* __restrict dz) {
+  T s1[16] = {}, s2[16] = {}, s3[16] = {}, s4[16] = {};
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16)
+    for (int k = 0; k < 16; ++k) {
+      const T d = da[j + k], xv = xn[j + k], zv = zn[j + k];
+      gx[j + k] += d * xv;
+      gz[j + k] += d * zv;
+      gb[j + k] += d;
+      const T dx = d * gam_x[j + k], dzv = d * gam_z[j + k];
+      s1[k] += dx;
+      s2[k] += dx * xv;
+      s3[k] += dzv;
+      s4[k] += dzv * zv;
+    }
+  T m1 = T(0), m2 = T(0), m3 = T(0), m4 = T(0);
+  for (; j < n; ++j) {
+    const T d = da[j], xv = xn[j], zv = zn[j];
+    gx[j] += d * xv;
+    gz[j] += d * zv;
+    gb[j] += d;
+    const T dx = d * gam_x[j], dzv = d * gam_z[j];
+    m1 += dx;
+    m2 += dx * xv;
+    m3 += dzv;
+    m4 += dzv * zv;
+  }
+  for (int k = 0; k < 16; ++k) {
+    m1 += s1[k];
+    m2 += s2[k];
+    m3 += s3[k];
+    m4 += s4[k];
+  }
+  m1 /= T(n);
+  m2 /= T(n);
+  m3 /= T(n);
+  m4 /= T(n);
+  for (j = 0; j < n; ++j) {
+    const T d = da[j];
+    dz[j] = rs_z * (d * gam_z[j] - m3 - zn[j] * m4);
+    da[j] = rs_x * (d * gam_x[j] - m1 - xn[j] * m2);
+  }
+}
+
 // The optional parts of a forward step (nullptr: off), pointers to row 0 of the step's block.
-// Layer norm (Ba et al. 2016): z (B, GH) holds W_hh h_{t-1} and is normalised in place, rs_z
-// (B) its reciprocal std, gam_hh (GH) its gain; cn (B, H) receives LN(c_t) before gain and
-// bias, rs_c (B) its reciprocal std, gam_c and beta_c (H). FGR: sp (B, SH) = s_{t-1} W_gg^T,
-// s_prev and s_out (B, SH) the gate states s_{t-1} and s_t.
+// Layer norm (Ba et al. 2016): x (B, GH) holds W_ih x_t and z (B, GH) W_hh h_{t-1}, both
+// normalised in place, rs_x and rs_z (B) their reciprocal standard deviations, gam_ih and
+// gam_hh (GH) their gains, bias (GH) b_ih + b_hh; the pre-activations are then
+// LN(x) gam_ih + LN(z) gam_hh + bias. cn (B, H) receives LN(c_t) before gain and bias, rs_c
+// (B) its reciprocal std, gam_c and beta_c (H). FGR: sp (B, SH) = s_{t-1} W_gg^T, s_prev and
+// s_out (B, SH) the gate states s_{t-1} and s_t.
 template <typename T>
 struct LstmFwdExtra {
+  T* x = nullptr;
+  T* rs_x = nullptr;
+  const T* gam_ih = nullptr;
+  const T* bias = nullptr;
   T* z = nullptr;
   T* rs_z = nullptr;
   const T* gam_hh = nullptr;
@@ -429,15 +539,25 @@ struct LstmFwdExtra {
   T* s_out = nullptr;
 };
 
-// The optional parts of a backward step: with layer norm, zn (B, GH) and rs_z (B) as saved by
-// the forward (z normalised), dz (B, GH) receives the gradient of W_hh h_{t-1}; cn, rs_c as
-// saved; the gain and bias gradients are summed over the steps into rows of their own, g_hh
-// (B, GH) for gamma_hh, g_c and b_c (B, H) for gamma_c and beta_c (summed over the batch by
-// the caller). With FGR, ds (B, SH) is the total gradient of s_t, dsp (B, SH) that of s_{t-1}
+// The optional parts of a backward step: with layer norm, xn, zn (B, GH) and rs_x, rs_z (B) as
+// saved by the forward (the normalised products), dz (B, GH) receives the gradient of
+// W_hh h_{t-1} and da is overwritten with that of W_ih x_t (the pre-activation gradients are
+// not needed after the step: the gradients of the biases and peepholes are summed here); cn,
+// rs_c as saved, c (B, H) the cell state c_t. The gain, bias and peephole gradients are summed
+// over the steps into rows of their own (summed over the batch by the caller): g_ih, g_hh,
+// g_b (B, GH) for gamma_ih, gamma_hh and b_ih + b_hh, g_c and b_c (B, H) for gamma_c and
+// beta_c, g_peep (B, 3H) for w_ci, w_cf, w_co (nullptr without peepholes). With FGR, ds (B, SH) is the total gradient of s_t, dsp (B, SH) that of s_{t-1}
 // (frozen rows pass ds on into it), dasig (B, SH) receives the pre-activation gradients of the
 // sigmoid gates in s's order.
 template <typename T>
 struct LstmBwdExtra {
+  const T* xn = nullptr;
+  const T* rs_x = nullptr;
+  const T* gam_ih = nullptr;
+  const T* c = nullptr;
+  T* g_ih = nullptr;
+  T* g_b = nullptr;
+  T* g_peep = nullptr;
   const T* zn = nullptr;
   const T* rs_z = nullptr;
   const T* gam_hh = nullptr;
@@ -466,11 +586,9 @@ void lstm_fwd_step(const LstmLayout& L, int64_t b0, int64_t b1, int64_t H, int64
       T* ab = a + b * GH;
       const T* cp = cprev + b * H;
       T* act = act_out + b * H;
-      if (E.z != nullptr) {  // a += LN(W_hh h_{t-1}) gamma_hh
-        T* zb = E.z + b * GH;
-        E.rs_z[b] = ln_row(zb, GH, E.eps);
-        for (int64_t k = 0; k < GH; ++k) ab[k] += zb[k] * E.gam_hh[k];
-      }
+      if (E.z != nullptr)  // a = LN(W_ih x_t) gamma_ih + LN(W_hh h_{t-1}) gamma_hh + b
+        ln2_row(GH, E.x + b * GH, E.z + b * GH, E.gam_ih, E.gam_hh, E.bias, E.eps, ab,
+                E.rs_x[b], E.rs_z[b]);
       const T* spb = E.sp != nullptr ? E.sp + b * SH : nullptr;  // FGR: + W_gg s_{t-1}
       const T* ip = ones.data();
       const T* fp = ones.data();
@@ -560,7 +678,7 @@ void lstm_bwd_step(const LstmLayout& L, int64_t b0, int64_t b1, int64_t H, int64
                    const T* wco, const LstmBwdExtra<T>& E) {
   const int64_t SH = L.SH;
   at::parallel_for(b0, b1, grain(H), [&](int64_t r0, int64_t r1) {
-    std::vector<T> ones(H, T(1)), dcbuf(H), scratch(E.dz != nullptr ? GH : 0);
+    std::vector<T> ones(H, T(1)), dcbuf(H), scratch(E.dz != nullptr ? H : 0);
     std::vector<T> dybuf(E.dz != nullptr ? H : 0);
     T* dcv = dcbuf.data();  // the total gradient of c_t
     for (int64_t b = r0; b < r1; ++b) {
@@ -660,11 +778,20 @@ void lstm_bwd_step(const LstmLayout& L, int64_t b0, int64_t b1, int64_t H, int64
         if (L.of >= 0) std::copy(dab + L.of, dab + L.of + H, dsig + L.sf);
         if (L.oo >= 0) std::copy(dab + L.oo, dab + L.oo + H, dsig + L.so);
       }
-      if (E.dz != nullptr) {  // through LN(W_hh h_{t-1}) gamma_hh
-        const T* znb = E.zn + b * GH;
-        T* ghb = E.g_hh + b * GH;
-        for (int64_t k = 0; k < GH; ++k) ghb[k] += dab[k] * znb[k];
-        ln_row_backward(GH, dab, E.gam_hh, znb, E.rs_z[b], scratch.data(), E.dz + b * GH);
+      if (E.dz != nullptr) {  // through LN(W_hh h_{t-1}) gamma_hh and LN(W_ih x_t) gamma_ih
+        if (E.g_peep != nullptr) {  // w_ci, w_cf see c_{t-1}, w_co sees c_t
+          T* gp = E.g_peep + b * 3 * H;
+          const T* ct = E.c + b * H;
+          if (L.oi >= 0)
+            for (int64_t j = 0; j < H; ++j) gp[j] += dab[L.oi + j] * cp[j];
+          if (L.of >= 0)
+            for (int64_t j = 0; j < H; ++j) gp[H + j] += dab[L.of + j] * cp[j];
+          if (L.oo >= 0)
+            for (int64_t j = 0; j < H; ++j) gp[2 * H + j] += dab[L.oo + j] * ct[j];
+        }
+        ln2_row_backward(GH, dab, E.xn + b * GH, E.zn + b * GH, E.gam_ih, E.gam_hh, E.rs_x[b],
+                         E.rs_z[b], E.g_ih + b * GH, E.g_hh + b * GH, E.g_b + b * GH,
+                         E.dz + b * GH);  // dab becomes the gradient of W_ih x_t
       }
     }
   });
@@ -689,12 +816,13 @@ void check_grad_buffer(const at::Tensor& d, const at::Tensor& like, const char* 
               name, ": expected a contiguous (T+1, B, H) tensor, got sizes ", d.sizes());
 }
 
-// xw: (T, B, GH) input projections with both biases (with layer norm: LN(W_ih x) gamma_ih + b,
-// computed by the caller). ln: empty, or (gamma_hh (GH), gamma_c (H), beta_c (H)) for Ba et
-// al.'s layer-normalised LSTM with epsilon ln_eps. fgr: empty, or (W_gg (SH, SH), s0 (B, SH))
-// for full gate recurrence. Returns [hs, cs, gates, acts], then with layer norm [zn (T, B, GH)
-// = LN(W_hh h_{t-1}) before its gain, rs_z (T, B), cn (T, B, H) = LN(c_t) before gain and bias,
-// rs_c (T, B)] (the reciprocal standard deviations), then with FGR [ss (T, B, SH)], the gate
+// xw: (T, B, GH) input projections with both biases, or with layer norm W_ih x without them
+// (normalised in place). ln: empty, or (gamma_ih, b_ih + b_hh (GH; zeros without biases),
+// gamma_hh (GH), gamma_c (H), beta_c (H)) for Ba et al.'s layer-normalised LSTM with epsilon
+// ln_eps. fgr: empty, or (W_gg (SH, SH), s0 (B, SH)) for full gate recurrence. Returns [hs, cs,
+// gates, acts], then with layer norm [xn, zn (T, B, GH) = LN(W_ih x_t), LN(W_hh h_{t-1})
+// before their gains, rs_x, rs_z (T, B), cn (T, B, H) = LN(c_t) before gain and bias, rs_c
+// (T, B)] (rs: the reciprocal standard deviations), then with FGR [ss (T, B, SH)], the gate
 // states (frozen where masked).
 std::vector<at::Tensor> lstm_forward(const at::Tensor& xw, const at::Tensor& h0,
                                      const at::Tensor& c0, const c10::optional<at::Tensor>& mask,
@@ -707,25 +835,29 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& xw, const at::Tensor& h0,
   const LstmLayout L = lstm_layout(offsets, flags, H);
   const int64_t SH = L.SH;
   const bool has_ln = !ln.empty(), has_fgr = !fgr.empty();
-  TORCH_CHECK(ln.empty() || ln.size() == 3, "lstm_forward: ln must be empty or 3 tensors");
+  TORCH_CHECK(ln.empty() || ln.size() == 5, "lstm_forward: ln must be empty or 5 tensors");
   TORCH_CHECK(fgr.empty() || fgr.size() == 2, "lstm_forward: fgr must be empty or 2 tensors");
   // xw is a fresh buffer of the caller: overwritten in place, step by step, with the
-  // activations
-  at::Tensor gates = xw.is_contiguous() ? xw : xw.contiguous();
+  // activations (with layer norm: with the normalised W_ih x, the activations elsewhere)
+  at::Tensor xs = xw.is_contiguous() ? xw : xw.contiguous();
+  at::Tensor gates = has_ln ? at::empty_like(xs) : xs;
   at::Tensor hs = at::empty({T, B, H}, xw.options());
   at::Tensor cs = at::empty({T, B, H}, xw.options());
   at::Tensor acts = at::empty({T, B, H}, xw.options());
   at::Tensor h0c = h0.contiguous(), c0c = c0.contiguous(), mk = mask_tensor(mask);
   at::Tensor w_t = transposed(w_hh, T * B);
-  at::Tensor zs, rs_z, cns, rs_c, gam_hh, gam_c, beta_c;
+  at::Tensor rs_x, zs, rs_z, cns, rs_c, gam_ih, bias, gam_hh, gam_c, beta_c;
   if (has_ln) {
+    rs_x = at::empty({T, B}, xw.options());
     zs = at::empty({T, B, GH}, xw.options());
     rs_z = at::empty({T, B}, xw.options());
     cns = at::empty({T, B, H}, xw.options());
     rs_c = at::empty({T, B}, xw.options());
-    gam_hh = ln[0].contiguous();
-    gam_c = ln[1].contiguous();
-    beta_c = ln[2].contiguous();
+    gam_ih = ln[0].contiguous();
+    bias = ln[1].contiguous();
+    gam_hh = ln[2].contiguous();
+    gam_c = ln[3].contiguous();
+    beta_c = ln[4].contiguous();
   }
   at::Tensor ss, s0c, w_gg_t, sp;
   if (has_fgr) {
@@ -766,6 +898,8 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& xw, const at::Tensor& h0,
       LstmFwdExtra<scalar_t> E;
       E.eps = static_cast<scalar_t>(ln_eps);
       if (has_ln) {
+        E.gam_ih = gam_ih.data_ptr<scalar_t>();
+        E.bias = bias.data_ptr<scalar_t>();
         E.gam_hh = gam_hh.data_ptr<scalar_t>();
         E.gam_c = gam_c.data_ptr<scalar_t>();
         E.beta_c = beta_c.data_ptr<scalar_t>();
@@ -773,7 +907,9 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& xw, const at::Tensor& h0,
       for (int64_t t = 0; t < T; ++t) {
         const int64_t s = t * B * H;
         const scalar_t* hprev = t == 0 ? h0p : hp + s - B * H;
-        if (has_ln) {  // z = W_hh h_{t-1}, normalised in the gate pass
+        if (has_ln) {  // z = W_hh h_{t-1}, normalised in the gate pass (as x = W_ih x_t)
+          E.x = xs.data_ptr<scalar_t>() + t * B * GH;
+          E.rs_x = rs_x.data_ptr<scalar_t>() + t * B;
           E.z = zp + t * B * GH;
           E.rs_z = rs_z.data_ptr<scalar_t>() + t * B;
           E.cn = cns.data_ptr<scalar_t>() + s;
@@ -800,18 +936,19 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& xw, const at::Tensor& h0,
     });
   });
   std::vector<at::Tensor> out{hs, cs, gates, acts};
-  if (has_ln) out.insert(out.end(), {zs, rs_z, cns, rs_c});
+  if (has_ln) out.insert(out.end(), {xs, zs, rs_x, rs_z, cns, rs_c});
   if (has_fgr) out.push_back(ss);
   return out;
 }
 
 // dH: (T+1, B, H), dC: (T+1, B, H) with row t+1 the upstream gradient of the state after
 // step t and row 0 zero; both are accumulated in place (row 0 ends as the initial state's
-// gradient). ln: empty, or (gamma_hh, zn, rs_z, gamma_c, cn, rs_c) as lstm_forward's; fgr:
-// empty, or (W_gg, dS (T+1, B, SH)), dS accumulated in place as dH. Returns [dA (T, B, GH)],
-// then with layer norm [dZ (T, B, GH), the gradient of W_hh h_{t-1}, and the gradients of
-// gamma_hh (GH), gamma_c (H) and beta_c (H)], then with FGR [dAsig (T, B, SH), the sigmoid
-// gates' pre-activation gradients in s's order].
+// gradient). ln: empty, or (gamma_ih, xn, rs_x, gamma_hh, zn, rs_z, gamma_c, cn, rs_c) as
+// lstm_forward's; fgr: empty, or (W_gg, dS (T+1, B, SH)), dS accumulated in place as dH.
+// Returns [dA (T, B, GH)] (with layer norm: the gradient of W_ih x_t instead), then with layer
+// norm [dZ (T, B, GH), the gradient of W_hh h_{t-1}, and those of gamma_ih, gamma_hh, b_ih +
+// b_hh (GH), gamma_c, beta_c (H) and of the peepholes (3, H), rows w_ci, w_cf, w_co], then
+// with FGR [dAsig (T, B, SH), the sigmoid gates' pre-activation gradients in s's order].
 std::vector<at::Tensor> lstm_backward(const at::Tensor& gates, const at::Tensor& cs,
                                       const at::Tensor& c0, const at::Tensor& acts,
                                       const at::Tensor& dH, const at::Tensor& dC,
@@ -826,7 +963,7 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& gates, const at::Tensor&
   const LstmLayout L = lstm_layout(offsets, flags, H);
   const int64_t SH = L.SH;
   const bool has_ln = !ln.empty(), has_fgr = !fgr.empty();
-  TORCH_CHECK(ln.empty() || ln.size() == 6, "lstm_backward: ln must be empty or 6 tensors");
+  TORCH_CHECK(ln.empty() || ln.size() == 9, "lstm_backward: ln must be empty or 9 tensors");
   TORCH_CHECK(fgr.empty() || fgr.size() == 2, "lstm_backward: fgr must be empty or 2 tensors");
   check_grad_buffer(dH, gates, "dH");
   check_grad_buffer(dC, gates, "dC");
@@ -834,15 +971,22 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& gates, const at::Tensor&
               "lstm_backward: saved tensors must be contiguous");
   at::Tensor dA = at::empty_like(gates, at::MemoryFormat::Contiguous);
   at::Tensor c0c = c0.contiguous(), mk = mask_tensor(mask);
-  at::Tensor gam_hh, zn, rs_z, gam_c, cn, rs_c, dZ, g_hh, g_c, b_c;
+  at::Tensor gam_ih, xn, rs_x, gam_hh, zn, rs_z, gam_c, cn, rs_c, dZ, g_ih, g_hh, g_b, g_c, b_c;
+  at::Tensor g_peep;
   if (has_ln) {
-    gam_hh = ln[0].contiguous();
-    zn = ln[1].contiguous();
-    rs_z = ln[2].contiguous();
-    gam_c = ln[3].contiguous();
-    cn = ln[4].contiguous();
-    rs_c = ln[5].contiguous();
+    gam_ih = ln[0].contiguous();
+    xn = ln[1].contiguous();
+    rs_x = ln[2].contiguous();
+    gam_hh = ln[3].contiguous();
+    zn = ln[4].contiguous();
+    rs_z = ln[5].contiguous();
+    gam_c = ln[6].contiguous();
+    cn = ln[7].contiguous();
+    rs_c = ln[8].contiguous();
     dZ = at::empty_like(gates, at::MemoryFormat::Contiguous);
+    g_ih = at::zeros({B, GH}, gates.options());
+    g_b = at::zeros({B, GH}, gates.options());
+    g_peep = at::zeros({B, 3, H}, gates.options());
     g_hh = at::zeros({B, GH}, gates.options());
     g_c = at::zeros({B, H}, gates.options());
     b_c = at::zeros({B, H}, gates.options());
@@ -887,6 +1031,10 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& gates, const at::Tensor&
       if (has_ln) {
         E.gam_hh = gam_hh.data_ptr<scalar_t>();
         E.gam_c = gam_c.data_ptr<scalar_t>();
+        E.gam_ih = gam_ih.data_ptr<scalar_t>();
+        E.g_ih = g_ih.data_ptr<scalar_t>();
+        E.g_b = g_b.data_ptr<scalar_t>();
+        if (L.peep) E.g_peep = g_peep.data_ptr<scalar_t>();
         E.g_hh = g_hh.data_ptr<scalar_t>();
         E.g_c = g_c.data_ptr<scalar_t>();
         E.b_c = b_c.data_ptr<scalar_t>();
@@ -894,6 +1042,9 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& gates, const at::Tensor&
       for (int64_t t = T - 1; t >= 0; --t) {
         const int64_t s = t * B * H;
         if (has_ln) {
+          E.xn = xn.data_ptr<scalar_t>() + t * B * GH;
+          E.rs_x = rs_x.data_ptr<scalar_t>() + t * B;
+          E.c = csp + s;
           E.zn = zn.data_ptr<scalar_t>() + t * B * GH;
           E.rs_z = rs_z.data_ptr<scalar_t>() + t * B;
           E.dz = dzp + t * B * GH;
@@ -918,7 +1069,9 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& gates, const at::Tensor&
     });
   });
   std::vector<at::Tensor> out{dA};
-  if (has_ln) out.insert(out.end(), {dZ, g_hh.sum(0), g_c.sum(0), b_c.sum(0)});
+  if (has_ln)
+    out.insert(out.end(), {dZ, g_ih.sum(0), g_hh.sum(0), g_b.sum(0), g_c.sum(0), b_c.sum(0),
+                           g_peep.sum(0)});
   if (has_fgr) out.push_back(dAsig);
   return out;
 }
