@@ -12,6 +12,13 @@ Bars (issue 5): GRU and RNN (compiled) >= 2x torch.nn.GRU / torch.nn.RNN at
 at (32,100,64,128) and (32,100,128,512), >= 0.5x at (8,200,16,32); batch-1 step-by-step
 inference >= torch.nn.LSTM.
 
+With ``FGR`` among the variants a row "LSTM FGR products only" times the matrix products alone
+that the compiled FGR kernel runs in one training step (the per-step products with W_hh and
+W_gg, forward and backward, through the extension's own operators, and the products over all
+steps), on random operands of the same shapes: its "vs" column against "LSTM FGR compiled" is
+the share of the kernel's time spent in its products. FGR has (4H(I+H) + 9H^2) / (4H(I+H))
+times the standard LSTM's multiply-adds (2.5x at I=H/2, 2.8x at I=H/4).
+
 Usage::
 
     python benchmarks/kernels.py --threads 1 --timer cpu    # the issue's shapes
@@ -32,7 +39,7 @@ from carousel import kernels
 
 SHAPES = [(32, 100, 64, 128), (32, 100, 128, 512), (8, 200, 16, 32)]  # (B, T, I, H)
 QUICK_SHAPES = [(4, 12, 8, 16)]
-COVERED = ["NP", "vanilla", "NIG", "NFG", "NOG", "NIAF", "NOAF", "CIFG"]
+COVERED = ["NP", "vanilla", "NIG", "NFG", "NOG", "NIAF", "NOAF", "CIFG", "LN", "FGR"]
 
 
 def _cases(I: int, H: int, variants: list[str]) -> dict[str, tuple[str, torch.nn.Module]]:
@@ -48,6 +55,37 @@ def _cases(I: int, H: int, variants: list[str]) -> dict[str, tuple[str, torch.nn
         for v in variants:
             rows[f"LSTM {v} {impl}"] = ("LSTM", carousel.LSTM(I, H, variant=v, impl=impl))
     return rows
+
+
+def _fgr_products(I: int, H: int, x: torch.Tensor):
+    """The matrix products of one forward + backward pass of the compiled FGR kernel
+    (peepholes, 4 gates, 3 sigmoid gates), on random operands of the same shapes."""
+    ops = torch.ops.carousel_kernels
+    T, B, _ = x.shape
+    GH, SH = 4 * H, 3 * H
+    w_ih, w_hh, w_gg = torch.randn(GH, I), torch.randn(GH, H) / H, torch.randn(SH, SH) / SH
+    w_hh_t, w_gg_t = w_hh.t().contiguous(), w_gg.t().contiguous()  # as the forward packs them
+    bias = torch.randn(GH)
+    hs, ss = torch.randn(T, B, H), torch.rand(T, B, SH)
+    dA, dAsig = torch.randn(T, B, GH), torch.randn(T, B, SH)
+    x2 = x.reshape(T * B, I)
+
+    def run() -> None:
+        xw = kernels._mm(x2, w_ih.t(), bias).view(T, B, GH)
+        dH, dS = torch.zeros(B, H), torch.zeros(B, SH)
+        for t in range(1, T):  # forward: + W_hh h_{t-1}, W_gg s_{t-1}
+            ops.matmul_acc(xw[t], hs[t - 1], w_hh_t)
+            ops.matmul(ss[t - 1], w_gg_t, None)
+        for t in range(T - 1, 0, -1):  # backward: delta h_{t-1}, delta s_{t-1}
+            ops.matmul_acc(dH, dA[t], w_hh)
+            ops.matmul_acc(dS, dAsig[t], w_gg)
+        dA2 = dA.view(T * B, GH)
+        kernels._mm(dA2, w_ih)  # delta x
+        kernels._mm(dA2.t(), x2)  # grad W_ih
+        kernels._grad_with_prev(dA, hs, hs[0])  # grad W_hh
+        kernels._grad_with_prev(dAsig, ss, ss[0])  # grad W_gg
+
+    return run
 
 
 def _train_step(model: torch.nn.Module, x: torch.Tensor):
@@ -118,7 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     for k, (B, T, I, H) in enumerate([] if args.inference_only else shapes):
         rows = _cases(I, H, variants)
         x = torch.randn(T, B, I)
-        med = _medians({n: _train_step(m, x) for n, (_, m) in rows.items()}, rounds, clock)
+        fns = {n: _train_step(m, x) for n, (_, m) in rows.items()}
+        if "FGR" in variants and kernels.available():
+            rows["LSTM FGR products only"] = ("LSTM", None)
+            fns["LSTM FGR products only"] = _fgr_products(I, H, x)
+        med = _medians(fns, rounds, clock)
         tok = {n: B * T / s for n, s in med.items()}
         print(f"\n## training B={B} T={T} I={I} H={H}\n")
         print("| layer | tokens/s | vs torch.nn | vs bptt |")
@@ -127,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             vs = tok[n] / tok[f"torch.nn.{fam}"]
             twin = n.replace(" compiled", " bptt")
             vb = f"{tok[n] / tok[twin]:.2f}x" if n.endswith("compiled") else ""
+            if n == "LSTM FGR products only":  # vs the kernel: its share in the products
+                vb = f"{tok['LSTM FGR compiled'] / tok[n]:.2f}x of FGR compiled"
             print(f"| {n} | {tok[n]:,.0f} | {vs:.2f}x | {vb} |")
             if not n.endswith("compiled") or args.quick:
                 continue
