@@ -480,12 +480,13 @@ def test_batch_split_layer_with_lengths(built):
             torch.testing.assert_close(u, v)
 
 
-@pytest.mark.parametrize("family", ["lstm", "gru", "gru_cho", "rnn"])
+@pytest.mark.parametrize("family", ["lstm", "gru", "gru_cho", "rnn", "lstm_LN", "lstm_FGR"])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_float32_products(threads, family, built):
     """Float32 at a size where the per-step products take the small kernel (strided operands
     for Cho's GRU) and those over all steps oneDNN, in one thread and in the batch blocks of
-    two: same results as "bptt"."""
+    two: same results as "bptt". FGR at H=352: W_gg (1056 x 1056) is above the small kernel's
+    size, its per-step products go to oneDNN."""
     torch.set_num_threads(threads)
     used = torch.ops.carousel_kernels.onednn_used
     assert not used(torch.empty(32, 256, dtype=D), torch.empty(256, 1024, dtype=D))
@@ -502,6 +503,8 @@ def test_float32_products(threads, family, built):
         "gru": lambda: carousel.GRUCell(16, 256),
         "gru_cho": lambda: carousel.GRUCell(16, 256, reset_after=False),  # strided products
         "rnn": lambda: carousel.RNNCell(16, 256),
+        "lstm_LN": lambda: carousel.LSTMCell(16, 256, variant="LN", peephole=True),
+        "lstm_FGR": lambda: carousel.LSTMCell(16, 352, variant="FGR"),
     }[family]()
     _assert_float32_kernel_matches_bptt(cell, steps=4, batch=32)
 

@@ -7,7 +7,9 @@
 // gradients, summed over time, are single matrix products done by the Python wrapper
 // (carousel/kernels/__init__.py, through the matmul operators below), which also checks every
 // argument. The math and the mask convention are those of the pure-PyTorch path,
-// carousel/bptt/ (its docstrings give the equations).
+// carousel/bptt/ (its docstrings give the equations). The LSTM's layer-normalised variant
+// normalises both parts of the pre-activation and c_t row by row in the loop (ln2_row,
+// ln_row), and full gate recurrence adds a second per-step product, W_gg s_{t-1}.
 //
 // Threads: the rows of a batch are independent through time, so with several threads and a
 // batch large enough (batch_chunks) the batch is split into one block of contiguous rows per
