@@ -4,8 +4,8 @@ reference loop.
 In float64: outputs, final states, per-step states, gates and the gradients of every
 parameter, of the input and of the initial state, with random upstream gradients on all of
 them, with and without a mask, for every covered cell (RNN tanh/ReLU, both GRUs, every LSTM
-variant without projection, layer norm (LN) and full gate recurrence (FGR) among them, alone and
-combined with the other switches); through the layers with two layers,
+variant, layer norm (LN), full gate recurrence (FGR) and the projection (``proj_size``) among
+them, alone and combined with the other switches); through the layers with two layers,
 both directions and lengths; ``gradcheck`` on each Function. In float32 against the
 pure-PyTorch path at a larger size. The fallback (``CAROUSEL_NO_COMPILE=1``, a failed build)
 is tested without the build. The compiled tests skip when the extension cannot be built (no
@@ -73,6 +73,17 @@ CELLS = {
     ),
     "lstm_FGR+NOG": _lstm(full_gate_recurrence=True, peephole=True, output_gate=False),
     "lstm_FGR+LN": _lstm(full_gate_recurrence=True, layer_norm=True, peephole=True),
+    "lstm_proj": _lstm(proj_size=3),
+    "lstm_P+proj": _lstm(peephole=True, proj_size=2),
+    "lstm_P+CIFG+proj+no_bias": _lstm(peephole=True, coupled=True, proj_size=4, bias=False),
+    "lstm_NOG+NOAF+proj": _lstm(output_gate=False, output_activation=False, proj_size=3),
+    "lstm_NIG+NIAF+proj": _lstm(input_gate=False, input_activation=False, proj_size=1),
+    "lstm_LN+P+proj": _lstm(layer_norm=True, peephole=True, proj_size=3),
+    "lstm_LN+CIFG+proj": _lstm(layer_norm=True, coupled=True, proj_size=5),
+    "lstm_FGR+proj": _lstm(full_gate_recurrence=True, proj_size=3),
+    "lstm_FGR+LN+P+proj": _lstm(
+        full_gate_recurrence=True, layer_norm=True, peephole=True, proj_size=2
+    ),
     "lstm_all_off": _lstm(
         input_gate=False,
         forget_gate=False,
@@ -80,10 +91,6 @@ CELLS = {
         input_activation=False,
         output_activation=False,
     ),
-}
-UNCOVERED = {
-    "lstm_proj": _lstm(proj_size=3),
-    "lstm_LN_proj": _lstm(layer_norm=True, proj_size=3),
 }
 
 
@@ -166,8 +173,12 @@ def test_matches_bptt_and_reference_float64(config, mask_kind, built):
 
 
 @pytest.mark.parametrize(
-    "config", ["rnn_tanh", "gru", "lstm_NP", "lstm_PNIGNOAF", "lstm_LN", "lstm_FGR", "lstm_FGR+LN"]
-)
+    "config",
+    [
+        "rnn_tanh", "gru", "lstm_NP", "lstm_PNIGNOAF", "lstm_LN", "lstm_FGR", "lstm_FGR+LN",
+        "lstm_proj", "lstm_LN+P+proj",
+    ],
+)  # fmt: skip
 def test_matches_bptt_float32(config, built):
     make = {
         "rnn_tanh": lambda: carousel.RNNCell(16, 40),
@@ -179,6 +190,10 @@ def test_matches_bptt_float32(config, built):
         "lstm_LN": lambda: carousel.LSTMCell(16, 40, variant="LN"),
         "lstm_FGR": lambda: carousel.LSTMCell(16, 40, variant="FGR"),
         "lstm_FGR+LN": lambda: carousel.LSTMCell(16, 40, variant="FGR", layer_norm=True),
+        "lstm_proj": lambda: carousel.LSTMCell(16, 40, proj_size=20),
+        "lstm_LN+P+proj": lambda: carousel.LSTMCell(
+            16, 40, variant="LN", peephole=True, proj_size=12
+        ),
     }[config]
     _assert_float32_kernel_matches_bptt(make(), steps=30, batch=8)
 
@@ -197,12 +212,20 @@ def _assert_float32_kernel_matches_bptt(cell, *, steps: int, batch: int) -> None
     _assert_same(runs[0], runs[1], names, rtol=1e-3, atol=1e-3)
 
 
-@pytest.mark.parametrize("config", list(UNCOVERED))
-def test_uncovered_cells_fall_back_to_bptt(config, built):
-    cell = UNCOVERED[config]()
-    assert not kernels.supports(cell)
-    runs, names = _run_all(cell, [kernels.run_sequence, bptt.run_sequence], "random")
-    _assert_same(runs[0], runs[1], names, rtol=0, atol=0)
+def test_uncovered_fall_back_to_bptt(built):
+    """Other devices and dtypes than the CPU's float32/float64 run "bptt" (here a float16
+    sequence; the device check needs no other device)."""
+    cell = carousel.LSTMCell(I, H, proj_size=3)
+    assert kernels.supports(cell) and not kernels.supports(cell, "meta")
+    cell = cell.to(torch.bfloat16)
+    _randomize(cell)
+    x = torch.randn(T, B, I, dtype=torch.bfloat16)
+    s0 = cell.initial_state(B, dtype=torch.bfloat16)
+    mask = _mask("random")
+    a = kernels.run_sequence(cell, None, x, s0, mask)
+    b = bptt.run_sequence(cell, None, x, s0, mask)
+    assert a.output.shape == (T, B, 3)
+    torch.testing.assert_close(a.output, b.output, rtol=0, atol=0)
 
 
 LAYERS = {
@@ -211,6 +234,10 @@ LAYERS = {
     "LSTM_CIFG": lambda **kw: carousel.LSTM(I, H, variant="CIFG", **kw),
     "LSTM_LN": lambda **kw: carousel.LSTM(I, H, variant="LN", **kw),
     "LSTM_FGR": lambda **kw: carousel.LSTM(I, H, variant="FGR", **kw),
+    "LSTM_proj": lambda **kw: carousel.LSTM(I, H, proj_size=3, **kw),
+    "LSTM_P+CIFG+LN_proj": lambda **kw: carousel.LSTM(
+        I, H, variant="CIFG", peephole=True, layer_norm=True, proj_size=2, **kw
+    ),
     "GRU": lambda **kw: carousel.GRU(I, H, **kw),
     "GRU_cho": lambda **kw: carousel.GRU(I, H, reset_after=False, **kw),
     "RNN_relu": lambda **kw: carousel.RNN(I, H, nonlinearity="relu", **kw),
@@ -253,7 +280,47 @@ def test_auto_prefers_compiled(built):
     assert carousel.GRU(I, H, reset_after=False).resolve_impl() == "compiled"
     assert carousel.LSTM(I, H, variant="LN").resolve_impl() == "compiled"
     assert carousel.LSTM(I, H, variant="FGR").resolve_impl() == "compiled"
-    assert carousel.LSTM(I, H, variant="LN", proj_size=3).resolve_impl() == "bptt"
+    # torch.nn.LSTM(proj_size=...) has no oneDNN kernel on the CPU: the compiled kernel
+    assert carousel.LSTM(I, H, proj_size=3).resolve_impl() == "compiled"
+    assert carousel.LSTM(I, H, variant="LN", proj_size=3).resolve_impl() == "compiled"
+
+
+@pytest.mark.parametrize("use_lengths", [False, True])
+def test_projected_lstm_matches_torch(use_lengths, built):
+    """The standard projected LSTM, compiled, equals torch.nn.LSTM(proj_size=...) after
+    load_state_dict: outputs, final states and every gradient (W_hr's included)."""
+    kw = {"num_layers": 2, "bidirectional": True, "proj_size": 3, "dtype": D}
+    ref = torch.nn.LSTM(I, H, **kw)
+    _randomize(ref)
+    ours = carousel.LSTM(I, H, impl="compiled", **kw)
+    ours.load_state_dict(ref.state_dict())
+    assert ours.resolve_impl() == "compiled"
+    x = torch.randn(T, B, I, dtype=D, requires_grad=True)
+    h0 = torch.randn(4, B, 3, dtype=D, requires_grad=True)
+    c0 = torch.randn(4, B, H, dtype=D, requires_grad=True)
+    lengths = torch.tensor([5, 2, 4]) if use_lengths else None
+    if lengths is None:
+        o2, (h2, c2) = ref(x, (h0, c0))
+    else:
+        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+        packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+        po, (h2, c2) = ref(packed, (h0, c0))
+        o2 = pad_packed_sequence(po, total_length=T)[0]
+    o1, (h1, c1) = ours(x, (h0, c0), lengths=lengths)
+    for u, v in [(o1, o2), (h1, h2), (c1, c2)]:
+        torch.testing.assert_close(u, v)
+    ups = [torch.randn_like(t) for t in (o2, h2, c2)]
+    inputs = [x, h0, c0]
+    ga = torch.autograd.grad(
+        sum((t * u).sum() for t, u in zip((o1, h1, c1), ups)), inputs + list(ours.parameters())
+    )
+    gb = torch.autograd.grad(
+        sum((t * u).sum() for t, u in zip((o2, h2, c2), ups)), inputs + list(ref.parameters())
+    )
+    names = ["x", "h0", "c0", *ours.state_dict()]
+    for name, u, v in zip(names, ga, gb, strict=True):
+        torch.testing.assert_close(u, v, msg=lambda m, name=name: f"grad of {name}: {m}")
 
 
 GT, GB, GI, GH = 3, 2, 2, 3
@@ -266,6 +333,9 @@ LSTM_GRADCHECK = {
     "lstm_LN": {"variant": "LN", "peephole": True},
     "lstm_FGR": {"variant": "FGR"},
     "lstm_FGR+LN+CIFG": {"variant": "FGR", "layer_norm": True, "coupled": True},
+    "lstm_proj": {"proj_size": 2},
+    "lstm_LN+P+proj": {"variant": "LN", "peephole": True, "proj_size": 2},
+    "lstm_FGR+CIFG+proj": {"variant": "FGR", "coupled": True, "proj_size": 1},
 }
 
 
@@ -297,7 +367,7 @@ def test_gradcheck(family, masked, built):
     params = [p.detach().clone().requires_grad_() for p in cell.parameters()]
     order = ["weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_ci", "weight_cf"]
     order += ["weight_co", "weight_gg", "ln_ih_weight", "ln_hh_weight", "ln_c_weight"]
-    order += ["ln_c_bias"]
+    order += ["ln_c_bias", "weight_hr"]
 
     def fn(x, h0, c0, s0, *ps):
         by_name = dict(zip(names, ps))
@@ -323,14 +393,16 @@ def test_disabled_by_env_falls_back(monkeypatch):
     torch.testing.assert_close(gru(x)[0], ref(x)[0], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("variant", ["LN", "FGR"])
+@pytest.mark.parametrize("variant", ["LN", "FGR", "proj"])
 def test_disabled_by_env_falls_back_lstm(variant, monkeypatch):
-    """LN and FGR LSTMs (covered by the kernel) run "bptt" without it, gradients included."""
+    """LN, FGR and projected LSTMs (covered by the kernel) run "bptt" without it, gradients
+    included."""
     monkeypatch.setenv("CAROUSEL_NO_COMPILE", "1")
-    assert kernels.supports(carousel.LSTMCell(I, H, variant=variant))
-    lstm = carousel.LSTM(I, H, variant=variant, impl="compiled", dtype=D)
-    assert carousel.LSTM(I, H, variant=variant).resolve_impl() == "bptt"
-    ref = carousel.LSTM(I, H, variant=variant, impl="bptt", dtype=D)
+    kw = {"proj_size": 3} if variant == "proj" else {"variant": variant}
+    assert kernels.supports(carousel.LSTMCell(I, H, **kw))
+    lstm = carousel.LSTM(I, H, impl="compiled", dtype=D, **kw)
+    assert carousel.LSTM(I, H, **kw).resolve_impl() == "bptt"
+    ref = carousel.LSTM(I, H, impl="bptt", dtype=D, **kw)
     ref.load_state_dict(lstm.state_dict())
     x = torch.randn(T, B, I, dtype=D)
     a, b = lstm(x)[0], ref(x)[0]
@@ -396,8 +468,12 @@ def test_cache_dir_keyed_by_torch_and_source(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "config", ["rnn_relu", "gru", "gru_cho", "lstm_vanilla", "lstm_CIFG", "lstm_LN", "lstm_FGR+LN"]
-)
+    "config",
+    [
+        "rnn_relu", "gru", "gru_cho", "lstm_vanilla", "lstm_CIFG", "lstm_LN", "lstm_FGR+LN",
+        "lstm_proj", "lstm_FGR+LN+P+proj",
+    ],
+)  # fmt: skip
 def test_inference_without_autograd(config, built):
     """Under no_grad the kernel runs without the autograd Function: same results."""
     cell = CELLS[config]()
@@ -435,7 +511,7 @@ BT, BB, BI, BH = 8, 75, 8, 64  # 2 blocks of 37 and 38 rows with two threads (ba
     "config",
     [
         "rnn_tanh", "rnn_relu", "gru", "gru_cho", "lstm_vanilla", "lstm_CIFG", "lstm_NOAF",
-        "lstm_LN", "lstm_FGR",
+        "lstm_LN", "lstm_FGR", "lstm_proj",
     ],
 )  # fmt: skip
 def test_batch_split_over_two_threads(config, mask_kind, built):
@@ -452,6 +528,7 @@ def test_batch_split_over_two_threads(config, mask_kind, built):
         "lstm_NOAF": lambda: carousel.LSTMCell(BI, BH, variant="NOAF", dtype=D),
         "lstm_LN": lambda: carousel.LSTMCell(BI, BH, variant="LN", peephole=True, dtype=D),
         "lstm_FGR": lambda: carousel.LSTMCell(BI, BH, variant="FGR", dtype=D),
+        "lstm_proj": lambda: carousel.LSTMCell(BI, BH, peephole=True, proj_size=32, dtype=D),
     }[config]()
     assert torch.ops.carousel_kernels.batch_chunks(BT, BB, BH, BH) == 2  # the smallest (RNN)
     runs, names = _run_all(
@@ -480,7 +557,9 @@ def test_batch_split_layer_with_lengths(built):
             torch.testing.assert_close(u, v)
 
 
-@pytest.mark.parametrize("family", ["lstm", "gru", "gru_cho", "rnn", "lstm_LN", "lstm_FGR"])
+@pytest.mark.parametrize(
+    "family", ["lstm", "gru", "gru_cho", "rnn", "lstm_LN", "lstm_FGR", "lstm_proj"]
+)
 @pytest.mark.parametrize("threads", [1, 2])
 def test_float32_products(threads, family, built):
     """Float32 at a size where the per-step products take the small kernel (strided operands
@@ -505,6 +584,7 @@ def test_float32_products(threads, family, built):
         "rnn": lambda: carousel.RNNCell(16, 256),
         "lstm_LN": lambda: carousel.LSTMCell(16, 256, variant="LN", peephole=True),
         "lstm_FGR": lambda: carousel.LSTMCell(16, 352, variant="FGR"),
+        "lstm_proj": lambda: carousel.LSTMCell(16, 256, peephole=True, proj_size=128),
     }[family]()
     _assert_float32_kernel_matches_bptt(cell, steps=4, batch=32)
 

@@ -35,13 +35,16 @@ threads are GNU OpenMP's (``libgomp``), the extension is built with ``-fopenmp``
 that runtime (else ATen's header-only ``at::parallel_for`` runs serially in it: one thread a
 kernel call, as where that build fails and it is built without).
 
-Covered: the Elman RNN (tanh, ReLU), the GRU (both formulations) and the LSTM family without
-projection: torch.nn's cell with any combination of the switches peephole, NIG, NFG, NOG,
-NIAF, NOAF and CIFG, with or without layer normalisation (Ba et al. 2016; the input part
+Covered: the Elman RNN (tanh, ReLU), the GRU (both formulations) and the whole LSTM family:
+torch.nn's cell with any combination of the switches peephole, NIG, NFG, NOG, NIAF, NOAF and
+CIFG, with or without layer normalisation (Ba et al. 2016; the input part
 ``LN(W_ih x) gamma_ih`` of all steps and its backward are one layer norm here, the recurrent
-part's and the cell's layer norms run per row in the loop) and full gate recurrence (Greff's
-FGR: a second per-step product ``W_gg s_{t-1}``). LSTMs with ``proj_size`` run on the
-pure-PyTorch path (:func:`supports`). Floating dtypes float32 and float64, on the CPU.
+part's and the cell's layer norms run per row in the loop), full gate recurrence (Greff's
+FGR: a second per-step product ``W_gg s_{t-1}``) and a projection (``proj_size``, Sak et al.
+2014: per step one more product each way, ``h_t = W_hr m_t`` after the gate pass and
+``delta m_t = delta h_t W_hr`` before its backward, with ``m_t = o_t tanh(c_t)`` kept for
+``W_hr``'s gradient, one product over all steps). Floating dtypes float32 and float64, on the
+CPU (:func:`supports`).
 """
 
 from __future__ import annotations
@@ -231,21 +234,14 @@ def supports(cell: Any, device: torch.device | str | None = None) -> bool:
     """Whether a compiled kernel exists for ``cell`` (regardless of :func:`available`).
 
     True for :class:`~carousel.cells.RNNCell`, :class:`~carousel.cells.GRUCell` (both
-    formulations) and :class:`~carousel.cells.LSTMCell` without projection (every variant
-    switch, layer norm and full gate recurrence included), with the step methods not
-    overridden, on the CPU.
+    formulations) and :class:`~carousel.cells.LSTMCell` (every variant switch, layer norm,
+    full gate recurrence and projection included), with the step methods not overridden, on
+    the CPU.
     """
     if device is not None and torch.device(device).type != "cpu":
         return False
     _, RNNCell, GRUCell, LSTMCell = _cells()
-    fam = _family(cell)
-    if fam is RNNCell:
-        return True
-    if fam is GRUCell:
-        return True
-    if fam is LSTMCell:
-        return not cell.proj_size
-    return False
+    return _family(cell) in (RNNCell, GRUCell, LSTMCell)
 
 
 def _family(cell: Any):
@@ -325,12 +321,14 @@ def _grad_buffer(grad: Tensor | None, states: Tensor) -> Tensor:
 
 def _lstm_forward(
     x, h0, c0, s0, mask, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co, w_gg,
-    ln_ih, ln_hh, ln_c_w, ln_c_b, offsets, flags, ln_eps,
+    ln_ih, ln_hh, ln_c_w, ln_c_b, w_hr, offsets, flags, ln_eps,
 ):  # fmt: skip
     """The forward pass: ``(hs, cs, ss, gates, saved)`` with ``ss`` ``None`` without FGR and
     ``saved`` what :meth:`LSTMKernelFunction.backward` reads. The input projections of all
     steps are one product; with layer norm the kernel normalises them row by row in the loop,
-    beside ``W_hh h_{t-1}``, and adds the biases after."""
+    beside ``W_hh h_{t-1}``, and adds the biases after. With a projection (``w_hr``) the kernel
+    also returns ``m_t = o_t act(c_t)`` of every step (zero where masked), for ``W_hr``'s
+    gradient."""
     T, B, I = x.shape
     x2 = x.reshape(T * B, I)
     bias = None if b_ih is None else b_ih + b_hh
@@ -346,17 +344,20 @@ def _lstm_forward(
     w_ci, w_cf, w_co = _contig(w_ci), _contig(w_cf), _contig(w_co)
     h0, c0 = h0.contiguous(), c0.contiguous()
     fgr = [] if w_gg is None else [w_gg.contiguous(), s0.contiguous()]
+    proj = [] if w_hr is None else [w_hr.contiguous()]
     out = _ops().lstm_forward(
         xw.view(T, B, -1), h0, c0, mask, w_hh, w_ci, w_cf, w_co, list(offsets), list(flags),
-        ln, float(ln_eps), fgr,
+        ln, float(ln_eps), fgr, proj,
     )  # fmt: skip
     hs, cs, gates, acts = out[:4]
     xn, zn, rs_x, rs_z, cn, rs_c = out[4:10] if ln else (None,) * 6
-    ss = out[-1] if fgr else None
+    k = 10 if ln else 4
+    ss = out[k] if fgr else None
+    ms = out[-1] if proj else None
     saved = (
         x2, h0, c0, None if w_gg is None else fgr[1], mask, w_ih, w_hh, w_ci, w_cf, w_co,
         w_gg, ln_ih, ln_hh, ln_c_w, ln_c_b, gates, hs, cs, acts, ss,
-        xn, rs_x, zn, rs_z, cn, rs_c,
+        xn, rs_x, zn, rs_z, cn, rs_c, w_hr, ms,
     )  # fmt: skip
     return hs, cs, ss, gates, saved
 
@@ -386,21 +387,22 @@ class LSTMKernelFunction(torch.autograd.Function):
     """The LSTM family over a sequence with the compiled loop.
 
     ``apply(x, h0, c0, s0, mask, W_ih, W_hh, b_ih, b_hh, w_ci, w_cf, w_co, W_gg, ln_ih_weight,
-    ln_hh_weight, ln_c_weight, ln_c_bias, offsets, flags, ln_eps)`` with absent weights (and
-    ``s0`` without full gate recurrence) ``None``; ``offsets`` the column offsets of
+    ln_hh_weight, ln_c_weight, ln_c_bias, W_hr, offsets, flags, ln_eps)`` with absent weights
+    (and ``s0`` without full gate recurrence) ``None``; ``offsets`` the column offsets of
     ``i, f, g, o`` in the gate rows (-1: absent), ``flags`` ``(peephole, input_activation,
     output_activation, coupled)``; layer norm where ``ln_ih_weight`` is given, FGR where
-    ``W_gg`` is. Returns ``(hs, cs, ss, gates)`` as :class:`carousel.bptt.LSTMFunction` (``ss``
-    the FGR gate states in :meth:`~carousel.functional.LSTMVariant.recurrent_gate_names`
-    order, ``None`` without FGR) but with the gates in torch.nn's order.
+    ``W_gg`` is, a projection (``h`` of size ``P``) where ``W_hr`` (``(P, H)``) is. Returns
+    ``(hs, cs, ss, gates)`` as :class:`carousel.bptt.LSTMFunction` (``ss`` the FGR gate states
+    in :meth:`~carousel.functional.LSTMVariant.recurrent_gate_names` order, ``None`` without
+    FGR) but with the gates in torch.nn's order.
     """
 
     @staticmethod
     def forward(ctx, x, h0, c0, s0, mask, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co, w_gg,
-                ln_ih, ln_hh, ln_c_w, ln_c_b, offsets, flags, ln_eps):  # fmt: skip
+                ln_ih, ln_hh, ln_c_w, ln_c_b, w_hr, offsets, flags, ln_eps):  # fmt: skip
         hs, cs, ss, gates, saved = _lstm_forward(
             x, h0, c0, s0, mask, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co, w_gg,
-            ln_ih, ln_hh, ln_c_w, ln_c_b, offsets, flags, ln_eps,
+            ln_ih, ln_hh, ln_c_w, ln_c_b, w_hr, offsets, flags, ln_eps,
         )  # fmt: skip
         ctx.offsets, ctx.flags = list(offsets), list(flags)
         ctx.has_bias = b_ih is not None
@@ -415,20 +417,21 @@ class LSTMKernelFunction(torch.autograd.Function):
         from carousel.bptt._common import bias_grads, prev_states
 
         if grad_hs is None and grad_cs is None and grad_ss is None:
-            return (None,) * 20
+            return (None,) * 21
         (x2, h0, c0, s0, mask, w_ih, w_hh, w_ci, w_cf, w_co, w_gg, ln_ih, ln_hh, ln_c_w, ln_c_b,
-         gates, hs, cs, acts, ss, xn, rs_x, zn, rs_z, cn, rs_c,
+         gates, hs, cs, acts, ss, xn, rs_x, zn, rs_z, cn, rs_c, w_hr, ms,
          ) = ctx.saved_tensors  # fmt: skip
-        T, B, H = hs.shape
+        T, B, P = hs.shape
+        H = cs.shape[-1]
         GH = gates.shape[-1]
         needs = ctx.needs_input_grad
-        ln, fgr = ln_ih is not None, w_gg is not None
+        ln, fgr, proj = ln_ih is not None, w_gg is not None, w_hr is not None
         dH, dC = _grad_buffer(grad_hs, hs), _grad_buffer(grad_cs, cs)
         dS = _grad_buffer(grad_ss, ss) if fgr else None
         out = _ops().lstm_backward(
             gates, cs, c0, acts, dH, dC, mask, w_hh, w_ci, w_cf, w_co, ctx.offsets, ctx.flags,
             [ln_ih, xn, rs_x, ln_hh, zn, rs_z, ln_c_w, cn, rs_c] if ln else [],
-            [w_gg, dS] if fgr else [],
+            [w_gg, dS] if fgr else [], [w_hr] if proj else [],
         )  # fmt: skip
         dA = out[0]  # with layer norm: the gradient of W_ih x (through its layer norm)
         dA2 = dA.view(T * B, GH)
@@ -460,10 +463,13 @@ class LSTMKernelFunction(torch.autograd.Function):
         dx = _mm(dA2, w_ih).view(T, B, -1) if needs[0] else None
         dW_ih = _mm(dA2.t(), x2) if needs[5] else None
         dW_gg = _grad_with_prev(out[-1], ss, s0) if fgr and needs[12] else None
+        dW_hr = None
+        if proj and needs[17]:  # sum_t delta h_t^T m_t (m_t zero where masked)
+            dW_hr = _mm(dH[1:].view(T * B, P).t(), ms.view(T * B, H))
         return (
             dx, dH[0] if needs[1] else None, dC[0] if needs[2] else None,
             dS[0] if fgr and needs[3] else None, None, dW_ih, dW_hh, db_ih, db_hh,
-            d_ci, d_cf, d_co, dW_gg, g_ih, g_hh, g_c, b_c, None, None, None,
+            d_ci, d_cf, d_co, dW_gg, g_ih, g_hh, g_c, b_c, dW_hr, None, None, None,
         )  # fmt: skip
 
 
@@ -666,7 +672,8 @@ def run_sequence(
             params["weight_hh"], params.get("bias_ih"), params.get("bias_hh"),
             params.get("weight_ci"), params.get("weight_cf"), params.get("weight_co"),
             params.get("weight_gg"), params.get("ln_ih_weight"), params.get("ln_hh_weight"),
-            params.get("ln_c_weight"), params.get("ln_c_bias"), offsets, flags, cell.ln_eps,
+            params.get("ln_c_weight"), params.get("ln_c_bias"), params.get("weight_hr"),
+            offsets, flags, cell.ln_eps,
         )  # fmt: skip
         if grad:
             hs, cs, ss, g = LSTMKernelFunction.apply(*args)

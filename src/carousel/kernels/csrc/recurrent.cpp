@@ -9,7 +9,9 @@
 // argument. The math and the mask convention are those of the pure-PyTorch path,
 // carousel/bptt/ (its docstrings give the equations). The LSTM's layer-normalised variant
 // normalises both parts of the pre-activation and c_t row by row in the loop (ln2_row,
-// ln_row), and full gate recurrence adds a second per-step product, W_gg s_{t-1}.
+// ln_row), full gate recurrence adds a second per-step product, W_gg s_{t-1}, and the
+// projected LSTM (proj_size) one more each way: h_t = m_t W_hr^T after the gate pass, and
+// delta m_t = delta h_t W_hr before the backward gate pass.
 //
 // Threads: the rows of a batch are independent through time, so with several threads and a
 // batch large enough (batch_chunks) the batch is split into one block of contiguous rows per
@@ -521,7 +523,9 @@ void ln2_row_backward(int64_t n, T* __restrict da, const T* __restrict xn,
 // gam_hh (GH) their gains, bias (GH) b_ih + b_hh; the pre-activations are then
 // LN(x) gam_ih + LN(z) gam_hh + bias. cn (B, H) receives LN(c_t) before gain and bias, rs_c
 // (B) its reciprocal std, gam_c and beta_c (H). FGR: sp (B, SH) = s_{t-1} W_gg^T, s_prev and
-// s_out (B, SH) the gate states s_{t-1} and s_t.
+// s_out (B, SH) the gate states s_{t-1} and s_t. Projection (proj): the step's h receives
+// m_t = o_t act(c_t) (B, H), zero in frozen rows (the caller projects it, h_t = m_t W_hr^T,
+// and holds h_{t-1} (B, P) in frozen rows).
 template <typename T>
 struct LstmFwdExtra {
   T* x = nullptr;
@@ -539,6 +543,7 @@ struct LstmFwdExtra {
   const T* sp = nullptr;
   const T* s_prev = nullptr;
   T* s_out = nullptr;
+  bool proj = false;
 };
 
 // The optional parts of a backward step: with layer norm, xn, zn (B, GH) and rs_x, rs_z (B) as
@@ -550,7 +555,8 @@ struct LstmFwdExtra {
 // g_b (B, GH) for gamma_ih, gamma_hh and b_ih + b_hh, g_c and b_c (B, H) for gamma_c and
 // beta_c, g_peep (B, 3H) for w_ci, w_cf, w_co (nullptr without peepholes). With FGR, ds (B, SH) is the total gradient of s_t, dsp (B, SH) that of s_{t-1}
 // (frozen rows pass ds on into it), dasig (B, SH) receives the pre-activation gradients of the
-// sigmoid gates in s's order.
+// sigmoid gates in s's order. Projection: dh is the gradient of m_t (B, H) = dh_t W_hr, dhh
+// that of h_t (B, P), passed on into dhp (B, P) by the frozen rows.
 template <typename T>
 struct LstmBwdExtra {
   const T* xn = nullptr;
@@ -573,6 +579,8 @@ struct LstmBwdExtra {
   const T* ds = nullptr;
   T* dsp = nullptr;
   T* dasig = nullptr;
+  const T* dhh = nullptr;
+  int64_t P = 0;
 };
 
 // The gate pass of one step over the rows [b0, b1); every pointer is to row 0 of its (B, *)
@@ -650,8 +658,12 @@ void lstm_fwd_step(const LstmLayout& L, int64_t b0, int64_t b1, int64_t H, int64
         for (int64_t j = 0; j < H; ++j) hb[j] = op[j] * act[j];
         for (int64_t j = 0; j < H; ++j) cb[j] = cn[j];
       } else {
-        const T* hp = hprev + b * H;
-        for (int64_t j = 0; j < H; ++j) hb[j] = hp[j];
+        if (E.proj) {  // m_t = 0: no part in W_hr's gradient; the caller holds h_{t-1}
+          std::fill(hb, hb + H, T(0));
+        } else {
+          const T* hp = hprev + b * H;
+          for (int64_t j = 0; j < H; ++j) hb[j] = hp[j];
+        }
         for (int64_t j = 0; j < H; ++j) cb[j] = cp[j];
       }
       if (E.s_out != nullptr) {  // s_t: the sigmoid gates, or s_{t-1} held
@@ -692,9 +704,15 @@ void lstm_bwd_step(const LstmLayout& L, int64_t b0, int64_t b1, int64_t H, int64
       const T* dcb = dc + b * H;
       T* dcpb = dcp + b * H;
       if (m != nullptr && !m[b]) {
-        T* dhpb = dhp + b * H;
         for (int64_t k = 0; k < GH; ++k) dab[k] = T(0);
-        for (int64_t j = 0; j < H; ++j) dhpb[j] += dhb[j];
+        if (E.dhh != nullptr) {  // projection: delta h_t (P), not delta m_t
+          const T* dhhb = E.dhh + b * E.P;
+          T* dhpb = dhp + b * E.P;
+          for (int64_t j = 0; j < E.P; ++j) dhpb[j] += dhhb[j];
+        } else {
+          T* dhpb = dhp + b * H;
+          for (int64_t j = 0; j < H; ++j) dhpb[j] += dhb[j];
+        }
         for (int64_t j = 0; j < H; ++j) dcpb[j] += dcb[j];
         if (E.dz != nullptr) std::fill(E.dz + b * GH, E.dz + (b + 1) * GH, T(0));
         if (E.dasig != nullptr) {
@@ -825,29 +843,37 @@ void check_grad_buffer(const at::Tensor& d, const at::Tensor& like, const char* 
 // gates, acts], then with layer norm [xn, zn (T, B, GH) = LN(W_ih x_t), LN(W_hh h_{t-1})
 // before their gains, rs_x, rs_z (T, B), cn (T, B, H) = LN(c_t) before gain and bias, rs_c
 // (T, B)] (rs: the reciprocal standard deviations), then with FGR [ss (T, B, SH)], the gate
-// states (frozen where masked).
+// states (frozen where masked). proj: empty, or (W_hr (P, H)) for the projected LSTM (Sak et al.
+// 2014): h0 and hs are then (B, P) and (T, B, P), h_t = m_t W_hr^T with m_t = o_t act(c_t), and
+// [ms (T, B, H)], the m_t (zero where masked), comes last.
 std::vector<at::Tensor> lstm_forward(const at::Tensor& xw, const at::Tensor& h0,
                                      const at::Tensor& c0, const c10::optional<at::Tensor>& mask,
                                      const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_ci,
                                      const c10::optional<at::Tensor>& w_cf,
                                      const c10::optional<at::Tensor>& w_co, at::IntArrayRef offsets,
                                      at::IntArrayRef flags, at::TensorList ln, double ln_eps,
-                                     at::TensorList fgr) {
+                                     at::TensorList fgr, at::TensorList proj) {
   const int64_t T = xw.size(0), B = xw.size(1), GH = xw.size(2), H = c0.size(-1);
+  const int64_t P = h0.size(-1);
   const LstmLayout L = lstm_layout(offsets, flags, H);
   const int64_t SH = L.SH;
-  const bool has_ln = !ln.empty(), has_fgr = !fgr.empty();
+  const bool has_ln = !ln.empty(), has_fgr = !fgr.empty(), has_proj = !proj.empty();
   TORCH_CHECK(ln.empty() || ln.size() == 5, "lstm_forward: ln must be empty or 5 tensors");
   TORCH_CHECK(fgr.empty() || fgr.size() == 2, "lstm_forward: fgr must be empty or 2 tensors");
+  TORCH_CHECK(proj.size() <= 1, "lstm_forward: proj must be empty or 1 tensor");
+  TORCH_CHECK(has_proj || P == H, "lstm_forward: h0 of size ", P, " without projection");
   // xw is a fresh buffer of the caller: overwritten in place, step by step, with the
   // activations (with layer norm: with the normalised W_ih x, the activations elsewhere)
   at::Tensor xs = xw.is_contiguous() ? xw : xw.contiguous();
   at::Tensor gates = has_ln ? at::empty_like(xs) : xs;
-  at::Tensor hs = at::empty({T, B, H}, xw.options());
+  at::Tensor hs = at::empty({T, B, P}, xw.options());
   at::Tensor cs = at::empty({T, B, H}, xw.options());
   at::Tensor acts = at::empty({T, B, H}, xw.options());
   at::Tensor h0c = h0.contiguous(), c0c = c0.contiguous(), mk = mask_tensor(mask);
   at::Tensor w_t = transposed(w_hh, T * B);
+  // projection: the gate pass writes m_t into ms, then h_t = m_t W_hr^T
+  at::Tensor ms = has_proj ? at::empty({T, B, H}, xw.options()) : hs;
+  at::Tensor w_hr_t = has_proj ? transposed(proj[0], T * B) : w_t;
   at::Tensor rs_x, zs, rs_z, cns, rs_c, gam_ih, bias, gam_hh, gam_c, beta_c;
   if (has_ln) {
     rs_x = at::empty({T, B}, xw.options());
@@ -868,10 +894,12 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& xw, const at::Tensor& h0,
     w_gg_t = transposed(fgr[0], T * B);
     sp = at::empty({B, SH}, xw.options());
   }
-  const int64_t chunks = batch_chunks(T, B, has_fgr ? GH + SH : GH, H);
+  const int64_t chunks =
+      batch_chunks(T, B, (has_fgr ? GH + SH : GH) + (has_proj ? H : 0), P);
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "lstm_forward", [&] {
     scalar_t* gp = gates.data_ptr<scalar_t>();
     scalar_t* hp = hs.data_ptr<scalar_t>();
+    scalar_t* mp_out = ms.data_ptr<scalar_t>();
     scalar_t* cp = cs.data_ptr<scalar_t>();
     scalar_t* ap = acts.data_ptr<scalar_t>();
     const scalar_t* h0p = h0c.data_ptr<scalar_t>();
@@ -897,8 +925,11 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& xw, const at::Tensor& h0,
         sp_c = sp.narrow(0, b0, b1 - b0);
       }
       const StepProduct prod_gg(has_fgr ? w_gg_t : w_t, b1 - b0);
+      const StepProduct prod_hr(w_hr_t, b1 - b0);
+      const at::Tensor ms_c = ms.narrow(1, b0, b1 - b0);
       LstmFwdExtra<scalar_t> E;
       E.eps = static_cast<scalar_t>(ln_eps);
+      E.proj = has_proj;
       if (has_ln) {
         E.gam_ih = gam_ih.data_ptr<scalar_t>();
         E.bias = bias.data_ptr<scalar_t>();
@@ -908,7 +939,7 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& xw, const at::Tensor& h0,
       }
       for (int64_t t = 0; t < T; ++t) {
         const int64_t s = t * B * H;
-        const scalar_t* hprev = t == 0 ? h0p : hp + s - B * H;
+        const scalar_t* hprev = t == 0 ? h0p : hp + (t - 1) * B * P;
         if (has_ln) {  // z = W_hh h_{t-1}, normalised in the gate pass (as x = W_ih x_t)
           E.x = xs.data_ptr<scalar_t>() + t * B * GH;
           E.rs_x = rs_x.data_ptr<scalar_t>() + t * B;
@@ -916,11 +947,11 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& xw, const at::Tensor& h0,
           E.rs_z = rs_z.data_ptr<scalar_t>() + t * B;
           E.cn = cns.data_ptr<scalar_t>() + s;
           E.rs_c = rs_c.data_ptr<scalar_t>() + t * B;
-          prod.run<scalar_t>(b1 - b0, hprev + b0 * H, H, E.z + b0 * GH, GH, false, [&] {
+          prod.run<scalar_t>(b1 - b0, hprev + b0 * P, P, E.z + b0 * GH, GH, false, [&] {
             mm_into(zs_c[t], t == 0 ? h0_c : hs_c[t - 1], w_t, c10::nullopt);
           });
         } else {
-          prod.run<scalar_t>(b1 - b0, hprev + b0 * H, H, gp + (t * B + b0) * GH, GH, true,
+          prod.run<scalar_t>(b1 - b0, hprev + b0 * P, P, gp + (t * B + b0) * GH, GH, true,
                              [&] { mm_acc(g_c[t], t == 0 ? h0_c : hs_c[t - 1], w_t); });
         }
         if (has_fgr) {  // sp = W_gg s_{t-1}
@@ -932,14 +963,23 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& xw, const at::Tensor& h0,
           });
         }
         lstm_fwd_step<scalar_t>(L, b0, b1, H, GH, gp + t * B * GH, hprev,
-                                t == 0 ? c0p : cp + s - B * H, hp + s, cp + s, ap + s,
+                                t == 0 ? c0p : cp + s - B * H, mp_out + s, cp + s, ap + s,
                                 mask_at(mp, t, B), wci, wcf, wco, E);
+        if (has_proj) {  // h_t = m_t W_hr^T (Sak et al. 2014), h_{t-1} held where masked
+          scalar_t* ht = hp + t * B * P;
+          prod_hr.run<scalar_t>(b1 - b0, mp_out + s + b0 * H, H, ht + b0 * P, P, false,
+                                [&] { mm_into(hs_c[t], ms_c[t], w_hr_t, c10::nullopt); });
+          if (const bool* mt = mask_at(mp, t, B))
+            for (int64_t b = b0; b < b1; ++b)
+              if (!mt[b]) std::copy(hprev + b * P, hprev + (b + 1) * P, ht + b * P);
+        }
       }
     });
   });
   std::vector<at::Tensor> out{hs, cs, gates, acts};
   if (has_ln) out.insert(out.end(), {xs, zs, rs_x, rs_z, cns, rs_c});
   if (has_fgr) out.push_back(ss);
+  if (has_proj) out.push_back(ms);
   return out;
 }
 
@@ -951,6 +991,8 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& xw, const at::Tensor& h0,
 // norm [dZ (T, B, GH), the gradient of W_hh h_{t-1}, and those of gamma_ih, gamma_hh, b_ih +
 // b_hh (GH), gamma_c, beta_c (H) and of the peepholes (3, H), rows w_ci, w_cf, w_co], then
 // with FGR [dAsig (T, B, SH), the sigmoid gates' pre-activation gradients in s's order].
+// proj: empty, or (W_hr (P, H)): dH is then (T+1, B, P), and each step's delta m_t =
+// delta h_t W_hr (one more per-step product) feeds the gate pass in place of delta h_t.
 std::vector<at::Tensor> lstm_backward(const at::Tensor& gates, const at::Tensor& cs,
                                       const at::Tensor& c0, const at::Tensor& acts,
                                       const at::Tensor& dH, const at::Tensor& dC,
@@ -960,11 +1002,15 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& gates, const at::Tensor&
                                       const c10::optional<at::Tensor>& w_cf,
                                       const c10::optional<at::Tensor>& w_co,
                                       at::IntArrayRef offsets, at::IntArrayRef flags,
-                                      at::TensorList ln, at::TensorList fgr) {
+                                      at::TensorList ln, at::TensorList fgr,
+                                      at::TensorList proj) {
   const int64_t T = gates.size(0), B = gates.size(1), GH = gates.size(2), H = cs.size(-1);
+  const int64_t P = dH.size(-1);
   const LstmLayout L = lstm_layout(offsets, flags, H);
   const int64_t SH = L.SH;
-  const bool has_ln = !ln.empty(), has_fgr = !fgr.empty();
+  const bool has_ln = !ln.empty(), has_fgr = !fgr.empty(), has_proj = !proj.empty();
+  TORCH_CHECK(proj.size() <= 1, "lstm_backward: proj must be empty or 1 tensor");
+  TORCH_CHECK(has_proj || P == H, "lstm_backward: dH of size ", P, " without projection");
   TORCH_CHECK(ln.empty() || ln.size() == 9, "lstm_backward: ln must be empty or 9 tensors");
   TORCH_CHECK(fgr.empty() || fgr.size() == 2, "lstm_backward: fgr must be empty or 2 tensors");
   check_grad_buffer(dH, gates, "dH");
@@ -1000,7 +1046,13 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& gates, const at::Tensor&
     check_grad_buffer(dS, gates, "dS");
     dAsig = at::empty({T, B, SH}, gates.options());
   }
-  const int64_t chunks = batch_chunks(T, B, has_fgr ? GH + SH : GH, H);
+  at::Tensor w_hr, dM;  // projection: delta m_t (B, H) of the current step
+  if (has_proj) {
+    w_hr = proj[0].contiguous();
+    dM = at::empty({B, H}, gates.options());
+  }
+  const int64_t chunks =
+      batch_chunks(T, B, (has_fgr ? GH + SH : GH) + (has_proj ? H : 0), P);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_backward", [&] {
     const scalar_t* gp = gates.data_ptr<scalar_t>();
     const scalar_t* csp = cs.data_ptr<scalar_t>();
@@ -1019,6 +1071,7 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& gates, const at::Tensor&
     scalar_t* dgp = has_fgr ? dAsig.data_ptr<scalar_t>() : nullptr;
     const at::Tensor& dprod = has_ln ? dZ : dA;
     scalar_t* dprodp = has_ln ? dzp : dap;
+    scalar_t* dmp = has_proj ? dM.data_ptr<scalar_t>() : nullptr;
     over_batch(B, chunks, [&](int64_t b0, int64_t b1) {
       const at::Tensor dP_c = dprod.narrow(1, b0, b1 - b0);
       const at::Tensor dH_c = dH.narrow(1, b0, b1 - b0);
@@ -1029,7 +1082,11 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& gates, const at::Tensor&
         dG_c = dAsig.narrow(1, b0, b1 - b0);
       }
       const StepProduct prod_gg(has_fgr ? w_gg : w_hh, b1 - b0);
+      const StepProduct prod_hr(has_proj ? w_hr : w_hh, b1 - b0);
+      at::Tensor dM_c;
+      if (has_proj) dM_c = dM.narrow(0, b0, b1 - b0);
       LstmBwdExtra<scalar_t> E;
+      E.P = P;
       if (has_ln) {
         E.gam_hh = gam_hh.data_ptr<scalar_t>();
         E.gam_c = gam_c.data_ptr<scalar_t>();
@@ -1058,11 +1115,20 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& gates, const at::Tensor&
           E.dsp = dsp + t * B * SH;
           E.dasig = dgp + t * B * SH;
         }
+        scalar_t* dh_t = dhp + (t + 1) * B * P;  // delta h_t, complete
+        scalar_t* dh_prev = dhp + t * B * P;
+        const scalar_t* dm = dh_t;  // delta m_t: delta h_t, or delta h_t W_hr (projection)
+        if (has_proj) {
+          prod_hr.run<scalar_t>(b1 - b0, dh_t + b0 * P, P, dmp + b0 * H, H, false,
+                                [&] { mm_into(dM_c, dH_c[t + 1], w_hr, c10::nullopt); });
+          dm = dmp;
+          E.dhh = dh_t;
+        }
         lstm_bwd_step<scalar_t>(L, b0, b1, H, GH, gp + t * B * GH,
-                                t == 0 ? c0p : csp + s - B * H, ap + s, dhp + s + B * H,
-                                dcp + s + B * H, dap + t * B * GH, dhp + s, dcp + s,
-                                mask_at(mp, t, B), wci, wcf, wco, E);
-        prod.run<scalar_t>(b1 - b0, dprodp + (t * B + b0) * GH, GH, dhp + s + b0 * H, H, true,
+                                t == 0 ? c0p : csp + s - B * H, ap + s, dm, dcp + s + B * H,
+                                dap + t * B * GH, dh_prev, dcp + s, mask_at(mp, t, B), wci,
+                                wcf, wco, E);
+        prod.run<scalar_t>(b1 - b0, dprodp + (t * B + b0) * GH, GH, dh_prev + b0 * P, P, true,
                            [&] { mm_acc(dH_c[t], dP_c[t], w_hh); });
         if (has_fgr)  // delta s_{t-1} += delta a^sigma_t W_gg
           prod_gg.run<scalar_t>(b1 - b0, dgp + (t * B + b0) * SH, SH, dsp + (t * B + b0) * SH,
