@@ -12,6 +12,11 @@ Bars (issue 5): GRU and RNN (compiled) >= 2x torch.nn.GRU / torch.nn.RNN at
 at (32,100,64,128) and (32,100,128,512), >= 0.5x at (8,200,16,32); batch-1 step-by-step
 inference >= torch.nn.LSTM.
 
+A variant written ``V+proj`` (``NP+proj``: the standard cell) is the projected LSTM with
+``proj_size=H//2`` (Sak et al. 2014); its "vs torch.nn" column is against the standard
+torch.nn.LSTM (the bar), and the column "vs torch.nn proj" against
+``torch.nn.LSTM(proj_size=H//2)`` (a row of its own), which has no oneDNN kernel on the CPU.
+
 With ``FGR`` among the variants a row "LSTM FGR products only" times the matrix products alone
 that the compiled FGR kernel runs in one training step (the per-step products with W_hh and
 W_gg, forward and backward, through the extension's own operators, and the products over all
@@ -39,7 +44,15 @@ from carousel import kernels
 
 SHAPES = [(32, 100, 64, 128), (32, 100, 128, 512), (8, 200, 16, 32)]  # (B, T, I, H)
 QUICK_SHAPES = [(4, 12, 8, 16)]
-COVERED = ["NP", "vanilla", "NIG", "NFG", "NOG", "NIAF", "NOAF", "CIFG", "LN", "FGR"]
+COVERED = ["NP", "vanilla", "NIG", "NFG", "NOG", "NIAF", "NOAF", "CIFG", "LN", "FGR", "NP+proj"]
+PROJ = "+proj"
+
+
+def _lstm(I: int, H: int, variant: str, **kw) -> carousel.LSTM:
+    """``variant``, or with the suffix ``+proj`` that variant with ``proj_size=H//2``."""
+    if variant.endswith(PROJ):
+        return carousel.LSTM(I, H, variant=variant[: -len(PROJ)], proj_size=H // 2, **kw)
+    return carousel.LSTM(I, H, variant=variant, **kw)
 
 
 def _cases(I: int, H: int, variants: list[str]) -> dict[str, tuple[str, torch.nn.Module]]:
@@ -49,11 +62,13 @@ def _cases(I: int, H: int, variants: list[str]) -> dict[str, tuple[str, torch.nn
         "torch.nn.GRU": ("GRU", torch.nn.GRU(I, H)),
         "torch.nn.RNN": ("RNN", torch.nn.RNN(I, H)),
     }
+    if any(v.endswith(PROJ) for v in variants):
+        rows["torch.nn.LSTM proj"] = ("LSTM", torch.nn.LSTM(I, H, proj_size=H // 2))
     for impl in ("compiled", "bptt"):
         rows[f"GRU {impl}"] = ("GRU", carousel.GRU(I, H, impl=impl))
         rows[f"RNN {impl}"] = ("RNN", carousel.RNN(I, H, impl=impl))
         for v in variants:
-            rows[f"LSTM {v} {impl}"] = ("LSTM", carousel.LSTM(I, H, variant=v, impl=impl))
+            rows[f"LSTM {v} {impl}"] = ("LSTM", _lstm(I, H, v, impl=impl))
     return rows
 
 
@@ -162,16 +177,25 @@ def main(argv: list[str] | None = None) -> int:
             fns["LSTM FGR products only"] = _fgr_products(I, H, x)
         med = _medians(fns, rounds, clock)
         tok = {n: B * T / s for n, s in med.items()}
-        print(f"\n## training B={B} T={T} I={I} H={H}\n")
-        print("| layer | tokens/s | vs torch.nn | vs bptt |")
-        print("|---|---:|---:|---:|")
+        proj = "torch.nn.LSTM proj" in rows
+        print(f"\n## training B={B} T={T} I={I} H={H}" + (f" (proj P={H // 2})" if proj else ""))
+        print()
+        print(
+            "| layer | tokens/s | vs torch.nn | vs bptt |" + (" vs torch.nn proj |" if proj else "")
+        )
+        print("|---|---:|---:|---:|" + ("---:|" if proj else ""))
         for n, (fam, _) in rows.items():
             vs = tok[n] / tok[f"torch.nn.{fam}"]
             twin = n.replace(" compiled", " bptt")
             vb = f"{tok[n] / tok[twin]:.2f}x" if n.endswith("compiled") else ""
             if n == "LSTM FGR products only":  # vs the kernel: its share in the products
                 vb = f"{tok['LSTM FGR compiled'] / tok[n]:.2f}x of FGR compiled"
-            print(f"| {n} | {tok[n]:,.0f} | {vs:.2f}x | {vb} |")
+            vp = ""
+            if proj and (PROJ + " " in n or n.endswith(" proj")):
+                vp = f" {tok[n] / tok['torch.nn.LSTM proj']:.2f}x |"
+            elif proj:
+                vp = "  |"
+            print(f"| {n} | {tok[n]:,.0f} | {vs:.2f}x | {vb} |{vp}")
             if not n.endswith("compiled") or args.quick:
                 continue
             if fam in ("GRU", "RNN") and k != 1 and vs < 2.0:
@@ -183,8 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     I, H, T = (8, 16, 10) if args.quick else (64, 128, 100)
     x = torch.randn(T, 1, I)
     inf = {"torch.nn.LSTM": torch.nn.LSTM(I, H)}
+    if any(v.endswith(PROJ) for v in variants):
+        inf["torch.nn.LSTM proj"] = torch.nn.LSTM(I, H, proj_size=H // 2)
     for v in variants:
-        inf[f"LSTM {v}"] = carousel.LSTM(I, H, variant=v)
+        inf[f"LSTM {v}"] = _lstm(I, H, v)
     inf["torch.nn.GRU"] = torch.nn.GRU(I, H)
     inf["GRU"] = carousel.GRU(I, H)
     med = _medians({n: _infer_steps(m, x) for n, m in inf.items()}, rounds, clock)
