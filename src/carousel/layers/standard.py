@@ -134,7 +134,7 @@ class RNN(_Standard):
         )  # fmt: skip
 
     def _fused_preferred(self, device: torch.device) -> bool:
-        # torch.nn.RNN has no oneDNN path on CPU; the hand-written BPTT is faster there
+        # torch.nn.RNN has no oneDNN path on CPU; the compiled kernels (and bptt) are faster there
         # (benchmarks/layers.py, docs/performance.md).
         return device.type != "cpu"
 
@@ -207,7 +207,7 @@ class GRU(_Standard):
         return self.reset_after
 
     def _fused_preferred(self, device: torch.device) -> bool:
-        # torch.nn.GRU has no oneDNN path on CPU; the hand-written BPTT is faster there.
+        # torch.nn.GRU has no oneDNN path on CPU; the compiled kernels (and bptt) are faster there.
         return device.type != "cpu"
 
     def extra_repr(self) -> str:
@@ -315,7 +315,7 @@ class LSTM(_Standard):
 
     def _fused_preferred(self, device: torch.device) -> bool:
         # With proj_size torch has no oneDNN kernel on CPU (it warns and runs a generic loop);
-        # the hand-written BPTT is faster there (benchmarks/layers.py, docs/performance.md).
+        # the compiled kernels and the bptt path are faster there (docs/performance.md).
         return not (device.type == "cpu" and self.proj_size > 0)
 
     def _hx_for_vf(self, states0):
