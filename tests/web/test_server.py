@@ -113,3 +113,21 @@ def test_model_failure_is_a_500_not_a_crash(server, app, monkeypatch):
     assert status == 500 and "internal error" in r["error"]
     monkeypatch.undo()
     assert request(server, "POST", "/api/recognize", WORD)[0] == 200
+
+
+def test_beam_search_with_a_character_lm_reads_consistently(app):
+    from carousel.ctc import NGramCharScorer
+    from carousel.tasks.handwriting import ALPHABET
+    from carousel.web import HandwritingApp
+
+    lm = NGramCharScorer(len(ALPHABET), order=3).fit(
+        [ALPHABET.encode(w) for w in ("hand", "writing", "word")]
+    )
+    beam = HandwritingApp(app.model, app.meta, beam_width=4, scorer=lm, lm_weight=0.5)
+    r = beam.recognize(WORD)
+    assert "".join(c["char"] for c in r["chars"]) == r["text"]
+    assert len(r["gradients"]) == len(r["chars"])
+    frames = [c["frame"] for c in r["chars"]]
+    assert frames == sorted(frames) and all(0 <= f < r["frames"] for f in frames)
+    greedy = HandwritingApp(app.model, app.meta, beam_width=0).recognize(WORD)
+    assert greedy["text"] == app.recognize(WORD)["text"]

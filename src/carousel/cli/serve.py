@@ -25,6 +25,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a trained recogniser: a run directory of `carousel train handwriting` (or its "
         "`last`/step-N checkpoint), or a folder written by carousel.handwriting.save_recognizer",
     )
+    p.add_argument(
+        "--lm",
+        choices=("english", "none"),
+        default="english",
+        help="english (default): read with the prefix beam search and the English character "
+        "6-gram of carousel.handwriting.recognizer.english_char_lm (built in about 2 s at start; "
+        "0.44%% CER on new words against 1.74%% greedy, docs/results.md); "
+        "none: greedy, the network's own reading",
+    )
+    p.add_argument("--beam", type=int, default=8, help="beam width with --lm english (default 8)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument(
@@ -77,7 +87,15 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from carousel.web import HandwritingApp, make_server
 
-    server = make_server(HandwritingApp(model, meta), args.host, args.port)
+    decode = {}
+    if args.lm == "english":
+        if args.beam < 1:
+            print(f"carousel serve: --beam must be >= 1, got {args.beam}", file=sys.stderr)
+            return 2
+        from carousel.handwriting.recognizer import english_char_lm
+
+        decode = {"beam_width": args.beam, "scorer": english_char_lm(), "lm_weight": 0.5}
+    server = make_server(HandwritingApp(model, meta, **decode), args.host, args.port)
     host, port = server.server_address[:2]
     print(f"handwriting demo: open http://{host}:{port}/  (Ctrl-C stops)", flush=True)
     try:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from carousel.ctc import greedy_decode
+from carousel.ctc import greedy_decode, prefix_beam_search
 from carousel.handwriting.pen import pen_features
 from carousel.models.ctc_recognizer import CTCRecognizer
 from carousel.tasks.handwriting import ALPHABET
@@ -26,7 +26,14 @@ def _features_from_positions(pos: torch.Tensor, pen_up: torch.Tensor) -> torch.T
 
 
 def analyse_writing(
-    model: CTCRecognizer, strokes: list[np.ndarray], *, num_cells: int = 16, spacing: float = 0.2
+    model: CTCRecognizer,
+    strokes: list[np.ndarray],
+    *,
+    num_cells: int = 16,
+    spacing: float = 0.2,
+    beam_width: int = 0,
+    scorer=None,
+    lm_weight: float = 0.5,
 ) -> dict[str, Any]:
     """Everything the four rows show, as plain lists (JSON-ready).
 
@@ -36,6 +43,10 @@ def analyse_writing(
         num_cells: how many memory cells to show (the most active ones of the first layer,
             both directions).
         spacing: the resampling distance (as in training).
+        beam_width: 0 reads greedily; else the prefix beam search's width, with the optional
+            character LM ``scorer`` fused at ``lm_weight`` (see
+            :func:`carousel.ctc.prefix_beam_search`). The characters shown, their frames and
+            gradients are those of the reading chosen.
 
     Returns:
         A dict: ``text``; ``chars`` (per recognised character: ``char``, ``frame``, ``point``
@@ -57,7 +68,12 @@ def analyse_writing(
     x = _features_from_positions(pos_var, up.to(param))
     tr = model.trace(x)
     lp = tr.log_probs  # (T', C)
-    hyp = greedy_decode(lp.detach().unsqueeze(1))[0]
+    if beam_width:
+        hyp = prefix_beam_search(
+            lp.detach(), beam_width=beam_width, scorer=scorer, lm_weight=lm_weight
+        )[0]
+    else:
+        hyp = greedy_decode(lp.detach().unsqueeze(1))[0]
     probs = lp.detach().exp()
     chars, grads = [], []
     for k, (tok, t) in enumerate(zip(hyp.tokens, hyp.timesteps)):

@@ -57,11 +57,22 @@ class HandwritingApp:
     Args:
         model: a trained :class:`~carousel.models.ctc_recognizer.CTCRecognizer`.
         meta: the checkpoint's metadata (shown on the page).
+        beam_width, scorer, lm_weight: how writing is read (greedy with ``beam_width=0``;
+            see :func:`carousel.handwriting.demo.analyse_writing`).
     """
 
-    def __init__(self, model: Any, meta: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        meta: dict[str, Any] | None = None,
+        *,
+        beam_width: int = 0,
+        scorer: Any = None,
+        lm_weight: float = 0.5,
+    ) -> None:
         self.model = model.eval()
         self.meta = meta or {}
+        self.decode = {"beam_width": beam_width, "scorer": scorer, "lm_weight": lm_weight}
         self._lock = threading.Lock()  # one model call at a time
 
     def _strokes(self, body: Any) -> list:
@@ -90,7 +101,9 @@ class HandwritingApp:
                     "gradients": [], "frames": 0, "stride": 1}  # fmt: skip
         cfg = self.meta.get("config", {}).get("data", {})
         with self._lock:
-            return analyse_writing(self.model, strokes, spacing=float(cfg.get("spacing", 0.2)))
+            return analyse_writing(
+                self.model, strokes, spacing=float(cfg.get("spacing", 0.2)), **self.decode
+            )
 
     def export(self, body: Any) -> dict[str, Any]:
         """``POST /api/export``: the carousel-pen document of what was written."""
