@@ -24,6 +24,7 @@ task (:class:`carousel.tasks.Task`); everything else is here:
 from __future__ import annotations
 
 import functools
+import gc
 import hashlib
 import importlib
 import logging
@@ -300,6 +301,12 @@ def train(config: Config, *, resume: bool = True, restart: bool = False) -> Trai
         return _train(config, info, resume=resume and not restart, restart=restart)
     finally:
         torch.set_num_threads(threads)
+        if info.owns_group:
+            # the DDP wrapper holds the process group through its reducer and sits in a
+            # reference cycle: freed here, before the group, not during the interpreter's exit
+            # (where gloo's threads have aborted processes, "terminate called without an
+            # active exception")
+            gc.collect()
         distributed.cleanup(info)
 
 
