@@ -91,6 +91,20 @@ def test_ngram_scorer_is_a_distribution_and_fits_counts():
         lm.fit([[1, 0]])
 
 
+def test_ngram_scorer_weights_equal_repeated_sequences():
+    seqs, weights = [[1, 2, 3], [2, 2], [3, 1, 4]], [3, 1, 2]
+    weighted = NGramCharScorer(5, order=3).fit(seqs, weights=weights)
+    repeated = NGramCharScorer(5, order=3).fit([s for s, k in zip(seqs, weights) for _ in range(k)])
+    for probe in ([1, 2, 3], [3, 1], [4, 4, 2], []):
+        assert weighted.log_prob(probe) == pytest.approx(repeated.log_prob(probe), abs=1e-12)
+    with pytest.raises(ValueError, match="weights must be positive integers, got 0"):
+        NGramCharScorer(5, order=2).fit([[1]], weights=[0])
+    with pytest.raises(ValueError, match=r"got 1\.5 for sequence 0"):
+        NGramCharScorer(5, order=2).fit([[1]], weights=[1.5])
+    with pytest.raises(ValueError):  # one weight per sequence
+        NGramCharScorer(5, order=2).fit([[1], [2]], weights=[1])
+
+
 def test_lm_fusion_resolves_an_ambiguous_frame():
     # 'cat' vs 'cot': the middle frame is 55/45 towards 'o'; an LM trained on 'cat' flips it
     a = Alphabet("acot")

@@ -82,14 +82,33 @@ class NGramCharScorer:
         self._counts: dict[tuple[int, ...], dict[int, int]] = defaultdict(lambda: defaultdict(int))
         self._cache: dict[tuple[int, ...], list[float]] = {}
 
-    def fit(self, sequences: Iterable[Sequence[int]]) -> NGramCharScorer:
+    def fit(
+        self, sequences: Iterable[Sequence[int]], weights: Iterable[int] | None = None
+    ) -> NGramCharScorer:
         """Count n-grams of label-id sequences (adds to earlier counts); returns ``self``.
 
+        Args:
+            sequences: label-id sequences (no blanks).
+            weights: how many times each sequence counts (positive integers, one per
+                sequence); ``None`` counts each once. A weight of ``k`` gives the same model as
+                ``k`` copies of the sequence, without counting them ``k`` times.
+
         Raises:
-            ValueError: a label that is the blank or outside ``[0, C)``.
+            ValueError: a label that is the blank or outside ``[0, C)``, or a weight that is
+                not a positive integer.
         """
         n = self.order
-        for seq in sequences:
+        if weights is None:
+            pairs = ((seq, 1) for seq in sequences)
+        else:
+            pairs = zip(sequences, weights, strict=True)
+        for index, (seq, weight) in enumerate(pairs):
+            if isinstance(weight, bool) or int(weight) != weight or weight < 1:
+                raise ValueError(
+                    f"NGramCharScorer.fit: weights must be positive integers, got {weight!r} "
+                    f"for sequence {index}"
+                )
+            weight = int(weight)
             seq = [int(t) for t in seq]
             for pos, t in enumerate(seq):
                 if t == self.blank or not 0 <= t < self.num_classes:
@@ -102,7 +121,7 @@ class NGramCharScorer:
                 w = padded[i]
                 for k in range(n):  # histories of length k
                     h = tuple(padded[i - k : i])
-                    self._counts[h][w] += 1
+                    self._counts[h][w] += weight
         self._cache.clear()
         return self
 

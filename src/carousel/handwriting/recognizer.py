@@ -238,7 +238,7 @@ def english_char_lm(*, order: int = 6, min_count: int = 2, max_repeat: int = 20)
 
     Fitted to the words of :func:`carousel.text.english.english_word_counts` (the prose of
     Python's standard library; about 8,000 words used at least twice), each word one sequence
-    between begin and end markers, counted ``min(count, max_repeat)`` times so that frequent
+    between begin and end markers, weighted ``min(count, max_repeat)`` so that frequent
     words weigh more without drowning the rest. It never sees any task's word list.
 
     Args:
@@ -259,7 +259,9 @@ def english_char_lm(*, order: int = 6, min_count: int = 2, max_repeat: int = 20)
     check_positive_int("english_char_lm", "max_repeat", max_repeat)
     words = english_word_counts(min_count=min_count, max_length=24)
     lm = NGramCharScorer(len(ALPHABET), order=order)
-    return lm.fit(ALPHABET.encode(w) for w, c in words.items() for _ in range(min(c, max_repeat)))
+    return lm.fit(
+        [ALPHABET.encode(w) for w in words], weights=[min(c, max_repeat) for c in words.values()]
+    )
 
 
 @torch.no_grad()
