@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=("english", "none"),
         default="english",
         help="english (default): read with the prefix beam search and the English character "
-        "6-gram of carousel.handwriting.recognizer.english_char_lm (built in about 0.2 s at start; "
+        "6-gram of carousel.handwriting.recognizer.english_char_lm (built in about 2 s at start; "
         "0.44%% CER on new words against 1.74%% greedy, docs/results.md); "
         "none: greedy, the network's own reading",
     )
