@@ -57,7 +57,7 @@ def prev_states(s0: Tensor, states: Tensor) -> Tensor:
     return torch.cat([s0.unsqueeze(0), states[:-1]])
 
 
-def grad_with_prev(d: Tensor, states: Tensor, s0: Tensor) -> Tensor:
+def grad_with_prev(d: Tensor, states: Tensor, s0: Tensor, *, mm=None, mm_acc=None) -> Tensor:
     """``sum_t d_t^T s_{t-1}`` without building the shifted stack: the weight gradient of a
     recurrent matrix, ``dW = sum_t dA_t^T h_{t-1}``, as two matrix products.
 
@@ -65,15 +65,21 @@ def grad_with_prev(d: Tensor, states: Tensor, s0: Tensor) -> Tensor:
         d: ``(T, B, N)`` gradients of the pre-activations.
         states: ``(T, B, K)`` states after every step.
         s0: ``(B, K)`` initial state.
+        mm, mm_acc: the products ``mm(a, b) -> a @ b`` and ``mm_acc(out, a, b)``
+            (``out += a @ b``); torch's by default (the compiled kernels pass theirs).
 
     Returns:
         ``(N, K)``.
     """
     T, B, N = d.shape
     K = states.shape[-1]
-    out = d[0].t().mm(s0)
+    out = d[0].t().mm(s0) if mm is None else mm(d[0].t(), s0)
     if T > 1:
-        out.addmm_(d[1:].reshape(-1, N).t(), states[:-1].reshape(-1, K))
+        a, b = d[1:].reshape(-1, N).t(), states[:-1].reshape(-1, K)
+        if mm_acc is None:
+            out.addmm_(a, b)
+        else:
+            mm_acc(out, a, b)
     return out
 
 

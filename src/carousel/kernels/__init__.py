@@ -292,19 +292,20 @@ def _mm(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
     return a.mm(b) if bias is None else torch.addmm(bias, a, b)
 
 
+def _mm_acc(out: Tensor, a: Tensor, b: Tensor) -> None:
+    """``out += a @ b`` with the products of :func:`_mm`."""
+    if _big(a, b):
+        _ops().matmul_acc(out, a, b)
+    else:
+        out.addmm_(a, b)
+
+
 def _grad_with_prev(d: Tensor, states: Tensor, s0: Tensor) -> Tensor:
-    """``sum_t d_t^T s_{t-1}`` (``(N, K)``) as :func:`carousel.bptt._common.grad_with_prev`,
+    """``sum_t d_t^T s_{t-1}`` (``(N, K)``): :func:`carousel.bptt._common.grad_with_prev`
     with the products of :func:`_mm`."""
-    T, B, N = d.shape
-    K = states.shape[-1]
-    out = _mm(d[0].t(), s0)
-    if T > 1:
-        a, b = d[1:].reshape(-1, N).t(), states[:-1].reshape(-1, K)
-        if _big(a, b):
-            _ops().matmul_acc(out, a, b)
-        else:
-            out.addmm_(a, b)
-    return out
+    from carousel.bptt._common import grad_with_prev
+
+    return grad_with_prev(d, states, s0, mm=_mm, mm_acc=_mm_acc)
 
 
 def _grad_buffer(grad: Tensor | None, states: Tensor) -> Tensor:
