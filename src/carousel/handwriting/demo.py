@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from carousel.ctc import greedy_decode, prefix_beam_search
 from carousel.handwriting.pen import pen_features
+from carousel.handwriting.recognizer import best_reading
 from carousel.models.ctc_recognizer import CTCRecognizer
 from carousel.tasks.handwriting import ALPHABET
 
@@ -68,12 +68,7 @@ def analyse_writing(
     x = _features_from_positions(pos_var, up.to(param))
     tr = model.trace(x)
     lp = tr.log_probs  # (T', C)
-    if beam_width:
-        hyp = prefix_beam_search(
-            lp.detach(), beam_width=beam_width, scorer=scorer, lm_weight=lm_weight
-        )[0]
-    else:
-        hyp = greedy_decode(lp.detach().unsqueeze(1))[0]
+    hyp = best_reading(lp.detach(), beam_width=beam_width, scorer=scorer, lm_weight=lm_weight)
     probs = lp.detach().exp()
     chars, grads = [], []
     for k, (tok, t) in enumerate(zip(hyp.tokens, hyp.timesteps)):

@@ -46,6 +46,7 @@ from carousel.tasks.handwriting import (
 __all__ = [
     "Recognition",
     "RecognizerTrainConfig",
+    "best_reading",
     "english_char_lm",
     "evaluate_recognizer",
     "load_recognizer",
@@ -287,11 +288,21 @@ def recognize(
     feats = pen_features(strokes, spacing=spacing)
     x = torch.from_numpy(feats).unsqueeze(1).to(next(model.parameters()).device)
     lp = model(x).output[:, 0]  # (T', C)
-    if beam_width:
-        hyp = prefix_beam_search(lp, beam_width=beam_width, scorer=scorer, lm_weight=lm_weight)[0]
-    else:
-        hyp = greedy_decode(lp.unsqueeze(1))[0]
+    hyp = best_reading(lp, beam_width=beam_width, scorer=scorer, lm_weight=lm_weight)
     return Recognition(ALPHABET.decode(hyp.tokens), hyp, feats, lp)
+
+
+def best_reading(
+    log_probs: torch.Tensor, *, beam_width: int = 0, scorer=None, lm_weight: float = 0.5
+) -> CTCHypothesis:
+    """The best hypothesis of one sequence's ``(T', C)`` log probabilities: greedy with
+    ``beam_width=0``, else the prefix beam search's first, with the optional character LM
+    ``scorer`` fused at ``lm_weight`` (:func:`carousel.ctc.prefix_beam_search`)."""
+    if beam_width:
+        return prefix_beam_search(
+            log_probs, beam_width=beam_width, scorer=scorer, lm_weight=lm_weight
+        )[0]
+    return greedy_decode(log_probs.unsqueeze(1))[0]
 
 
 @torch.no_grad()
