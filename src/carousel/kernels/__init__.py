@@ -37,12 +37,12 @@ kernel call, as where that build fails and it is built without).
 
 Covered: the Elman RNN (tanh, ReLU), the GRU (both formulations) and the whole LSTM family:
 torch.nn's cell with any combination of the switches peephole, NIG, NFG, NOG, NIAF, NOAF and
-CIFG, with or without layer normalisation (Ba et al. 2016; the input part
-``LN(W_ih x) gamma_ih`` of all steps and its backward are one layer norm here, the recurrent
-part's and the cell's layer norms run per row in the loop), full gate recurrence (Greff's
-FGR: a second per-step product ``W_gg s_{t-1}``) and a projection (``proj_size``, Sak et al.
-2014: per step one more product each way, ``h_t = W_hr m_t`` after the gate pass and
-``delta m_t = delta h_t W_hr`` before its backward, with ``m_t = o_t tanh(c_t)`` kept for
+CIFG, with or without layer normalisation (Ba et al. 2016; the input projections of all
+steps are one product, and both pre-activation layer norms, ``LN(W_ih x_t) gamma_ih`` and
+``LN(W_hh h_{t-1}) gamma_hh``, and the cell's run per row in the loop), full gate recurrence
+(Greff's FGR: a second per-step product ``W_gg s_{t-1}``) and a projection (``proj_size``,
+Sak et al. 2014: per step one more product each way, ``h_t = W_hr m_t`` after the gate pass
+and ``delta m_t = delta h_t W_hr`` before its backward, with ``m_t = o_t tanh(c_t)`` kept for
 ``W_hr``'s gradient, one product over all steps). Floating dtypes float32 and float64, on the
 CPU (:func:`supports`).
 """
