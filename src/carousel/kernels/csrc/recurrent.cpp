@@ -228,12 +228,16 @@ constexpr int64_t kSmallMaxWeight = int64_t(1) << 20;
 constexpr int64_t kSmallMaxRows = 256;
 std::atomic<bool> small_gemm_enabled{true};
 
-bool use_small(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+// Whether the small kernel takes `rows` rows times the weight w (K, N).
+bool small_weight(const at::Tensor& w, int64_t rows) {
   return kSmallGemm && small_gemm_enabled.load(std::memory_order_relaxed) &&
-         a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat &&
-         out.scalar_type() == at::kFloat && a.size(0) <= kSmallMaxRows &&
-         b.size(0) * b.size(1) <= kSmallMaxWeight && a.stride(1) == 1 && b.stride(1) == 1 &&
-         out.stride(1) == 1 && a.size(0) > 0 && b.size(1) > 0;
+         w.scalar_type() == at::kFloat && rows > 0 && rows <= kSmallMaxRows &&
+         w.numel() <= kSmallMaxWeight && w.size(1) > 0 && w.stride(1) == 1;
+}
+
+bool use_small(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  return small_weight(b, a.size(0)) && a.scalar_type() == at::kFloat &&
+         out.scalar_type() == at::kFloat && a.stride(1) == 1 && out.stride(1) == 1;
 }
 
 void run_small(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool acc) {
@@ -259,9 +263,7 @@ struct StepProduct {
   int64_t ldw = 0, K = 0, N = 0;
 
   StepProduct(const at::Tensor& weight, int64_t rows) {
-    small = kSmallGemm && small_gemm_enabled.load(std::memory_order_relaxed) &&
-            weight.scalar_type() == at::kFloat && rows > 0 && rows <= kSmallMaxRows &&
-            weight.numel() <= kSmallMaxWeight && weight.size(1) > 0 && weight.stride(1) == 1;
+    small = small_weight(weight, rows);
     if (small) {
       w = weight.data_ptr<float>();
       ldw = weight.stride(0);
@@ -362,6 +364,21 @@ LstmLayout lstm_layout(at::IntArrayRef offsets, at::IntArrayRef flags, int64_t H
   L.so = L.sf + (L.of >= 0 ? H : 0);
   L.SH = L.so + (L.oo >= 0 ? H : 0);
   return L;
+}
+
+// The sigmoid gates' blocks of a gate row (torch.nn's order) copied into a row of FGR's gate
+// state (order i, f, o; absent gates left out): s_t in the forward, their gradients backward.
+template <typename T>
+void sigmoid_gates_to_s(const LstmLayout& L, int64_t H, const T* row, T* s) {
+  if (L.oi >= 0) std::copy(row + L.oi, row + L.oi + H, s + L.si);
+  if (L.of >= 0) std::copy(row + L.of, row + L.of + H, s + L.sf);
+  if (L.oo >= 0) std::copy(row + L.oo, row + L.oo + H, s + L.so);
+}
+
+// The columns of an LSTM step's per-row products (W_hh's gate rows, W_gg's with FGR, W_hr's
+// with a projection), for batch_chunks.
+int64_t lstm_step_columns(int64_t GH, int64_t SH, int64_t H, bool fgr, bool proj) {
+  return GH + (fgr ? SH : 0) + (proj ? H : 0);
 }
 
 // Row sums written with 16 partial sums, so that they vectorise without -ffast-math.
@@ -671,9 +688,7 @@ void lstm_fwd_step(const LstmLayout& L, int64_t b0, int64_t b1, int64_t H, int64
         if (!valid) {
           std::copy(E.s_prev + b * SH, E.s_prev + (b + 1) * SH, sb);
         } else {
-          if (L.oi >= 0) std::copy(ab + L.oi, ab + L.oi + H, sb + L.si);
-          if (L.of >= 0) std::copy(ab + L.of, ab + L.of + H, sb + L.sf);
-          if (L.oo >= 0) std::copy(ab + L.oo, ab + L.oo + H, sb + L.so);
+          sigmoid_gates_to_s(L, H, ab, sb);
         }
       }
     }
@@ -794,9 +809,7 @@ void lstm_bwd_step(const LstmLayout& L, int64_t b0, int64_t b1, int64_t H, int64
       }
       if (E.dasig != nullptr) {  // the sigmoid gates' gradients in s's order, for W_gg
         T* dsig = E.dasig + b * SH;
-        if (L.oi >= 0) std::copy(dab + L.oi, dab + L.oi + H, dsig + L.si);
-        if (L.of >= 0) std::copy(dab + L.of, dab + L.of + H, dsig + L.sf);
-        if (L.oo >= 0) std::copy(dab + L.oo, dab + L.oo + H, dsig + L.so);
+        sigmoid_gates_to_s(L, H, dab, dsig);
       }
       if (E.dz != nullptr) {  // through LN(W_hh h_{t-1}) gamma_hh and LN(W_ih x_t) gamma_ih
         if (E.g_peep != nullptr) {  // w_ci, w_cf see c_{t-1}, w_co sees c_t
@@ -895,7 +908,7 @@ std::vector<at::Tensor> lstm_forward(const at::Tensor& xw, const at::Tensor& h0,
     sp = at::empty({B, SH}, xw.options());
   }
   const int64_t chunks =
-      batch_chunks(T, B, (has_fgr ? GH + SH : GH) + (has_proj ? H : 0), P);
+      batch_chunks(T, B, lstm_step_columns(GH, SH, H, has_fgr, has_proj), P);
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "lstm_forward", [&] {
     scalar_t* gp = gates.data_ptr<scalar_t>();
     scalar_t* hp = hs.data_ptr<scalar_t>();
@@ -1052,7 +1065,7 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& gates, const at::Tensor&
     dM = at::empty({B, H}, gates.options());
   }
   const int64_t chunks =
-      batch_chunks(T, B, (has_fgr ? GH + SH : GH) + (has_proj ? H : 0), P);
+      batch_chunks(T, B, lstm_step_columns(GH, SH, H, has_fgr, has_proj), P);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "lstm_backward", [&] {
     const scalar_t* gp = gates.data_ptr<scalar_t>();
     const scalar_t* csp = cs.data_ptr<scalar_t>();
