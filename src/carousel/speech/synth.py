@@ -32,6 +32,7 @@ import numpy as np
 
 from carousel.speech.audio import read_wav
 from carousel.speech.features import FeatureConfig, log_mel
+from carousel.speech.pronunciation import Accent, draw_accent, perturb, phonemes
 
 __all__ = [
     "ACCENTS",
@@ -128,6 +129,12 @@ class CorpusSpec:
             :data:`SHARD_SIZE`.
         noise: scale of the added noise and gain changes (0: clean, unit gain).
         features: the log-mel settings.
+        pronunciation: the share of *training* utterances spoken with a random
+            pseudo-accent (:func:`carousel.speech.pronunciation.draw_accent`: espeak-ng's
+            phonemes rewritten by phonological processes of English accents); 0 (the default)
+            speaks every utterance as the voice does.
+        pronunciation_processes: the processes pseudo-accents are drawn from (names of
+            :data:`carousel.speech.pronunciation.PROCESSES`; empty: all of them).
     """
 
     kind: str
@@ -140,6 +147,8 @@ class CorpusSpec:
     sizes: tuple[tuple[str, int], ...]
     noise: float = 1.0
     features: FeatureConfig = field(default_factory=FeatureConfig)
+    pronunciation: float = 0.0
+    pronunciation_processes: tuple[str, ...] = ()
 
     def size(self, split: str) -> int:
         """Utterances of ``split``: its size rounded up to whole shards."""
@@ -153,6 +162,8 @@ class CorpusSpec:
         larger corpus reuses the shards of a smaller one)."""
         d = asdict(self)
         del d["sizes"]
+        if self.pronunciation == 0:  # the corpora made before pseudo-accents keep their hash
+            del d["pronunciation"], d["pronunciation_processes"]
         text = json.dumps(d, sort_keys=True, default=list)
         return hashlib.sha256(("carousel-speech-v2" + text).encode()).hexdigest()[:16]
 
@@ -160,8 +171,9 @@ class CorpusSpec:
 class Utterance(NamedTuple):
     """One planned utterance: the ``text`` (transcript), what espeak-ng is asked to say
     (``spoken``), the ``voice`` (``ACCENT+VARIANT``), ``rate`` (words per minute), ``pitch``
-    (0-99), word ``gap`` (10 ms units), and the post-processing: leading and
-    trailing silence (s), ``gain`` and noise (``snr_db``, ``noise_kind``)."""
+    (0-99), word ``gap`` (10 ms units), the post-processing: leading and
+    trailing silence (s), ``gain`` and noise (``snr_db``, ``noise_kind``), and the
+    pseudo-``accent`` its phonemes are rewritten with (``None``: as the voice says them)."""
 
     text: str
     spoken: str
@@ -174,6 +186,7 @@ class Utterance(NamedTuple):
     gain: float
     snr_db: float
     noise_kind: str
+    accent: Accent | None = None
 
 
 _SPLIT_IDS = {"train": 0, "voices": 1, "unseen_variants": 2, "held_out_accent": 3}
@@ -206,7 +219,7 @@ def utterance_plan(spec: CorpusSpec, split: str, index: int) -> Utterance:
     acc, var = accents[split], variants[split]
     voice = f"{acc[int(rng.integers(len(acc)))]}+{var[int(rng.integers(len(var)))]}"
     s = spec.noise
-    return Utterance(
+    utt = Utterance(
         text=text,
         spoken=spoken,
         voice=voice,
@@ -219,6 +232,11 @@ def utterance_plan(spec: CorpusSpec, split: str, index: int) -> Utterance:
         snr_db=float(rng.uniform(15, 40)) if s > 0 else float("inf"),
         noise_kind=("white", "brown")[int(rng.integers(2))],
     )
+    # drawn last, so that the utterances of corpora without pseudo-accents stay the same
+    if split == "train" and spec.pronunciation > 0 and rng.random() < spec.pronunciation:
+        processes = spec.pronunciation_processes or None
+        utt = utt._replace(accent=draw_accent(rng, processes=processes))
+    return utt
 
 
 def synthesize(utt: Utterance, sample_rate: int = 16000, *, seed: int = 0) -> np.ndarray:
@@ -236,8 +254,13 @@ def synthesize(utt: Utterance, sample_rate: int = 16000, *, seed: int = 0) -> np
         EspeakNotFoundError: espeak-ng is not installed.
         RuntimeError: espeak-ng failed (its message is included).
     """
+    spoken = utt.spoken
+    if utt.accent is not None and utt.accent.processes:
+        said = phonemes(spoken, utt.voice, espeak=espeak_binary())
+        rng = np.random.default_rng([seed, len(spoken), utt.rate, utt.pitch, 1])
+        spoken = f"[[{perturb(said, utt.accent, rng)}]]"
     cmd = [espeak_binary(), "-v", utt.voice, "-s", str(utt.rate), "-p", str(utt.pitch)]
-    cmd += ["-g", str(utt.gap), "--stdout", utt.spoken]
+    cmd += ["-g", str(utt.gap), "--stdout", spoken]
     res = subprocess.run(cmd, capture_output=True, check=False)
     if res.returncode != 0 or not res.stdout:
         raise RuntimeError(

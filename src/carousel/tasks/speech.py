@@ -23,6 +23,7 @@ from carousel.ctc import Alphabet, character_error_rate, ctc_loss, greedy_decode
 from carousel.models import ModelOutput
 from carousel.models.ctc_recognizer import CTCRecognizer, RecognizerModelConfig
 from carousel.speech.features import FeatureConfig, augment
+from carousel.speech.pronunciation import PROCESSES
 from carousel.speech.synth import ACCENTS, SHARD_SIZE, VARIANTS, CorpusSpec, load_shard
 from carousel.tasks.base import Batch, Task
 from carousel.tasks.registry import register_task
@@ -61,6 +62,12 @@ class SpeechConfig:
     corpus_seed: int = 0
     # mel bands of the features
     n_mels: int = 40
+    # share of training utterances spoken with a random pseudo-accent: espeak-ng's phonemes
+    # rewritten by phonological processes of English accents (TH-stopping, H-dropping, final
+    # devoicing, ...; carousel.speech.pronunciation); 0: as the voices say them
+    pronunciation: float = 0.0
+    # the processes pseudo-accents are drawn from (empty: all of PROCESSES)
+    pronunciation_processes: tuple[str, ...] = ()
     # training-batch augmentation (carousel.speech.features.augment; 0 turns each off):
     # largest relative frequency warp of the mel axis (vocal tract length perturbation)
     warp: float = 0.0
@@ -104,6 +111,17 @@ class SpeechConfig:
             raise ValueError("SpeechConfig: at least one accent and variant must be trained on")
         if self.noise < 0:
             raise ValueError(f"SpeechConfig: noise must be >= 0, got {self.noise}")
+        if not 0 <= self.pronunciation <= 1:
+            raise ValueError(
+                f"SpeechConfig: pronunciation must be in [0, 1], got {self.pronunciation}"
+            )
+        known = [p.name for p in PROCESSES]
+        for name in self.pronunciation_processes:
+            if name not in known:
+                raise ValueError(
+                    f"SpeechConfig: pronunciation_processes: unknown process {name!r}; "
+                    f"expected some of {known}"
+                )
         for name in ("warp", "tempo"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(
@@ -166,6 +184,8 @@ class SpeechConfig:
             ),
             noise=self.noise,
             features=FeatureConfig(n_mels=self.n_mels),
+            pronunciation=self.pronunciation,
+            pronunciation_processes=tuple(self.pronunciation_processes),
         )
 
 
