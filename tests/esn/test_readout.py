@@ -47,7 +47,7 @@ def test_incremental_equals_one_shot():
 
 
 def test_blocked_symmetric_sums_equal_the_full_product():
-    # F = 600 > 2 blocks of 256 features: large chunks fill the blocks on and below the
+    # F = 600 >= 2 x 256 features: large chunks fill the bands on and below the
     # diagonal, small chunks the whole matrix; the solve mirrors, so both mix freely
     x, y = data(700, f=600, o=2, seed=3)
     r = RidgeReadout(600, 2, ridge=1e-1)

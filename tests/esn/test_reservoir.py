@@ -1,6 +1,8 @@
 """The reservoir recurrence against a naive step-by-step oracle (float64), seeds, devices,
 errors."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -79,6 +81,27 @@ def test_compiled_threads_give_identical_states(dtype, sparse):
     one = _kernel.recur(res.weight_hh, drive, h0, 0.3, threads=1)
     for threads in (2, 3, 7):
         assert torch.equal(_kernel.recur(res.weight_hh, drive, h0, 0.3, threads=threads), one)
+
+
+@pytest.mark.parametrize("units", [300, 40_000, 70_000])
+def test_compiled_csr_column_indices_of_every_width(units):
+    # 16-bit column indices up to 2^16 units (40,000 is beyond int16: read as uint16), 32-bit
+    # above: a few nonzeros per row, the last columns included
+    needs_compiler("compiled")
+    g = torch.Generator().manual_seed(units)
+    last = torch.full((units, 1), units - 1)
+    cols = torch.cat([torch.randint(0, units, (units, 2), generator=g), last], 1).reshape(-1)
+    vals = torch.randn(3 * units, generator=g, dtype=torch.float64) * 0.5
+    crow = torch.arange(0, 3 * units + 1, 3, dtype=torch.int32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # sparse CSR is "beta"
+        W = torch.sparse_csr_tensor(crow, cols.to(torch.int32), vals, (units, units))
+    drive = torch.randn(4, units, generator=g, dtype=torch.float64)
+    h = torch.randn(units, generator=g, dtype=torch.float64)
+    out = _kernel.recur(W, drive, h, 0.3, threads=1)
+    for t in range(4):
+        h = 0.7 * h + 0.3 * torch.tanh(drive[t] + (vals * h[cols]).reshape(units, 3).sum(1))
+        torch.testing.assert_close(out[t], h, rtol=1e-12, atol=1e-12)
 
 
 def test_feedback_noise_and_no_input():
