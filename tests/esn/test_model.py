@@ -165,48 +165,6 @@ def test_compiled_impl_gives_the_same_fit():
     )
 
 
-def test_overlapped_sums_give_the_same_fit(monkeypatch):
-    # with two torch threads the ridge sums of a chunk run beside the next chunk's steps;
-    # they are added in the same order, so the readout is the same to the last bit
-    from carousel.esn import model
-
-    x = mackey_glass(800)
-    kw = {"spectral_radius": 1.25, "leak_rate": 0.3, "ridge": 1e-5, "chunk_size": 256}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        ref = EchoStateNetwork(520, **kw).fit(x[:699], x[1:700], washout=20)
-        calls = []
-        accumulate = model.RidgeReadout.accumulate
-
-        def spy(self, f, t):
-            calls.append(torch.get_num_threads())
-            accumulate(self, f, t)
-
-        monkeypatch.setattr(model.RidgeReadout, "accumulate", spy)
-        monkeypatch.setattr(model, "OVERLAP_MIN_FEATURES", 512)
-        fast = EchoStateNetwork(520, **kw).fit(x[:699], x[1:700], washout=20)
-        assert calls == [1] * 3 and torch.get_num_threads() == 2
-        monkeypatch.setattr(model, "OVERLAP_MIN_FEATURES", 10**9)
-        ref = EchoStateNetwork(520, **kw).fit(x[:699], x[1:700], washout=20)
-        assert calls[3:] == [2] * 3
-        torch.testing.assert_close(fast.readout.weight, ref.readout.weight, rtol=0, atol=0)
-        torch.testing.assert_close(fast.readout.bias, ref.readout.bias, rtol=0, atol=0)
-        torch.testing.assert_close(fast.last_state.h, ref.last_state.h, rtol=0, atol=0)
-
-        # an error in the second thread reaches the caller; the thread count is restored
-        def fail(self, f, t):
-            raise RuntimeError("sums failed")
-
-        monkeypatch.setattr(model, "OVERLAP_MIN_FEATURES", 512)
-        monkeypatch.setattr(model.RidgeReadout, "accumulate", fail)
-        with pytest.raises(RuntimeError, match="sums failed"):
-            EchoStateNetwork(520, **kw).fit(x[:699], x[1:700], washout=20)
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(threads)
-
-
 def test_mackey_glass_one_step_float32_is_close():
     x = mackey_glass(1000)
     esn = EchoStateNetwork(

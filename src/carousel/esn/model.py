@@ -2,9 +2,6 @@ r"""The echo state network: a reservoir, a trained linear readout, open- and clo
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
 
 import torch
@@ -19,11 +16,6 @@ __all__ = ["READOUTS", "ESNOutput", "ESNState", "EchoStateNetwork"]
 
 #: Readout training rules: closed-form ridge, teacher-forced RLS, FORCE (RLS on own feedback).
 READOUTS = ("ridge", "rls", "force")
-
-#: Overlap the ridge sums of one chunk with the reservoir steps of the next (two Python
-#: threads, one torch thread each) when torch has at least two threads and the readout has at
-#: least this many features: below it the sums cost little beside the steps.
-OVERLAP_MIN_FEATURES = 512
 
 
 class ESNState(NamedTuple):
@@ -436,64 +428,25 @@ class EchoStateNetwork(nn.Module):
         T, B = y.shape[0], y.shape[1]
         h, y_prev = st
         fb_all = self._teacher_feedback(y, y_prev) if self.feedback else None
-        with self._sums_pipeline(T, y.device) as add:
-            for start in range(0, T, self.chunk_size):
-                stop = min(T, start + self.chunk_size)
-                uc = None if u is None else u[start:stop]
-                fb = None if fb_all is None else fb_all[start:stop]
-                drive = res.drive(
-                    uc, fb, steps=stop - start, batch_size=B, noise_generator=self._noise_generator
+        for start in range(0, T, self.chunk_size):
+            stop = min(T, start + self.chunk_size)
+            uc = None if u is None else u[start:stop]
+            fb = None if fb_all is None else fb_all[start:stop]
+            drive = res.drive(
+                uc, fb, steps=stop - start, batch_size=B, noise_generator=self._noise_generator
+            )
+            states = res.recur(drive, h)  # (t, B, H)
+            del drive
+            h = states[-1].clone()
+            skip = max(0, washout - start)
+            if skip < stop - start:
+                feats = self._features(states[skip:], None if uc is None else uc[skip:])
+                self.readout.accumulate(
+                    feats.reshape(-1, feats.shape[-1]),
+                    y[start + skip : stop].reshape(-1, y.shape[2]),
                 )
-                states = res.recur(drive, h)  # (t, B, H)
-                del drive
-                h = states[-1].clone()
-                skip = max(0, washout - start)
-                if skip < stop - start:
-                    feats = self._features(states[skip:], None if uc is None else uc[skip:])
-                    add(
-                        feats.reshape(-1, feats.shape[-1]),
-                        y[start + skip : stop].reshape(-1, y.shape[2]),
-                    )
-                del states
+            del states
         return ESNState(h, y[-1].clone())
-
-    @contextlib.contextmanager
-    def _sums_pipeline(
-        self, T: int, device: torch.device
-    ) -> Iterator[Callable[[Tensor, Tensor], None]]:
-        """The function that adds a chunk to the ridge sums. With two or more torch threads on
-        the CPU, several chunks and a readout of at least :data:`OVERLAP_MIN_FEATURES`
-        features, the sums of chunk k run in a second Python thread while this one runs the
-        reservoir steps of chunk k+1 (both release the GIL; torch is set to one thread each
-        meanwhile, so the two keep two cores busy instead of taking turns on both). The sums
-        are added in the same order either way, so the readout is the same."""
-        accumulate = self.readout.accumulate
-        overlap = (
-            device.type == "cpu"
-            and torch.get_num_threads() >= 2
-            and T > self.chunk_size
-            and self.readout.in_features >= OVERLAP_MIN_FEATURES
-        )
-        if not overlap:
-            yield accumulate
-            return
-        threads = torch.get_num_threads()
-        pending: list[Future] = []
-
-        def add(x: Tensor, y: Tensor) -> None:
-            if pending:
-                pending.pop().result()  # at most one chunk waits: memory stays two chunks
-            pending.append(pool.submit(accumulate, x, y))
-
-        torch.set_num_threads(1)
-        try:
-            # leaving the pool waits for its last chunk (also when the loop raised)
-            with ThreadPoolExecutor(1, thread_name_prefix="carousel-esn-sums") as pool:
-                yield add
-                for f in pending:
-                    f.result()
-        finally:
-            torch.set_num_threads(threads)
 
     @torch.no_grad()
     def _fit_online(self, u: Tensor | None, y: Tensor, washout: int, st: ESNState) -> ESNState:
