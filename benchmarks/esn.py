@@ -10,8 +10,10 @@ training data and solve the ridge readout) and ``predict`` (run over the test da
 out), wall clock; reservoir construction is reported apart (``init``: carousel's own; with
 ``--rpy-init`` also reservoirpy's own construction with ``sr=`` from its defaults). ``peak MiB``
 is the largest growth of the process' resident memory during fit + predict (sampled every
-2 ms from /proc/self/statm), from the first run. Times are the minimum of 3 runs up to 1000
-units (1 run above), which filters out other jobs on a shared machine.
+2 ms from /proc/self/statm by a second thread), from a run of its own after the timed runs:
+the sampling thread wakes 500 times a second, and on a 2-core machine it took a core from
+the timed code (10-25% slower two-thread fits at 1000 units). Times are the minimum of 3 runs
+up to 1000 units (1 run above), which filters out other jobs on a shared machine.
 
 Each thread setting runs in a fresh child process with ``OMP/MKL/OPENBLAS_NUM_THREADS`` set
 before numpy/torch load; both libraries run in that one process, carousel first.
@@ -104,17 +106,16 @@ def run_child(
             esn.build(1, 1)
             init = time.perf_counter() - t0
             fit = predict = float("inf")
-            for repeat in range(repeats(units)):
-                with PeakRSS() as mem:
-                    t0 = time.perf_counter()
-                    esn.fit(x_tr, y_tr, washout=100)
-                    fit = min(fit, time.perf_counter() - t0)
-                    t0 = time.perf_counter()
-                    pred = esn.predict(x_te, esn.last_state)
-                    predict = min(predict, time.perf_counter() - t0)
-                if repeat == 0:
-                    first_mib = mem.mib
-            mem.mib = first_mib
+            for _ in range(repeats(units)):
+                t0 = time.perf_counter()
+                esn.fit(x_tr, y_tr, washout=100)
+                fit = min(fit, time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                pred = esn.predict(x_te, esn.last_state)
+                predict = min(predict, time.perf_counter() - t0)
+            with PeakRSS() as mem:  # a run of its own: the sampling thread slows what it samples
+                esn.fit(x_tr, y_tr, washout=100)
+                pred = esn.predict(x_te, esn.last_state)
             rows.append(
                 {
                     "units": units,
@@ -160,19 +161,21 @@ def run_child(
             init = time.perf_counter() - t0
             del r
         fit = predict = float("inf")
-        for repeat in range(repeats(units)):
-            with PeakRSS() as mem:
-                reservoir = Reservoir(units, lr=0.3, W=w_np, Win=win_np, bias=bias_np)
-                model = reservoir >> Ridge(ridge=1e-5)
-                t0 = time.perf_counter()
-                model.fit(xtr, ytr, warmup=100)
-                fit = min(fit, time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                pred_np = model.run(xte)
-                predict = min(predict, time.perf_counter() - t0)
-            if repeat == 0:
-                first_mib = mem.mib
-        mem.mib = first_mib
+        for _ in range(repeats(units)):
+            reservoir = Reservoir(units, lr=0.3, W=w_np, Win=win_np, bias=bias_np)
+            model = reservoir >> Ridge(ridge=1e-5)
+            t0 = time.perf_counter()
+            model.fit(xtr, ytr, warmup=100)
+            fit = min(fit, time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            pred_np = model.run(xte)
+            predict = min(predict, time.perf_counter() - t0)
+            del model, reservoir
+        with PeakRSS() as mem:
+            reservoir = Reservoir(units, lr=0.3, W=w_np, Win=win_np, bias=bias_np)
+            model = reservoir >> Ridge(ridge=1e-5)
+            model.fit(xtr, ytr, warmup=100)
+            pred_np = model.run(xte)
         rows.append(
             {
                 "units": units,
