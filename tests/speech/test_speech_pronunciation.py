@@ -44,6 +44,9 @@ def test_each_process_rewrites_what_it_names_and_nothing_else():
     assert rewrite("tense-lax").split()[3] == "m'O@ni:N"
     assert rewrite("tense-lax").split()[7] == "v'OIs"  # the diphthong OI is not KIT
     assert rewrite("w-v").split()[-1] == "v'O:t#3_:"  # the pause mark is kept
+    # a chain shift moves each vowel once: KIT -> schwa, DRESS -> KIT, TRAP -> DRESS
+    assert rewrite("front-shift", 0, "b'Id b'Ed b'ad b'aId") == "b'@d b'Id b'Ed b'aId"
+    assert rewrite("diphthong-shift", 0, "b'aIt b'eIt b'oUt") == "b'OIt b'aIt b'aUt"
     assert rewrite("w-v", 1).split()[7] == "w'OIs"
     assert perturb(US, Accent((), 1.0), np.random.default_rng(0)) == US
     assert perturb(US, Accent((("th-stopping", 0),), 0.0), np.random.default_rng(0)) == US
@@ -69,7 +72,7 @@ def test_draw_accent_is_seeded_and_checks_its_arguments():
         Accent((), 1.5)
 
 
-def test_corpus_pseudo_accents_only_in_training_and_old_corpora_unchanged():
+def test_corpus_pseudo_accents_only_in_training_and_old_corpora_unchanged(monkeypatch):
     from carousel.tasks.speech import SpeechWordsConfig
 
     plain = SpeechWordsConfig().corpus()
@@ -77,6 +80,12 @@ def test_corpus_pseudo_accents_only_in_training_and_old_corpora_unchanged():
     assert mixed.digest() != plain.digest()
     # a corpus without pseudo-accents keeps the hash it had before they existed
     assert dataclasses.replace(plain, pronunciation=0.0).digest() == plain.digest()
+    # the processes' rewrites are part of the hash: editing one makes a new corpus
+    before, plain_before = mixed.digest(), plain.digest()
+    edited = (dataclasses.replace(PROCESSES[0], realisations=((("T", "k"),),)), *PROCESSES[1:])
+    monkeypatch.setattr(synth, "PROCESSES", edited)
+    assert mixed.digest() != before and plain.digest() == plain_before
+    monkeypatch.undo()
     train = [utterance_plan(mixed, "train", i) for i in range(200)]
     assert [u._replace(accent=None) for u in train] == [
         utterance_plan(plain, "train", i) for i in range(200)

@@ -40,6 +40,8 @@ class Process:
 _ON = r"(^|[',])"  # the start of a word or of a stressed syllable
 _LAX_I = r"(?<![aeOo@])I(?![@2#:])"  # the KIT vowel, not part of aI eI OI I@ I2 I#
 _LAX_U = r"(?<![ao@])U(?![@:])"  # the FOOT vowel, not part of aU oU @U U@
+_DRESS = r"E(?!@)"
+_TRAP = r"(?<!a)a(?![IU#a:])"  # not part of aI aU a# aa a:
 
 #: The processes pseudo-accents are made of. The realisations use only mnemonics that every
 #: English phoneme table of espeak-ng has (``t[`` and ``d[`` are dental stops).
@@ -108,6 +110,31 @@ PROCESSES: tuple[Process, ...] = (
         "foot-strut",
         "STRUT said like FOOT (Northern England)",
         ((("V", "U"),),),
+    ),
+    Process(
+        "front-shift",
+        "the short front vowels moved together: raised (New Zealand, South Africa) or lowered "
+        "(Canada, California); each chain rewritten from its far end, so no vowel moves twice",
+        (
+            ((_LAX_I, "@"), (_DRESS, "I"), (_TRAP, "E")),
+            ((_TRAP, "A:"), (_DRESS, "a"), (_LAX_I, "E")),
+        ),
+    ),
+    Process(
+        "back-vowels",
+        "LOT and THOUGHT unrounded and merged (North America) or LOT rounded like THOUGHT",
+        ((("0", "A:"), ("O:", "A:")), (("0", "O:"),)),
+    ),
+    Process(
+        "strut-quality",
+        "STRUT central, back or front (the vowel English accents differ in most)",
+        ((("V", "@"),), (("V", "0"),), (("V", "a"),)),
+    ),
+    Process(
+        "diphthong-shift",
+        "PRICE, FACE and GOAT shifted along (London, Australia): PRICE towards CHOICE, FACE "
+        "towards PRICE, GOAT towards MOUTH",
+        ((("aI(?![@3])", "OI"), ("eI", "aI"), ("oU", "aU"), ("@U", "aU")),),
     ),
     Process(
         "w-v",

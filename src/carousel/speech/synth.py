@@ -32,7 +32,7 @@ import numpy as np
 
 from carousel.speech.audio import read_wav
 from carousel.speech.features import FeatureConfig, log_mel
-from carousel.speech.pronunciation import Accent, draw_accent, perturb, phonemes
+from carousel.speech.pronunciation import PROCESSES, Accent, draw_accent, perturb, phonemes
 
 __all__ = [
     "ACCENTS",
@@ -164,6 +164,9 @@ class CorpusSpec:
         del d["sizes"]
         if self.pronunciation == 0:  # the corpora made before pseudo-accents keep their hash
             del d["pronunciation"], d["pronunciation_processes"]
+        else:  # the processes' rewrites themselves, so editing one makes a new corpus
+            names = self.pronunciation_processes or [p.name for p in PROCESSES]
+            d["pronunciation_processes"] = [asdict(p) for p in PROCESSES if p.name in names]
         text = json.dumps(d, sort_keys=True, default=list)
         return hashlib.sha256(("carousel-speech-v2" + text).encode()).hexdigest()[:16]
 
