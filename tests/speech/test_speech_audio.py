@@ -148,6 +148,13 @@ def test_augment_warps_stretches_and_masks():
         int(augment(x, np.random.default_rng(s), warp=0.3).mean(0).argmax()) for s in range(20)
     }
     assert min(peaks) < 10 < max(peaks) and all(7 <= p <= 14 for p in peaks)
+    # the two-part warp moves a low band against the top band, which stays in place
+    y = np.zeros((5, 40), dtype=np.float32)
+    y[:, 6], y[:, 39] = 1.0, 2.0
+    moved = [augment(y, np.random.default_rng(s), formant_warp=0.2) for s in range(20)]
+    low = {int(m[:, :30].mean(0).argmax()) for m in moved}
+    assert min(low) < 6 < max(low) and all(4 <= p <= 8 for p in low)
+    assert all(m[0, 39] == 2.0 for m in moved)
     # tempo changes the number of frames by up to the factor
     lens = {len(augment(x, np.random.default_rng(s), tempo=0.2)) for s in range(20)}
     assert min(lens) < 100 < max(lens) and all(80 <= n <= 126 for n in lens)
@@ -160,5 +167,7 @@ def test_augment_warps_stretches_and_masks():
     )
     with pytest.raises(ValueError, match=r"warp must be in \[0, 1\)"):
         augment(x, rng, warp=1.5)
+    with pytest.raises(ValueError, match=r"formant_warp must be in \[0, 1\)"):
+        augment(x, rng, formant_warp=-0.1)
     with pytest.raises(ValueError, match="time_mask must be >= 0"):
         augment(x, rng, time_mask=-1)

@@ -115,6 +115,14 @@ def log_mel(
     return feats.astype(np.float32)
 
 
+def _read_bands(x: np.ndarray, src: np.ndarray) -> np.ndarray:
+    """``x``'s bands read at the fractional band positions ``src`` (linear interpolation)."""
+    lo = np.floor(src).astype(int)
+    hi = np.minimum(lo + 1, x.shape[1] - 1)
+    frac = (src - lo).astype(np.float32)
+    return x[:, lo] * (1 - frac) + x[:, hi] * frac
+
+
 def augment(
     feats: np.ndarray,
     rng: np.random.Generator,
@@ -124,13 +132,18 @@ def augment(
     freq_mask: int = 0,
     time_mask: int = 0,
     masks: int = 2,
+    formant_warp: float = 0.0,
 ) -> np.ndarray:
     r"""Randomly perturb the normalised log-mel features of one training utterance.
 
     In this order: a frequency warp (the band axis stretched by a factor :math:`a` drawn from
     :math:`[1 - w, 1 + w]`, read by linear interpolation at band :math:`m / a`: formants move
     up for :math:`a > 1`, as for a shorter vocal tract; Jaitly & Hinton 2013's vocal tract
-    length perturbation, applied to the mel bands), a tempo change (the frame axis resampled
+    length perturbation, applied to the mel bands), a two-part warp (with ``formant_warp``
+    :math:`v > 0`: the bands below a random knot :math:`k` in the lower half stretched by a
+    factor from :math:`[1 - v, 1 + v]`, those above by what keeps the top band in place, so
+    the first formant moves against the others and vowel qualities shift, as between
+    accents), a tempo change (the frame axis resampled
     by a factor from :math:`[1 - t, 1 + t]`, linear interpolation), then SpecAugment's masks
     (Park et al. 2019): ``masks`` bands of up to ``freq_mask`` mel bands and ``masks`` spans of
     up to ``time_mask`` frames set to 0, the normalised mean.
@@ -143,6 +156,8 @@ def augment(
         freq_mask: widest frequency mask in bands (0: none).
         time_mask: longest time mask in frames (0: none).
         masks: masks of each kind.
+        formant_warp: :math:`v`, the largest relative stretch of the bands below the knot
+            (0: none).
 
     Returns:
         float32 ``(T', n_mels)`` with ``T' = round(T / r)`` for the tempo factor ``r``.
@@ -150,7 +165,7 @@ def augment(
     Raises:
         ValueError: a warp or tempo outside ``[0, 1)``, or negative mask sizes.
     """
-    for name, v in (("warp", warp), ("tempo", tempo)):
+    for name, v in (("warp", warp), ("tempo", tempo), ("formant_warp", formant_warp)):
         if not 0 <= v < 1:
             raise ValueError(f"augment: {name} must be in [0, 1), got {v}")
     for name, v in (("freq_mask", freq_mask), ("time_mask", time_mask), ("masks", masks)):
@@ -160,11 +175,11 @@ def augment(
     T, M = x.shape
     if warp > 0:
         a = rng.uniform(1 - warp, 1 + warp)
-        src = np.clip(np.arange(M) / a, 0, M - 1)
-        lo = np.floor(src).astype(int)
-        hi = np.minimum(lo + 1, M - 1)
-        frac = (src - lo).astype(np.float32)
-        x = x[:, lo] * (1 - frac) + x[:, hi] * frac
+        x = _read_bands(x, np.clip(np.arange(M) / a, 0, M - 1))
+    if formant_warp > 0:
+        k = rng.uniform(0.2, 0.5) * (M - 1)
+        a = rng.uniform(1 - formant_warp, 1 + formant_warp)
+        x = _read_bands(x, np.interp(np.arange(M), [0, k * a, M - 1], [0, k, M - 1]))
     if tempo > 0 and T > 1:
         r = rng.uniform(1 - tempo, 1 + tempo)
         n = max(1, round(T / r))

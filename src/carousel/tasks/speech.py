@@ -71,6 +71,9 @@ class SpeechConfig:
     # training-batch augmentation (carousel.speech.features.augment; 0 turns each off):
     # largest relative frequency warp of the mel axis (vocal tract length perturbation)
     warp: float = 0.0
+    # largest relative stretch of the bands below a random knot in the lower half (the first
+    # formant moved against the others: vowel qualities shift, as between accents)
+    formant_warp: float = 0.0
     # largest relative tempo change (the frame axis resampled)
     tempo: float = 0.0
     # SpecAugment: two masks of up to freq_mask mel bands and two of up to time_mask frames
@@ -122,7 +125,7 @@ class SpeechConfig:
                     f"SpeechConfig: pronunciation_processes: unknown process {name!r}; "
                     f"expected some of {known}"
                 )
-        for name in ("warp", "tempo"):
+        for name in ("warp", "tempo", "formant_warp"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(
                     f"SpeechConfig: {name} must be in [0, 1), got {getattr(self, name)}"
@@ -340,11 +343,11 @@ class SpeechTask(Task):
             idx = np.arange(start, start + batch_size)
         chosen = [feats[i] for i in idx]
         c = self.config
-        if split == "train" and (c.warp or c.tempo or c.freq_mask or c.time_mask):
+        if split == "train" and (c.warp or c.tempo or c.freq_mask or c.time_mask or c.formant_warp):
             chosen = [
                 augment(
                     f, rng, warp=c.warp, tempo=c.tempo, freq_mask=c.freq_mask,
-                    time_mask=c.time_mask,
+                    time_mask=c.time_mask, formant_warp=c.formant_warp,
                 )
                 for f in chosen
             ]  # fmt: skip
