@@ -131,3 +131,45 @@ def test_training_batches_are_augmented_and_evaluation_batches_are_not(monkeypat
     assert not any(a.shape[0] == 100 and np.allclose(a[:, 0].numpy(), f) for f in feats)
     np.testing.assert_array_equal(a.numpy(), batch(aug, "train").numpy())  # seeded
     np.testing.assert_array_equal(batch(aug, "voices").numpy(), batch(SpeechConfig(), "voices"))
+
+
+needs_flite = pytest.mark.skipif(
+    shutil.which("flite") is None, reason="flite is not installed (apt-get install flite)"
+)
+
+
+def test_flite_voices_only_in_training_and_the_default_corpus_unchanged(monkeypatch):
+    from carousel.tasks.speech import SpeechConfig, SpeechWordsConfig
+
+    plain = SpeechWordsConfig().corpus()
+    mixed = SpeechWordsConfig(flite=0.25).corpus()
+    assert dataclasses.replace(plain, flite=0.0).digest() == plain.digest() != mixed.digest()
+    train = [utterance_plan(mixed, "train", i) for i in range(200)]
+    flite = [u for u in train if u.voice.startswith("flite:")]
+    assert 30 <= len(flite) <= 70
+    assert {u.voice.split(":")[1] for u in flite} == set(synth.FLITE_VOICES)
+    for i, u in enumerate(train):  # the same utterances, some read by another synthesiser
+        same = utterance_plan(plain, "train", i)
+        assert u == same if not u.voice.startswith("flite:") else u.text == same.text
+    for split in ("voices", "unseen_variants", "held_out_accent"):
+        assert not any(utterance_plan(mixed, split, i).voice.startswith("flite") for i in range(50))
+    with pytest.raises(ValueError, match=r"flite must be in \[0, 1\]"):
+        SpeechConfig(flite=2.0)
+    monkeypatch.setattr(synth.shutil, "which", lambda name: None)
+    with pytest.raises(synth.EspeakNotFoundError, match="apt-get install flite"):
+        synth.flite_binary()
+
+
+@needs_flite
+def test_flite_synthesis_is_reproducible_and_follows_rate_and_pitch():
+    spec = make_task("speech-words").spec
+    u = utterance_plan(spec, "train", 0)._replace(voice="flite:awb", snr_db=float("inf"))
+    a = synth.synthesize(u, seed=1)
+    np.testing.assert_array_equal(a, synth.synthesize(u, seed=1))
+    assert a.dtype == np.float32 and len(a) > 0.3 * 16000
+    slow = synth.synthesize(u._replace(rate=120), seed=1)
+    fast = synth.synthesize(u._replace(rate=220), seed=1)
+    assert len(slow) > 1.3 * len(fast)
+    assert not np.array_equal(synth.synthesize(u._replace(voice="flite:slt"), seed=1), a)
+    with pytest.raises(ValueError, match="unknown Flite voice 'nope'"):
+        synth.synthesize(u._replace(voice="flite:nope"))

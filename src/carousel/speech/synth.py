@@ -12,6 +12,11 @@ processes (:func:`prepare_corpus`), and read back by every later run.
 
 espeak-ng applies a voice variant only when written as ``LANGUAGE+VARIANT`` with the voice's
 language name (``en-us+m3``); other spellings silently ignore the variant.
+
+Optionally (``CorpusSpec.flite``) a share of the training utterances is spoken by a second
+synthesiser, CMU Flite (Debian package ``flite``; voices :data:`FLITE_VOICES`, written
+``flite:NAME``): concatenative and statistical voices made from recordings of four speakers,
+acoustically unlike espeak-ng's formant synthesis.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from carousel.speech.pronunciation import PROCESSES, Accent, draw_accent, pertur
 __all__ = [
     "ACCENTS",
     "DIGIT_WORDS",
+    "FLITE_VOICES",
     "SHARD_SIZE",
     "VARIANTS",
     "CorpusSpec",
@@ -44,6 +50,7 @@ __all__ = [
     "Utterance",
     "default_cache_dir",
     "espeak_binary",
+    "flite_binary",
     "load_shard",
     "prepare_corpus",
     "synthesize",
@@ -79,6 +86,11 @@ VARIANTS = (
     "travis", "victor", "zac",
 )  # fmt: skip
 
+#: CMU Flite's built-in English voices (``flite -lv``) and the mean pitch (Hz) each is given
+#: for the middle of the corpus' pitch range: kal16 (US male, diphones), awb (Scottish male),
+#: rms (US male), slt (US female; the last three statistical parametric voices).
+FLITE_VOICES = {"kal16": 105.0, "awb": 110.0, "rms": 105.0, "slt": 170.0}
+
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 _INSTALL = (
@@ -90,7 +102,24 @@ _INSTALL = (
 
 
 class EspeakNotFoundError(RuntimeError):
-    """espeak-ng is not installed (the message says how to install it)."""
+    """espeak-ng (or Flite, when asked for) is not installed (the message says how to install
+    it)."""
+
+
+def flite_binary() -> str:
+    """The path of the ``flite`` program.
+
+    Raises:
+        EspeakNotFoundError: when it is not installed.
+    """
+    path = shutil.which("flite")
+    if path is None:
+        raise EspeakNotFoundError(
+            "CMU Flite is needed for a corpus with data.flite > 0 but was not found on PATH; "
+            "install it with `apt-get install flite` (Debian/Ubuntu) or `brew install flite`, "
+            "or set data.flite = 0"
+        )
+    return path
 
 
 def espeak_binary() -> str:
@@ -135,6 +164,8 @@ class CorpusSpec:
             speaks every utterance as the voice does.
         pronunciation_processes: the processes pseudo-accents are drawn from (names of
             :data:`carousel.speech.pronunciation.PROCESSES`; empty: all of them).
+        flite: the share of *training* utterances spoken by CMU Flite (a voice of
+            :data:`FLITE_VOICES`) instead of espeak-ng; 0 (the default): none.
     """
 
     kind: str
@@ -149,6 +180,7 @@ class CorpusSpec:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     pronunciation: float = 0.0
     pronunciation_processes: tuple[str, ...] = ()
+    flite: float = 0.0
 
     def size(self, split: str) -> int:
         """Utterances of ``split``: its size rounded up to whole shards."""
@@ -167,6 +199,10 @@ class CorpusSpec:
         else:  # the processes' rewrites themselves, so editing one makes a new corpus
             names = self.pronunciation_processes or [p.name for p in PROCESSES]
             d["pronunciation_processes"] = [asdict(p) for p in PROCESSES if p.name in names]
+        if self.flite == 0:
+            del d["flite"]
+        else:
+            d["flite_voices"] = FLITE_VOICES
         text = json.dumps(d, sort_keys=True, default=list)
         return hashlib.sha256(("carousel-speech-v2" + text).encode()).hexdigest()[:16]
 
@@ -239,11 +275,15 @@ def utterance_plan(spec: CorpusSpec, split: str, index: int) -> Utterance:
     if split == "train" and spec.pronunciation > 0 and rng.random() < spec.pronunciation:
         processes = spec.pronunciation_processes or None
         utt = utt._replace(accent=draw_accent(rng, processes=processes))
+    if split == "train" and spec.flite > 0 and rng.random() < spec.flite:
+        names = sorted(FLITE_VOICES)
+        utt = utt._replace(voice=f"flite:{names[int(rng.integers(len(names)))]}", accent=None)
     return utt
 
 
 def synthesize(utt: Utterance, sample_rate: int = 16000, *, seed: int = 0) -> np.ndarray:
-    """Speak a planned utterance with espeak-ng and post-process it (silence, gain, noise).
+    """Speak a planned utterance with espeak-ng (Flite for ``flite:`` voices) and
+    post-process it (silence, gain, noise).
 
     Args:
         utt: from :func:`utterance_plan`.
@@ -254,23 +294,13 @@ def synthesize(utt: Utterance, sample_rate: int = 16000, *, seed: int = 0) -> np
         float32 ``(N,)`` audio at ``sample_rate``.
 
     Raises:
-        EspeakNotFoundError: espeak-ng is not installed.
-        RuntimeError: espeak-ng failed (its message is included).
+        EspeakNotFoundError: espeak-ng (or Flite) is not installed.
+        RuntimeError: the synthesiser failed (its message is included).
     """
-    spoken = utt.spoken
-    if utt.accent is not None and utt.accent.processes:
-        said = phonemes(spoken, utt.voice, espeak=espeak_binary())
-        rng = np.random.default_rng([seed, len(spoken), utt.rate, utt.pitch, 1])
-        spoken = f"[[{perturb(said, utt.accent, rng)}]]"
-    cmd = [espeak_binary(), "-v", utt.voice, "-s", str(utt.rate), "-p", str(utt.pitch)]
-    cmd += ["-g", str(utt.gap), "--stdout", spoken]
-    res = subprocess.run(cmd, capture_output=True, check=False)
-    if res.returncode != 0 or not res.stdout:
-        raise RuntimeError(
-            f"espeak-ng failed (exit {res.returncode}) for {' '.join(cmd)!r}: "
-            f"{res.stderr.decode(errors='replace').strip()}"
-        )
-    audio, _ = read_wav(res.stdout, sample_rate=sample_rate)
+    if utt.voice.startswith("flite:"):
+        audio = _flite(utt, sample_rate)
+    else:
+        audio = _espeak(utt, sample_rate, seed)
     rng = np.random.default_rng([seed, len(utt.spoken), utt.rate, utt.pitch])
     x = np.concatenate(
         [np.zeros(int(utt.lead * sample_rate)), audio, np.zeros(int(utt.trail * sample_rate))]
@@ -285,6 +315,43 @@ def synthesize(utt: Utterance, sample_rate: int = 16000, *, seed: int = 0) -> np
         noise *= np.sqrt(p_sig / 10 ** (utt.snr_db / 10) / (np.mean(noise**2) + 1e-12))
         x = x + noise
     return np.clip(x, -1, 1).astype(np.float32)
+
+
+def _espeak(utt: Utterance, sample_rate: int, seed: int) -> np.ndarray:
+    spoken = utt.spoken
+    if utt.accent is not None and utt.accent.processes:
+        said = phonemes(spoken, utt.voice, espeak=espeak_binary())
+        rng = np.random.default_rng([seed, len(spoken), utt.rate, utt.pitch, 1])
+        spoken = f"[[{perturb(said, utt.accent, rng)}]]"
+    cmd = [espeak_binary(), "-v", utt.voice, "-s", str(utt.rate), "-p", str(utt.pitch)]
+    cmd += ["-g", str(utt.gap), "--stdout", spoken]
+    res = subprocess.run(cmd, capture_output=True, check=False)
+    if res.returncode != 0 or not res.stdout:
+        raise RuntimeError(
+            f"espeak-ng failed (exit {res.returncode}) for {' '.join(cmd)!r}: "
+            f"{res.stderr.decode(errors='replace').strip()}"
+        )
+    return read_wav(res.stdout, sample_rate=sample_rate)[0]
+
+
+def _flite(utt: Utterance, sample_rate: int) -> np.ndarray:
+    """Flite's reading: the rate as a duration stretch against espeak-ng's 170 words per
+    minute, the pitch (0-99) as 0.8-1.2 times the voice's mean pitch; no word gaps."""
+    voice = utt.voice.split(":", 1)[1]
+    if voice not in FLITE_VOICES:
+        raise ValueError(f"unknown Flite voice {voice!r}; expected one of {list(FLITE_VOICES)}")
+    f0 = FLITE_VOICES[voice] * (0.8 + 0.4 * utt.pitch / 99)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "utt.wav")
+        cmd = [flite_binary(), "-voice", voice, "--setf", f"duration_stretch={170 / utt.rate:.4f}"]
+        cmd += ["--setf", f"int_f0_target_mean={f0:.1f}", "-t", utt.spoken, "-o", out]
+        res = subprocess.run(cmd, capture_output=True, check=False)
+        if res.returncode != 0 or not os.path.exists(out):
+            raise RuntimeError(
+                f"flite failed (exit {res.returncode}) for {' '.join(cmd)!r}: "
+                f"{res.stderr.decode(errors='replace').strip()}"
+            )
+        return read_wav(out, sample_rate=sample_rate)[0]
 
 
 def _shard_path(spec: CorpusSpec, cache_dir: Path, split: str, shard: int) -> Path:
@@ -363,6 +430,8 @@ def prepare_corpus(
         EspeakNotFoundError: espeak-ng is not installed.
     """
     espeak_binary()
+    if spec.flite > 0:
+        flite_binary()
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     # evaluation splits first: a partly generated corpus can already be evaluated
     splits = list(splits) if splits is not None else [s for s, _ in spec.sizes][::-1]

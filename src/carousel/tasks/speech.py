@@ -68,6 +68,9 @@ class SpeechConfig:
     pronunciation: float = 0.0
     # the processes pseudo-accents are drawn from (empty: all of PROCESSES)
     pronunciation_processes: tuple[str, ...] = ()
+    # share of training utterances spoken by CMU Flite (apt-get install flite; voices kal16,
+    # awb, rms, slt) instead of espeak-ng; 0: none
+    flite: float = 0.0
     # training-batch augmentation (carousel.speech.features.augment; 0 turns each off):
     # largest relative frequency warp of the mel axis (vocal tract length perturbation)
     warp: float = 0.0
@@ -114,10 +117,11 @@ class SpeechConfig:
             raise ValueError("SpeechConfig: at least one accent and variant must be trained on")
         if self.noise < 0:
             raise ValueError(f"SpeechConfig: noise must be >= 0, got {self.noise}")
-        if not 0 <= self.pronunciation <= 1:
-            raise ValueError(
-                f"SpeechConfig: pronunciation must be in [0, 1], got {self.pronunciation}"
-            )
+        for name in ("pronunciation", "flite"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(
+                    f"SpeechConfig: {name} must be in [0, 1], got {getattr(self, name)}"
+                )
         known = [p.name for p in PROCESSES]
         for name in self.pronunciation_processes:
             if name not in known:
@@ -189,6 +193,7 @@ class SpeechConfig:
             features=FeatureConfig(n_mels=self.n_mels),
             pronunciation=self.pronunciation,
             pronunciation_processes=tuple(self.pronunciation_processes),
+            flite=self.flite,
         )
 
 
