@@ -23,7 +23,6 @@ import ctypes
 import hashlib
 import logging
 import os
-import platform
 import shutil
 import subprocess
 import tempfile
@@ -31,6 +30,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from carousel._platform import cpu_id
 
 __all__ = ["available", "load", "recur"]
 
@@ -180,18 +181,6 @@ def _cache_dir() -> Path:
     return Path(root)
 
 
-def _cpu_model() -> str:
-    """Identifies the CPU, so a library built with -march=native is not reused elsewhere."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("model name", "flags", "Features")):
-                    return line
-    except OSError:
-        pass
-    return platform.processor() + platform.machine()
-
-
 def load(*, quiet: bool = False) -> ctypes.CDLL | None:
     """The compiled library (compiled on first use), or ``None`` if there is no C compiler or
     compilation fails. A missing compiler is logged once, at the first call that is not
@@ -212,9 +201,9 @@ def _build(compiler: str) -> ctypes.CDLL | None:
     """Compile (or reuse the cached) library with ``compiler`` and declare its functions."""
     errors = []
     for flags in _VARIANTS:
-        key = hashlib.sha256(
-            (_SOURCE + " ".join(_FLAGS + flags) + _cpu_model()).encode()
-        ).hexdigest()[:16]
+        key = hashlib.sha256((_SOURCE + " ".join(_FLAGS + flags) + cpu_id()).encode()).hexdigest()[
+            :16
+        ]
         target = _cache_dir() / f"esn_kernel_{key}.so"
         try:
             if not target.exists():

@@ -60,6 +60,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from carousel._platform import cpu_id
+
 __all__ = ["available", "load", "run_sequence", "supports"]
 
 _log = logging.getLogger("carousel.kernels")
@@ -93,18 +95,6 @@ def _flags(openmp: bool) -> list[str]:
     return _CFLAGS + (_OPENMP_FLAGS if openmp else [])
 
 
-def _cpu_id() -> str:
-    """The CPU's model and feature flags (Linux), else the platform's description."""
-    import platform
-
-    try:
-        with open("/proc/cpuinfo") as f:
-            keep = [ln for ln in f if ln.startswith(("model name", "flags"))][:2]
-        return "".join(keep) or platform.processor()
-    except OSError:
-        return platform.machine() + platform.processor()
-
-
 def _disabled() -> bool:
     return os.environ.get("CAROUSEL_NO_COMPILE", "").strip() not in ("", "0")
 
@@ -129,7 +119,7 @@ def cache_dir(flags: list[str] | None = None) -> Path:
         base = Path(xdg) / "carousel" / "kernels"
     h = hashlib.sha256(_SOURCE.read_bytes())
     h.update(" ".join(flags).encode())
-    h.update(_cpu_id().encode())  # -march=native: one build per kind of CPU
+    h.update(cpu_id().encode())  # -march=native: one build per kind of CPU
     digest = h.hexdigest()[:12]
     tv = torch.__version__.replace("+", "_")
     return base / f"torch{tv}-{digest}"
