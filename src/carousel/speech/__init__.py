@@ -3,7 +3,8 @@ recordings, log-mel features, and a synthetic corpus spoken by espeak-ng (see
 ``docs/results.md``, section Speech, and the ``speech`` and ``speech-words`` tasks).
 
 ``librosa`` (the ``[speech]`` extra) provides the mel filters; espeak-ng (a system package)
-synthesises the corpus.
+synthesises the corpus, optionally with pseudo-accents (:mod:`carousel.speech.pronunciation`)
+and CMU Flite as a second synthesiser.
 """
 
 from carousel.speech.audio import (
@@ -15,12 +16,14 @@ from carousel.speech.audio import (
     write_manifest,
     write_wav,
 )
-from carousel.speech.features import FeatureConfig, log_mel
+from carousel.speech.features import FeatureConfig, augment, log_mel
+from carousel.speech.pronunciation import PROCESSES, Accent, Process, draw_accent, perturb
 from carousel.speech.synth import (
     CorpusSpec,
     EspeakNotFoundError,
     Utterance,
     espeak_binary,
+    flite_binary,
     load_shard,
     prepare_corpus,
     synthesize,
@@ -28,15 +31,22 @@ from carousel.speech.synth import (
 )
 
 __all__ = [
+    "PROCESSES",
+    "Accent",
     "CorpusSpec",
     "EspeakNotFoundError",
     "FeatureConfig",
     "ManifestEntry",
     "ManifestError",
+    "Process",
     "Utterance",
+    "augment",
+    "draw_accent",
     "espeak_binary",
+    "flite_binary",
     "load_shard",
     "log_mel",
+    "perturb",
     "prepare_corpus",
     "read_manifest",
     "read_wav",
