@@ -187,7 +187,7 @@ def draw_accent(
     chosen = []
     for p in names:
         on = rng.random() < rate
-        k = int(rng.integers(len(p.realisations)))
+        k = int(rng.integers(len(p.realisations)))  # drawn either way: a fixed number of draws
         if on:
             chosen.append((p.name, k))
     return Accent(tuple(chosen), float(rng.uniform(0.5, 1.0)))
