@@ -201,9 +201,8 @@ def _build(compiler: str) -> ctypes.CDLL | None:
     """Compile (or reuse the cached) library with ``compiler`` and declare its functions."""
     errors = []
     for flags in _VARIANTS:
-        key = hashlib.sha256((_SOURCE + " ".join(_FLAGS + flags) + cpu_id()).encode()).hexdigest()[
-            :16
-        ]
+        text = _SOURCE + " ".join(_FLAGS + flags) + cpu_id()
+        key = hashlib.sha256(text.encode()).hexdigest()[:16]
         target = _cache_dir() / f"esn_kernel_{key}.so"
         try:
             if not target.exists():

@@ -317,20 +317,25 @@ def synthesize(utt: Utterance, sample_rate: int = 16000, *, seed: int = 0) -> np
     return np.clip(x, -1, 1).astype(np.float32)
 
 
+def _failed(program: str, cmd: list[str], res: subprocess.CompletedProcess) -> RuntimeError:
+    return RuntimeError(
+        f"{program} failed (exit {res.returncode}) for {' '.join(cmd)!r}: "
+        f"{res.stderr.decode(errors='replace').strip()}"
+    )
+
+
 def _espeak(utt: Utterance, sample_rate: int, seed: int) -> np.ndarray:
+    espeak = espeak_binary()
     spoken = utt.spoken
     if utt.accent is not None and utt.accent.processes:
-        said = phonemes(spoken, utt.voice, espeak=espeak_binary())
+        said = phonemes(spoken, utt.voice, espeak=espeak)
         rng = np.random.default_rng([seed, len(spoken), utt.rate, utt.pitch, 1])
         spoken = f"[[{perturb(said, utt.accent, rng)}]]"
-    cmd = [espeak_binary(), "-v", utt.voice, "-s", str(utt.rate), "-p", str(utt.pitch)]
+    cmd = [espeak, "-v", utt.voice, "-s", str(utt.rate), "-p", str(utt.pitch)]
     cmd += ["-g", str(utt.gap), "--stdout", spoken]
     res = subprocess.run(cmd, capture_output=True, check=False)
     if res.returncode != 0 or not res.stdout:
-        raise RuntimeError(
-            f"espeak-ng failed (exit {res.returncode}) for {' '.join(cmd)!r}: "
-            f"{res.stderr.decode(errors='replace').strip()}"
-        )
+        raise _failed("espeak-ng", cmd, res)
     return read_wav(res.stdout, sample_rate=sample_rate)[0]
 
 
@@ -347,10 +352,7 @@ def _flite(utt: Utterance, sample_rate: int) -> np.ndarray:
         cmd += ["--setf", f"int_f0_target_mean={f0:.1f}", "-t", utt.spoken, "-o", out]
         res = subprocess.run(cmd, capture_output=True, check=False)
         if res.returncode != 0 or not os.path.exists(out):
-            raise RuntimeError(
-                f"flite failed (exit {res.returncode}) for {' '.join(cmd)!r}: "
-                f"{res.stderr.decode(errors='replace').strip()}"
-            )
+            raise _failed("flite", cmd, res)
         return read_wav(out, sample_rate=sample_rate)[0]
 
 
