@@ -3,8 +3,8 @@ recordings, log-mel features, and a synthetic corpus spoken by espeak-ng (see
 ``docs/results.md``, section Speech, and the ``speech`` and ``speech-words`` tasks).
 
 ``librosa`` (the ``[speech]`` extra) provides the mel filters; espeak-ng (a system package)
-synthesises the corpus, optionally with pseudo-accents (:mod:`carousel.speech.pronunciation`)
-and CMU Flite as a second synthesiser.
+synthesises the corpus, optionally with pseudo-accents (:mod:`carousel.speech.pronunciation`),
+second-language English (:mod:`carousel.speech.l2`) and CMU Flite as a second synthesiser.
 """
 
 from carousel.speech.audio import (
@@ -17,6 +17,7 @@ from carousel.speech.audio import (
     write_wav,
 )
 from carousel.speech.features import FeatureConfig, augment, log_mel
+from carousel.speech.l2 import L2_LANGUAGES, l2_phonemes
 from carousel.speech.pronunciation import PROCESSES, Accent, Process, draw_accent, perturb
 from carousel.speech.synth import (
     CorpusSpec,
@@ -31,6 +32,7 @@ from carousel.speech.synth import (
 )
 
 __all__ = [
+    "L2_LANGUAGES",
     "PROCESSES",
     "Accent",
     "CorpusSpec",
@@ -44,6 +46,7 @@ __all__ = [
     "draw_accent",
     "espeak_binary",
     "flite_binary",
+    "l2_phonemes",
     "load_shard",
     "log_mel",
     "perturb",

@@ -37,6 +37,7 @@ import numpy as np
 
 from carousel.speech.audio import read_wav
 from carousel.speech.features import FeatureConfig, log_mel
+from carousel.speech.l2 import L2_LANGUAGES, SUBSTITUTES, l2_phonemes
 from carousel.speech.pronunciation import PROCESSES, Accent, draw_accent, perturb, phonemes
 
 __all__ = [
@@ -164,6 +165,12 @@ class CorpusSpec:
             speaks every utterance as the voice does.
         pronunciation_processes: the processes pseudo-accents are drawn from (names of
             :data:`carousel.speech.pronunciation.PROCESSES`; empty: all of them).
+        l2: the share of *training* utterances spoken as second-language English
+            (:mod:`carousel.speech.l2`: the English phonemes, some vowels replaced by a
+            learner's nearest native ones, spoken by another language's voice); 0 (the
+            default): none.
+        l2_languages: the espeak-ng languages drawn from (empty: all of
+            :data:`~carousel.speech.l2.L2_LANGUAGES`).
         flite: the share of *training* utterances spoken by CMU Flite (a voice of
             :data:`FLITE_VOICES`) instead of espeak-ng; 0 (the default): none.
     """
@@ -181,6 +188,8 @@ class CorpusSpec:
     pronunciation: float = 0.0
     pronunciation_processes: tuple[str, ...] = ()
     flite: float = 0.0
+    l2: float = 0.0
+    l2_languages: tuple[str, ...] = ()
 
     def size(self, split: str) -> int:
         """Utterances of ``split``: its size rounded up to whole shards."""
@@ -199,6 +208,11 @@ class CorpusSpec:
         else:  # the processes' rewrites themselves, so editing one makes a new corpus
             names = self.pronunciation_processes or [p.name for p in PROCESSES]
             d["pronunciation_processes"] = [asdict(p) for p in PROCESSES if p.name in names]
+        if self.l2 == 0:
+            del d["l2"], d["l2_languages"]
+        else:  # the substitutes too, so editing them makes a new corpus
+            d["l2_languages"] = list(self.l2_languages or L2_LANGUAGES)
+            d["l2_substitutes"] = SUBSTITUTES
         if self.flite == 0:
             del d["flite"]
         else:
@@ -212,7 +226,9 @@ class Utterance(NamedTuple):
     (``spoken``), the ``voice`` (``ACCENT+VARIANT``), ``rate`` (words per minute), ``pitch``
     (0-99), word ``gap`` (10 ms units), the post-processing: leading and
     trailing silence (s), ``gain`` and noise (``snr_db``, ``noise_kind``), and the
-    pseudo-``accent`` its phonemes are rewritten with (``None``: as the voice says them)."""
+    pseudo-``accent`` its phonemes are rewritten with (``None``: as the voice says them), or
+    the language ``l2`` whose voice speaks the English voice's phonemes, each vowel kept
+    with probability ``l2_keep`` (:func:`carousel.speech.l2.l2_phonemes`)."""
 
     text: str
     spoken: str
@@ -226,6 +242,8 @@ class Utterance(NamedTuple):
     snr_db: float
     noise_kind: str
     accent: Accent | None = None
+    l2: str | None = None
+    l2_keep: float = 1.0
 
 
 _SPLIT_IDS = {"train": 0, "voices": 1, "unseen_variants": 2, "held_out_accent": 3}
@@ -275,9 +293,14 @@ def utterance_plan(spec: CorpusSpec, split: str, index: int) -> Utterance:
     if split == "train" and spec.pronunciation > 0 and rng.random() < spec.pronunciation:
         processes = spec.pronunciation_processes or None
         utt = utt._replace(accent=draw_accent(rng, processes=processes))
+    if split == "train" and spec.l2 > 0 and rng.random() < spec.l2:
+        languages = spec.l2_languages or L2_LANGUAGES
+        language = languages[int(rng.integers(len(languages)))]
+        utt = utt._replace(accent=None, l2=language, l2_keep=float(rng.uniform(0.3, 1.0)))
     if split == "train" and spec.flite > 0 and rng.random() < spec.flite:
         names = sorted(FLITE_VOICES)
-        utt = utt._replace(voice=f"flite:{names[int(rng.integers(len(names)))]}", accent=None)
+        voice = f"flite:{names[int(rng.integers(len(names)))]}"
+        utt = utt._replace(voice=voice, accent=None, l2=None, l2_keep=1.0)
     return utt
 
 
@@ -326,12 +349,17 @@ def _failed(program: str, cmd: list[str], res: subprocess.CompletedProcess) -> R
 
 def _espeak(utt: Utterance, sample_rate: int, seed: int) -> np.ndarray:
     espeak = espeak_binary()
-    spoken = utt.spoken
+    spoken, voice = utt.spoken, utt.voice
     if utt.accent is not None and utt.accent.processes:
         said = phonemes(spoken, utt.voice, espeak=espeak)
         rng = np.random.default_rng([seed, len(spoken), utt.rate, utt.pitch, 1])
         spoken = f"[[{perturb(said, utt.accent, rng)}]]"
-    cmd = [espeak, "-v", utt.voice, "-s", str(utt.rate), "-p", str(utt.pitch)]
+    elif utt.l2 is not None:  # the English voice's phonemes, said by the language's voice
+        english, _, variant = utt.voice.partition("+")
+        rng = np.random.default_rng([seed, len(spoken), utt.rate, utt.pitch, 2])
+        said = l2_phonemes(spoken, utt.l2, voice=english, keep=utt.l2_keep, rng=rng, espeak=espeak)
+        spoken, voice = f"[[{said}]]", f"{utt.l2}+{variant}" if variant else utt.l2
+    cmd = [espeak, "-v", voice, "-s", str(utt.rate), "-p", str(utt.pitch)]
     cmd += ["-g", str(utt.gap), "--stdout", spoken]
     res = subprocess.run(cmd, capture_output=True, check=False)
     if res.returncode != 0 or not res.stdout:

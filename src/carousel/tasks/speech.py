@@ -23,6 +23,7 @@ from carousel.ctc import Alphabet, character_error_rate, ctc_loss, greedy_decode
 from carousel.models import ModelOutput
 from carousel.models.ctc_recognizer import CTCRecognizer, RecognizerModelConfig
 from carousel.speech.features import FeatureConfig, augment
+from carousel.speech.l2 import L2_LANGUAGES
 from carousel.speech.pronunciation import PROCESSES
 from carousel.speech.synth import ACCENTS, SHARD_SIZE, VARIANTS, CorpusSpec, load_shard
 from carousel.tasks.base import Batch, Task
@@ -71,6 +72,12 @@ class SpeechConfig:
     # share of training utterances spoken by CMU Flite (apt-get install flite; voices kal16,
     # awb, rms, slt) instead of espeak-ng; 0: none
     flite: float = 0.0
+    # share of training utterances spoken as second-language English: the English phonemes,
+    # some vowels replaced by a learner's nearest native ones, spoken by the voice of another
+    # language (carousel.speech.l2); 0: none
+    l2: float = 0.0
+    # the languages (espeak-ng voices) of l2 utterances (empty: all of L2_LANGUAGES)
+    l2_languages: tuple[str, ...] = ()
     # training-batch augmentation (carousel.speech.features.augment; 0 turns each off):
     # largest relative frequency warp of the mel axis (vocal tract length perturbation)
     warp: float = 0.0
@@ -117,7 +124,7 @@ class SpeechConfig:
             raise ValueError("SpeechConfig: at least one accent and variant must be trained on")
         if self.noise < 0:
             raise ValueError(f"SpeechConfig: noise must be >= 0, got {self.noise}")
-        for name in ("pronunciation", "flite"):
+        for name in ("pronunciation", "flite", "l2"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(
                     f"SpeechConfig: {name} must be in [0, 1], got {getattr(self, name)}"
@@ -128,6 +135,12 @@ class SpeechConfig:
                 raise ValueError(
                     f"SpeechConfig: pronunciation_processes: unknown process {name!r}; "
                     f"expected some of {known}"
+                )
+        for name in self.l2_languages:
+            if name not in L2_LANGUAGES:
+                raise ValueError(
+                    f"SpeechConfig: l2_languages: unknown language {name!r}; expected some of "
+                    f"{list(L2_LANGUAGES)}"
                 )
         for name in ("warp", "tempo", "formant_warp"):
             if not 0 <= getattr(self, name) < 1:
@@ -194,6 +207,8 @@ class SpeechConfig:
             pronunciation=self.pronunciation,
             pronunciation_processes=tuple(self.pronunciation_processes),
             flite=self.flite,
+            l2=self.l2,
+            l2_languages=tuple(self.l2_languages),
         )
 
 
