@@ -29,6 +29,9 @@ def test_corpus_l2_utterances_only_in_training_and_old_corpora_unchanged(monkeyp
     monkeypatch.setattr(synth, "SUBSTITUTES", {**l2.SUBSTITUTES, "V": ("o",)})
     assert mixed.digest() != before and plain.digest() == SpeechWordsConfig().corpus().digest()
     monkeypatch.undo()
+    monkeypatch.setattr(synth, "L2_REPLACED", l2.REPLACED - {"T"})
+    assert mixed.digest() != before
+    monkeypatch.undo()
     train = [utterance_plan(mixed, "train", i) for i in range(200)]
     # the same texts, voices and rates: L2 speech is drawn after everything else
     assert [u._replace(l2=None, l2_keep=1.0) for u in train] == [
@@ -78,18 +81,22 @@ def test_every_l2_word_is_said_whole(language):
 
 
 @needs_espeak
-def test_keep_replaces_only_vowels_the_table_has():
-    # es has no /I/, /V/, /3:/: always replaced; /E/ it has: replaced by /e/ only when not kept
+def test_keep_replaces_only_vowels_and_th_the_table_has():
+    # es has no /I/ or /V/: always replaced; /E/ and /T/ it has: replaced only when not kept
     assert l2.substitutions("es")["I"][0] == "i"
-    kept = l2.l2_phonemes("sit bed cup", "es", voice="en", keep=1.0)
-    changed = l2.l2_phonemes(
-        "sit bed cup", "es", voice="en", keep=0.0, rng=np.random.default_rng(0)
-    )
-    assert kept.split()[0] == "s'it" and changed.split()[0] == "s'it"
-    assert "E" in kept.split()[1] and "e" in changed.split()[1] and "E" not in changed.split()[1]
-    assert kept.split()[2] == changed.split()[2] == "k'ap"
-    # consonants are kept where the table has them, whatever keep is
-    assert changed.split()[1].startswith("b")
+    text = "sit bed cup think"
+    kept = l2.l2_phonemes(text, "es", voice="en", keep=1.0).split()
+    changed = [
+        l2.l2_phonemes(text, "es", voice="en", keep=0.0, rng=np.random.default_rng(i)).split()
+        for i in range(20)
+    ]
+    assert kept[0] == "s'it" and all(c[0] == "s'it" for c in changed)
+    assert "E" in kept[1] and all("e" in c[1] and "E" not in c[1] for c in changed)
+    assert kept[2] == "k'ap" and all(c[2] == "k'ap" for c in changed)
+    # /T/ as each of its other substitutes (t, s, f), drawn; other consonants kept
+    assert kept[3].startswith("T") and {c[3][0] for c in changed} == {"t", "s", "f"}
+    assert all(c[1].startswith("b") and c[3].endswith("k") for c in changed)
+    assert l2.REPLACED >= {"T", "D", "I", "E", "V", "aI"} and not l2.REPLACED & {"b", "w", "h"}
     with pytest.raises(ValueError, match=r"keep must be in \[0, 1\], got 2"):
         l2.l2_phonemes("sit", "es", keep=2.0)
 

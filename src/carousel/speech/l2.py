@@ -24,7 +24,7 @@ import subprocess
 
 import numpy as np
 
-__all__ = ["L2_LANGUAGES", "SUBSTITUTES", "l2_phonemes", "substitutions"]
+__all__ = ["L2_LANGUAGES", "REPLACED", "SUBSTITUTES", "l2_phonemes", "substitutions"]
 
 #: espeak-ng languages whose speakers' English the corpus imitates: Germanic, Romance,
 #: Slavic, Indo-Aryan and Turkic vowel systems.
@@ -97,7 +97,13 @@ SUBSTITUTES: dict[str, tuple[str, ...]] = {
     "i@3": ("i@3", "i@", "i @ r", "i e r"),
 }
 
-_VOWEL_STARTS = "aeiouAEIOUV03@"  # English vowels: the phonemes learners replace most
+#: The English phonemes an L2 speaker replaces even where the table has them, each with
+#: probability ``1 - keep`` (:func:`l2_phonemes`): the vowels, and the dental fricatives /T/
+#: and /D/, which few languages have (said as [t] [s] [f], [d] [z] by learners of English).
+REPLACED: frozenset[str] = frozenset(
+    [k for k in SUBSTITUTES if k[0] in "aeiouAEIOUV03@"] + ["T", "D"]
+)
+
 _MARKS = "',%="  # stress marks, kept as they are
 _IGNORED = (";",)  # espeak-ng's word-final markers in -x output
 
@@ -175,10 +181,11 @@ def l2_phonemes(
     substitute in ``language`` (:func:`substitutions`), stress marks kept; for espeak-ng's
     ``[[...]]`` input in a ``language`` voice.
 
-    An English vowel the table has is kept with probability ``keep`` and otherwise replaced
-    by its next substitute (a learner's nearest native sound: /I/ as /i/, /U/ as /u/, /eI/ as
-    /ej/); a consonant the table has is kept; a phoneme the table lacks always takes its first
-    substitute. (espeak-ng's tables inherit many phonemes from common base tables, so that
+    A phoneme of :data:`REPLACED` (the vowels, /T/, /D/) that the table has is kept with
+    probability ``keep`` and otherwise replaced by one of its other substitutes, drawn from
+    ``rng`` (a learner's nearer native sound: /I/ as /i/, /eI/ as /ej/, /T/ as /t/, /s/ or
+    /f/); other phonemes the table has are kept; a phoneme the table lacks always takes its
+    first substitute. (espeak-ng's tables inherit many phonemes from common base tables, so that
     a table has a phoneme does not say that the language has it.)
 
     Raises:
@@ -188,6 +195,7 @@ def l2_phonemes(
     """
     if not 0 <= keep <= 1:
         raise ValueError(f"l2_phonemes: keep must be in [0, 1], got {keep}")
+    rng = rng if rng is not None else np.random.default_rng(0)
     subs = substitutions(language, espeak=espeak)
     words = []
     for word in _run(espeak, ["-v", voice, text]).split():
@@ -203,8 +211,8 @@ def l2_phonemes(
                 )
             said = subs[core]
             k = 0
-            if core[0] in _VOWEL_STARTS and said[0] == core and len(said) > 1 and keep < 1:
-                k = int((rng.random() if rng is not None else 0.0) >= keep)
+            if core in REPLACED and said[0] == core and len(said) > 1 and rng.random() >= keep:
+                k = 1 + int(rng.integers(len(said) - 1))
             out.append(token[: len(token) - len(core)] + said[k])
         if out:
             words.append("".join(out))

@@ -38,6 +38,7 @@ import numpy as np
 from carousel.speech.audio import read_wav
 from carousel.speech.features import FeatureConfig, log_mel
 from carousel.speech.l2 import L2_LANGUAGES, SUBSTITUTES, l2_phonemes
+from carousel.speech.l2 import REPLACED as L2_REPLACED
 from carousel.speech.pronunciation import PROCESSES, Accent, draw_accent, perturb, phonemes
 
 __all__ = [
@@ -213,6 +214,7 @@ class CorpusSpec:
         else:  # the substitutes too, so editing them makes a new corpus
             d["l2_languages"] = list(self.l2_languages or L2_LANGUAGES)
             d["l2_substitutes"] = SUBSTITUTES
+            d["l2_replaced"] = sorted(L2_REPLACED)
         if self.flite == 0:
             del d["flite"]
         else:
