@@ -75,8 +75,8 @@ def test_draw_accent_is_seeded_and_checks_its_arguments():
 def test_corpus_pseudo_accents_only_in_training_and_old_corpora_unchanged(monkeypatch):
     from carousel.tasks.speech import SpeechWordsConfig
 
-    plain = SpeechWordsConfig().corpus()
-    mixed = SpeechWordsConfig(pronunciation=0.5).corpus()
+    plain = SpeechWordsConfig(l2=0.0).corpus()
+    mixed = SpeechWordsConfig(l2=0.0, pronunciation=0.5).corpus()
     assert mixed.digest() != plain.digest()
     # a corpus without pseudo-accents keeps the hash it had before they existed
     assert dataclasses.replace(plain, pronunciation=0.0).digest() == plain.digest()
@@ -93,7 +93,8 @@ def test_corpus_pseudo_accents_only_in_training_and_old_corpora_unchanged(monkey
     assert 70 <= sum(u.accent is not None for u in train) <= 130
     for split in ("voices", "unseen_variants", "held_out_accent"):
         assert all(utterance_plan(mixed, split, i).accent is None for i in range(50))
-    only = SpeechWordsConfig(pronunciation=1.0, pronunciation_processes=("w-v",)).corpus()
+    only = SpeechWordsConfig(l2=0.0, pronunciation=1.0, pronunciation_processes=("w-v",))
+    only = only.corpus()
     assert all(
         {n for n, _ in utterance_plan(only, "train", i).accent.processes} <= {"w-v"}
         for i in range(50)
