@@ -139,6 +139,6 @@ def test_espeak_failure_is_reported(monkeypatch):
     def failing(*args, **kwargs):
         return subprocess.CompletedProcess(args, 1, "", "no such voice")
 
-    monkeypatch.setattr(l2.subprocess, "run", failing)
+    monkeypatch.setattr(subprocess, "run", failing)
     with pytest.raises(RuntimeError, match="no such voice"):
         l2._run("espeak-ng", ["-v", "zz", "x"])

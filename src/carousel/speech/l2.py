@@ -20,9 +20,10 @@ of a word at a phoneme its table lacks). :func:`l2_phonemes` rewrites a text.
 from __future__ import annotations
 
 import functools
-import subprocess
 
 import numpy as np
+
+from carousel.speech.pronunciation import espeak_phonemes
 
 __all__ = ["L2_LANGUAGES", "REPLACED", "SUBSTITUTES", "l2_phonemes", "substitutions"]
 
@@ -109,22 +110,21 @@ _IGNORED = (";",)  # espeak-ng's word-final markers in -x output
 
 
 def _run(espeak: str, args: list[str], stdin: str | None = None) -> str:
-    cmd = [espeak, "-q", "-x", "--sep=|", *args]
-    res = subprocess.run(cmd, capture_output=True, check=False, text=True, input=stdin)
-    if res.returncode != 0:
-        raise RuntimeError(f"espeak-ng failed (exit {res.returncode}) for {cmd!r}: {res.stderr}")
-    return res.stdout
+    """``espeak-ng -q -x --sep=| ARGS``: phoneme mnemonics with ``|`` between phonemes."""
+    return espeak_phonemes(["--sep=|", *args], espeak=espeak, stdin=stdin)
+
+
+def _is_phoneme(token: str) -> bool:
+    """Whether a token of ``-x --sep=|`` output, stress marks stripped, is a phoneme (not
+    empty, a pause or a word-final marker)."""
+    return bool(token) and token not in _IGNORED and not token.startswith("_")
 
 
 def _tokens(phoneme_text: str) -> list[str]:
     """The phonemes of ``-x --sep=|`` output, without stress marks, pauses and word-final
     markers."""
-    out = []
-    for token in phoneme_text.replace("|", " ").split():
-        token = token.lstrip(_MARKS)
-        if token and token not in _IGNORED and not token.startswith("_"):
-            out.append(token)
-    return out
+    tokens = (t.lstrip(_MARKS) for t in phoneme_text.replace("|", " ").split())
+    return [t for t in tokens if _is_phoneme(t)]
 
 
 def _said(espeak: str, language: str, candidates: list[str]) -> list[bool]:
@@ -202,7 +202,7 @@ def l2_phonemes(
         out = []
         for token in word.split("|"):
             core = token.lstrip(_MARKS)
-            if not core or core in _IGNORED or core.startswith("_"):
+            if not _is_phoneme(core):
                 continue
             if core not in subs:
                 raise ValueError(

@@ -22,7 +22,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["PROCESSES", "Accent", "Process", "draw_accent", "perturb", "phonemes"]
+__all__ = [
+    "PROCESSES",
+    "Accent",
+    "Process",
+    "draw_accent",
+    "espeak_phonemes",
+    "perturb",
+    "phonemes",
+]
 
 
 @dataclass(frozen=True)
@@ -217,14 +225,23 @@ def perturb(phoneme_text: str, accent: Accent, rng: np.random.Generator) -> str:
     return " ".join(words)
 
 
+def espeak_phonemes(args: list[str], *, espeak: str = "espeak-ng", stdin: str | None = None) -> str:
+    """The output of ``espeak-ng -q -x ARGS`` (phoneme mnemonics; ``stdin`` as its input).
+
+    Raises:
+        RuntimeError: espeak-ng failed (its message is included).
+    """
+    cmd = [espeak, "-q", "-x", *args]
+    res = subprocess.run(cmd, capture_output=True, check=False, text=True, input=stdin)
+    if res.returncode != 0:
+        raise RuntimeError(f"espeak-ng failed (exit {res.returncode}) for {cmd!r}: {res.stderr}")
+    return res.stdout
+
+
 def phonemes(text: str, voice: str, *, espeak: str = "espeak-ng") -> str:
     """espeak-ng's phoneme mnemonics of ``text`` in ``voice`` (``espeak-ng -q -x``).
 
     Raises:
         RuntimeError: espeak-ng failed (its message is included).
     """
-    cmd = [espeak, "-q", "-x", "-v", voice, text]
-    res = subprocess.run(cmd, capture_output=True, check=False, text=True)
-    if res.returncode != 0:
-        raise RuntimeError(f"espeak-ng failed (exit {res.returncode}) for {cmd!r}: {res.stderr}")
-    return " ".join(res.stdout.split())
+    return " ".join(espeak_phonemes(["-v", voice, text], espeak=espeak).split())
