@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from carousel.bptt import _products as products
 from carousel.bptt._common import (
     bias_grads,
     grad_with_prev,
@@ -79,8 +80,16 @@ class GRUFunction(torch.autograd.Function):
         sig_n = sigmoid_tanh(B * H, x.device)
         lo, hi = 2 * H, 3 * H
         w_ih = scale_rows(weight_ih, lo, hi) if sig_n else weight_ih
-        gates = x.new_empty(T, B, 3 * H)  # pre-activations, then activations r, z, n
-        g2 = gates.view(T * B, 3 * H)
+        if not has_bias:
+            b_in = None
+        elif reset_after:  # xbar_t = W_ih x_t + b_ih; b_hh stays with p_t (inside r * p)
+            b_in = scale_rows(bias_ih, lo, hi) if sig_n else bias_ih
+        else:  # all biases act outside r: xbar_t = W_ih x_t + b_ih + b_hh
+            b_in = bias_ih + bias_hh
+            if sig_n:
+                b_in[lo:].mul_(2.0)
+        g2 = products.linear(x2, w_ih, b_in)  # pre-activations, then activations r, z, n
+        gates = g2.view(T, B, 3 * H)
         hs = x.new_empty(T, B, H)
         mv = masks(mask, x.dtype)
         where, lerp, add, mul = torch.where, torch.lerp, torch.add, torch.mul
@@ -93,24 +102,15 @@ class GRUFunction(torch.autograd.Function):
         h_s = hs.unbind(0)
         h = h0
         if reset_after:
-            # xbar_t = W_ih x_t + b_ih for all t; b_hh stays with p_t (it sits inside r * p)
-            if has_bias:
-                b_ih = scale_rows(bias_ih, lo, hi) if sig_n else bias_ih
-                torch.addmm(b_ih, x2, w_ih.t(), out=g2)
-            else:
-                torch.mm(x2, w_ih.t(), out=g2)
             w_hh = scale_rows(weight_hh, lo, hi) if sig_n else weight_hh
             b_hh = scale_rows(bias_hh, lo, hi) if sig_n else bias_hh
             hp = x.new_empty(T, B, 3 * H)  # W_hh h_{t-1} + b_hh (p_t in the n rows), kept
             hp_s = hp.unbind(0)
             hrz_s = hp[..., :lo].unbind(0)
             pn_s = hp[..., lo:].unbind(0)
-            w_hh_t = w_hh.t()
+            hh_into = products.into_fn(w_hh, B, b_hh if has_bias else None)
             for t in range(T):
-                if has_bias:
-                    torch.addmm(b_hh, h, w_hh_t, out=hp_s[t])
-                else:
-                    torch.mm(h, w_hh_t, out=hp_s[t])
+                hh_into(hp_s[t], h)
                 rz_s[t].add_(hrz_s[t]).sigmoid_()  # r_t, z_t
                 n = n_s[t].addcmul_(r_s[t], pn_s[t])  # xbar^n + r p
                 if sig_n:
@@ -123,22 +123,14 @@ class GRUFunction(torch.autograd.Function):
                 h = h_t
             saved = hp[..., lo:]  # p_t (doubled with sig_n)
         else:
-            # all biases act outside r: xbar_t = W_ih x_t + b_ih + b_hh
-            if has_bias:
-                b = bias_ih + bias_hh
-                if sig_n:
-                    b[lo:].mul_(2.0)
-                torch.addmm(b, x2, w_ih.t(), out=g2)
-            else:
-                torch.mm(x2, w_ih.t(), out=g2)
-            w_rz_t = weight_hh[:lo].t()
-            w_n_t = (2.0 * weight_hh[lo:] if sig_n else weight_hh[lo:]).t()
+            rz_acc = products.acc_fn(weight_hh[:lo], B)
+            n_acc = products.acc_fn(2.0 * weight_hh[lo:] if sig_n else weight_hh[lo:], B)
             rh = x.new_empty(T, B, H)  # r_t * h_{t-1}, kept for the backward pass
             rh_s = rh.unbind(0)
             for t in range(T):
-                rz_s[t].addmm_(h, w_rz_t).sigmoid_()  # r_t, z_t
+                rz_acc(rz_s[t], h).sigmoid_()  # r_t, z_t
                 rh_t = mul(r_s[t], h, out=rh_s[t])
-                n = n_s[t].addmm_(rh_t, w_n_t)  # xbar^n + W_hn (r h_{t-1}), Cho et al. eq. 8
+                n = n_acc(n_s[t], rh_t)  # xbar^n + W_hn (r h_{t-1}), Cho et al. eq. 8
                 if sig_n:
                     add(minus_one, n.sigmoid_(), alpha=2, out=n)  # n_t
                 else:
@@ -180,6 +172,7 @@ class GRUFunction(torch.autograd.Function):
         # h_{t-1} receives delta h_t * z_t directly (and everything where the step is masked)
         z_eff = z if mv is None else torch.where(mv.bool3, z, 1.0)
         mul = torch.mul
+        mms = {"mm": products.mm, "mm_acc": products.mm_acc}
         dHs = dH.unbind(0)
         zf_s = z_eff.unbind(0)
 
@@ -205,21 +198,23 @@ class GRUFunction(torch.autograd.Function):
             dP3 = dP.view(T, B, 3, H).unbind(0)
             dP_s = dP.unbind(0)
             dh3 = dH.unsqueeze(2).unbind(0)
+            hh_acc = products.acc_fn(weight_hh.t(), B)
             for t in range(T - 1, -1, -1):
                 mul(dh3[t + 1], k3[t], out=dP3[t])  # delta [r-hat, z-hat, p]
                 dHs[t].addcmul_(dHs[t + 1], zf_s[t])  # through h_t = ... + z_t h_{t-1}
-                dHs[t].addmm_(dP_s[t], weight_hh)  # through W_hh h_{t-1}
+                hh_acc(dHs[t], dP_s[t])  # through W_hh h_{t-1}
             # the pre-activations' gradient: r-hat and z-hat as for p, n-hat = delta h_t k_n
             dA_n = dH[1:].mul(k_n).view(T * B, H)
             dP2 = dP.view(T * B, 3 * H)
             dRZ2 = dP2[:, :lo]
             dx = None
             if needs[0]:
-                dx = dRZ2.mm(weight_ih[:lo]).addmm_(dA_n, weight_ih[lo:]).view(T, B, I)
+                dx = products.mm(dRZ2, weight_ih[:lo])
+                dx = products.mm_acc(dx, dA_n, weight_ih[lo:]).view(T, B, I)
             dw_ih = None
             if needs[3]:
-                dw_ih = torch.cat([dRZ2.t().mm(x2), dA_n.t().mm(x2)])
-            dw_hh = grad_with_prev(dP, hs, h0) if needs[4] else None
+                dw_ih = torch.cat([products.mm(dRZ2.t(), x2), products.mm(dA_n.t(), x2)])
+            dw_hh = grad_with_prev(dP, hs, h0, **mms) if needs[4] else None
             db_ih = db_hh = None
             if ctx.has_bias:
                 db_hh = sum_rows(dP) if needs[6] or needs[5] else None
@@ -249,26 +244,27 @@ class GRUFunction(torch.autograd.Function):
             kr_s = dsig_r.unbind(0)
             r_s = r.unbind(0)
             dh3 = dH.unsqueeze(2).unbind(0)
-            mm = torch.mm
+            n_into = products.into_fn(w_n.t(), B)
+            rz_acc = products.acc_fn(w_rz.t(), B)
             for t in range(T - 1, -1, -1):
                 dh = dHs[t + 1]
                 mul(dh3[t + 1], k_zn_s[t], out=dzn_s[t])  # delta z-hat, n-hat
-                d_rh = mm(dn_s[t], w_n, out=drh_s[t])  # through W_hn (r h_{t-1})
+                d_rh = n_into(drh_s[t], dn_s[t])  # through W_hn (r h_{t-1})
                 mul(d_rh, kr_s[t], out=dr_s[t])  # delta r-hat
                 dHs[t].addcmul_(dh, zf_s[t])
                 dHs[t].addcmul_(d_rh, r_s[t])
-                dHs[t].addmm_(drz_s[t], w_rz)
+                rz_acc(dHs[t], drz_s[t])
             dw_hh = None
             if needs[4]:
                 dw_hh = torch.cat(
                     [
-                        grad_with_prev(dX[..., :lo], hs, h0),
-                        dX[..., lo:].reshape(T * B, H).t().mm(rh.view(T * B, H)),
+                        grad_with_prev(dX[..., :lo], hs, h0, **mms),
+                        products.mm(dX[..., lo:].reshape(T * B, H).t(), rh.view(T * B, H)),
                     ]
                 )
             db_ih, db_hh = bias_grads(dX, ctx.has_bias, needs[5], needs[6])
             dX2 = dX.view(T * B, 3 * H)
-            dx = dX2.mm(weight_ih).view(T, B, I) if needs[0] else None
-            dw_ih = dX2.t().mm(x2) if needs[3] else None
+            dx = products.mm(dX2, weight_ih).view(T, B, I) if needs[0] else None
+            dw_ih = products.mm(dX2.t(), x2) if needs[3] else None
         dh0 = dH[0] if needs[1] else None
         return dx, dh0, None, dw_ih, dw_hh, db_ih, db_hh, None

@@ -62,6 +62,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from carousel.bptt import _products as products
 from carousel.bptt._common import (
     bias_grads,
     grad_with_prev,
@@ -240,17 +241,13 @@ class LSTMFunction(torch.autograd.Function):
         x2 = x.reshape(T * B, I)
         xz = mu_x = rs_x = None
         if ln:
-            xz = x2.mm(w_ih.t())  # (T*B, GH)
+            xz = products.linear(x2, w_ih)  # (T*B, GH)
             gates2, mu_x, rs_x = torch.native_layer_norm(xz, [GH], fgam_ih, None, eps)
             if fbias is not None:
                 gates2.add_(fbias)
             gates = gates2.view(T, B, GH)
         else:
-            gates = x.new_empty(T, B, GH)
-            if fbias is not None:
-                torch.addmm(fbias, x2, fw_ih.t(), out=gates.view(T * B, GH))
-            else:
-                torch.mm(x2, fw_ih.t(), out=gates.view(T * B, GH))
+            gates = products.linear(x2, fw_ih, fbias).view(T, B, GH)
         hs = x.new_empty(T, B, P)
         cs = x.new_empty(T, B, H)
         acts = x.new_empty(T, B, H) if v.output_activation or ln else cs  # tanh(c_t)
@@ -289,24 +286,26 @@ class LSTMFunction(torch.autograd.Function):
         mb_s = mv.bool3.unbind(0) if mv is not None else None
         update = spec.cell_update()
         o_late = has_o and peephole
-        w_hh_t = fw_hh.t()
-        w_gg_t = w_gg.t() if fgr else None
-        w_hr_t = weight_hr.t() if proj else None
+        # per-step products, each on the faster library for its size (see _products)
+        hh_acc = products.acc_fn(fw_hh, B)
+        hh_into = products.into_fn(fw_hh, B) if ln else None
+        gg_acc = products.acc_fn(w_gg, B) if fgr else None
+        hr_into = products.into_fn(weight_hr, B) if proj else None
         mul, add, where, tanh = torch.mul, torch.add, torch.where, torch.tanh
         native_ln = torch.native_layer_norm
         h, c, s = h0, c0, s_prev0
         for t in range(T):
             a = a_s[t]  # (B, GH): a_t, then the activations in place
             if ln:
-                z = torch.mm(h, w_hh_t, out=z_s[t])
+                z = hh_into(z_s[t], h)
                 zn, mu, rs = native_ln(z, [GH], fgam_hh, None, eps)
                 a.add_(zn)  # + LN(W_hh h_{t-1}) gamma_hh
                 mu_z.append(mu)
                 rs_z.append(rs)
             else:
-                a.addmm_(h, w_hh_t)  # + W_hh h_{t-1}
+                hh_acc(a, h)  # + W_hh h_{t-1}
             if fgr:
-                sig_s[t].addmm_(s, w_gg_t)  # + W_gg s_{t-1} on the sigmoid gates
+                gg_acc(sig_s[t], s)  # + W_gg s_{t-1} on the sigmoid gates
             if pre3_s is not None:
                 pre3_s[t].addcmul_(cprev3_s[t], w_pre)  # + w_ci c_{t-1}, w_cf c_{t-1}
             if blk_s is not None:
@@ -346,7 +345,7 @@ class LSTMFunction(torch.autograd.Function):
                 act = c_new  # NOAF
             if proj:
                 m_t = mul(o_s[t], act, out=m_s[t]) if has_o else act
-                h_new = torch.mm(m_t, w_hr_t, out=h_s[t])  # h_t = W_hr (o tanh c)
+                h_new = hr_into(h_s[t], m_t)  # h_t = W_hr (o tanh c)
             elif has_o:
                 h_new = mul(o_s[t], act, out=h_s[t])  # h_t = o tanh(c_t)
             else:
@@ -523,11 +522,14 @@ class LSTMFunction(torch.autograd.Function):
             c_s = cs.unbind(0)
             z_s, muz_s, rsz_s = zs.unbind(0), mu_z.unbind(0), rs_z.unbind(0)
             muc_s, rsc_s = mu_c.unbind(0), rs_c.unbind(0)
-        mul, mm = torch.mul, torch.mm
+        mul = torch.mul
+        hh_acc = products.acc_fn(w_hh.t(), B)  # delta a_t W_hh
+        gg_acc = products.acc_fn(w_gg.t(), B) if fgr else None
+        hr_into = products.into_fn(w_hr.t(), B) if proj else None
         for t in range(T - 1, -1, -1):
             dh = dH_s[t + 1]  # delta h_t (complete: step t+1 has been peeled off)
             dc = dC_s[t + 1]  # delta c_t so far
-            dm = mm(dh, w_hr, out=dm_s[t]) if proj else dh  # through W_hr
+            dm = hr_into(dm_s[t], dh) if proj else dh  # through W_hr
             if fgr:
                 mul(dS_s[t + 1], dsm_s[t], out=dAsig_s[t])  # s_t = the sigmoid gates
                 if has_o:
@@ -559,16 +561,17 @@ class LSTMFunction(torch.autograd.Function):
                 dz = _ln_backward(dA_s[t], z_s[t], [GH], muz_s[t], rsz_s[t], gam_hh, None,
                                   (True, False, False))[0]  # fmt: skip
                 dz_list.append(dz)
-                dH_s[t].addmm_(dz, w_hh)
+                hh_acc(dH_s[t], dz)
             else:
-                dH_s[t].addmm_(dA_s[t], w_hh)  # delta h_{t-1} += delta a_t W_hh
+                hh_acc(dH_s[t], dA_s[t])  # delta h_{t-1} += delta a_t W_hh
             if inv_s is not None:
                 dH_s[t].addcmul_(dh, inv_s[t])  # a frozen state passes its gradient on
             if fgr:
-                dS_s[t].addmm_(dAsig_s[t], w_gg)  # delta s_{t-1} += delta a^sigma_t W_gg
+                gg_acc(dS_s[t], dAsig_s[t])  # delta s_{t-1} += delta a^sigma_t W_gg
                 if inv_s is not None:
                     dS_s[t].addcmul_(dS_s[t + 1], inv_s[t])
         # --- weight gradients: one product over all steps each
+        mms = {"mm": products.mm, "mm_acc": products.mm_acc}
         dA2 = dA.view(T * B, GH)
         g_ih = g_hh = g_c = b_c = None
         if ln:
@@ -583,12 +586,12 @@ class LSTMFunction(torch.autograd.Function):
             dP2 = dxz
             dW_hh = None
             if needs[7]:
-                dW_hh = grad_with_prev(torch.stack(dz_list[::-1]), hs, h0)
+                dW_hh = grad_with_prev(torch.stack(dz_list[::-1]), hs, h0, **mms)
         else:
             dP2 = dA2
-            dW_hh = grad_with_prev(dA, hs, h0) if needs[7] else None
-        dx = dP2.mm(w_ih).view(T, B, I) if needs[1] else None
-        dW_ih = dP2.t().mm(x2) if needs[6] else None
+            dW_hh = grad_with_prev(dA, hs, h0, **mms) if needs[7] else None
+        dx = products.mm(dP2, w_ih).view(T, B, I) if needs[1] else None
+        dW_ih = products.mm(dP2.t(), x2) if needs[6] else None
         db_ih, db_hh = bias_grads(dA, ctx.has_bias, needs[8], needs[9])
         d_ci = d_cf = d_co = None
         if peephole:
@@ -603,7 +606,7 @@ class LSTMFunction(torch.autograd.Function):
             sinv = _inverse(sperm) if sperm is not None else None
             if needs[13]:
                 s_int = ss if ss is not None else gates[..., :SH]
-                dW_gg = grad_with_prev(dA[..., :SH], s_int, s0)
+                dW_gg = grad_with_prev(dA[..., :SH], s_int, s0, **mms)
                 if sinv is not None:
                     dW_gg = dW_gg[sinv][:, sinv]
             if needs[4]:
@@ -611,7 +614,7 @@ class LSTMFunction(torch.autograd.Function):
         dW_hr = None
         if proj and needs[18]:
             dh_new = dH[1:] if mf is None else dH[1:] * mf
-            dW_hr = dh_new.reshape(T * B, P).t().mm(ms.reshape(T * B, H))
+            dW_hr = products.mm(dh_new.reshape(T * B, P).t(), ms.reshape(T * B, H))
         if perm is not None:  # back to torch.nn's gate order
             inv = _inverse(perm)
             dW_ih, dW_hh, db_ih, db_hh, g_ih, g_hh = (

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from carousel.bptt import _products as products
 from carousel.bptt._common import bias_grads, grad_with_prev, masks, sigmoid_tanh
 
 __all__ = ["RNNFunction"]
@@ -55,20 +56,18 @@ class RNNFunction(torch.autograd.Function):
         T, B, I = x.shape
         H = weight_hh.shape[0]
         x2 = x.reshape(T * B, I)
-        hs = x.new_empty(T, B, H)
         # tanh(a) = 2 sigmoid(2a) - 1 with the weights doubled (exact; _common.sigmoid_tanh)
         sig = not relu and sigmoid_tanh(B * H, x.device)
         scale = 2.0 if sig else 1.0
         w_ih = weight_ih * scale if sig else weight_ih
-        w_hh_t = (weight_hh * scale if sig else weight_hh).t()
+        hh_acc = products.acc_fn(weight_hh * scale if sig else weight_hh, B)
         # input projections of all steps in one product: W_ih x_t + b_ih + b_hh
+        bias = None
         if bias_ih is not None:
             bias = bias_ih + bias_hh
             if sig:
                 bias.mul_(scale)
-            torch.addmm(bias, x2, w_ih.t(), out=hs.view(T * B, H))
-        else:
-            torch.mm(x2, w_ih.t(), out=hs.view(T * B, H))
+        hs = products.linear(x2, w_ih, bias).view(T, B, H)
         steps = hs.unbind(0)
         mv = masks(mask, x.dtype)
         minus_one = x.new_full((1,), -1.0)
@@ -77,20 +76,20 @@ class RNNFunction(torch.autograd.Function):
         if mv is None:
             if relu:
                 for h_t in steps:
-                    h_t.addmm_(h, w_hh_t).relu_()  # h_t = phi(a_t)
+                    hh_acc(h_t, h).relu_()  # h_t = phi(a_t)
                     h = h_t
             elif sig:
                 for h_t in steps:
-                    add(minus_one, h_t.addmm_(h, w_hh_t).sigmoid_(), alpha=2, out=h_t)
+                    add(minus_one, hh_acc(h_t, h).sigmoid_(), alpha=2, out=h_t)
                     h = h_t
             else:
                 for h_t in steps:
-                    h_t.addmm_(h, w_hh_t).tanh_()
+                    hh_acc(h_t, h).tanh_()
                     h = h_t
         else:
             where = torch.where
             for h_t, m_t in zip(steps, mv.bool3.unbind(0)):
-                h_t.addmm_(h, w_hh_t)
+                hh_acc(h_t, h)
                 if relu:
                     h_t.relu_()
                 elif sig:
@@ -129,20 +128,22 @@ class RNNFunction(torch.autograd.Function):
         dA = torch.empty_like(hs)
         dHs, dAs, ks = dH.unbind(0), dA.unbind(0), k.unbind(0)
         mul = torch.mul
+        hh_acc = products.acc_fn(weight_hh.t(), B)  # delta a_t W_hh
         if mv is None:
             for t in range(T - 1, -1, -1):
                 da = mul(dHs[t + 1], ks[t], out=dAs[t])  # delta a_t
-                dHs[t].addmm_(da, weight_hh)  # delta h_{t-1} += delta a_t W_hh
+                hh_acc(dHs[t], da)  # delta h_{t-1} += delta a_t W_hh
         else:
             inv = mv.inv3.unbind(0)
             for t in range(T - 1, -1, -1):
                 da = mul(dHs[t + 1], ks[t], out=dAs[t])
                 dHs[t].addcmul_(dHs[t + 1], inv[t])  # frozen state passes its gradient on
-                dHs[t].addmm_(da, weight_hh)
+                hh_acc(dHs[t], da)
         dA2 = dA.view(T * B, H)
-        dx = dA2.mm(weight_ih).view(T, B, I) if needs[0] else None
+        dx = products.mm(dA2, weight_ih).view(T, B, I) if needs[0] else None
         dh0 = dH[0] if needs[1] else None
-        dw_ih = dA2.t().mm(x2) if needs[3] else None
-        dw_hh = grad_with_prev(dA, hs, h0) if needs[4] else None
+        dw_ih = products.mm(dA2.t(), x2) if needs[3] else None
+        mms = {"mm": products.mm, "mm_acc": products.mm_acc}
+        dw_hh = grad_with_prev(dA, hs, h0, **mms) if needs[4] else None
         db_ih, db_hh = bias_grads(dA, ctx.has_bias, needs[5], needs[6])
         return dx, dh0, None, dw_ih, dw_hh, db_ih, db_hh, None

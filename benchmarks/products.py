@@ -1,0 +1,108 @@
+"""Matrix products of the BPTT passes: torch's ``mm`` (MKL on the CPU) against oneDNN.
+
+For each of the issue-2 layer shapes, every product the hand-written LSTM passes make, in
+both libraries, one process, interleaved, median of the rounds: the per-step products
+(``B x H`` by ``H x 4H`` forward, ``B x 4H`` by ``4H x H`` backward) and the all-step ones
+(input projection, input gradient, weight gradients), plus a sweep of small per-step sizes
+that locates the crossover behind ``carousel.bptt._products.MIN_MACS``. Prints microseconds
+and the ratio ``mm / oneDNN`` (above 1: oneDNN faster).
+
+    python benchmarks/products.py --threads 1
+    python benchmarks/products.py            # torch's default threads
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from layers import machine
+
+SHAPES = [(32, 100, 64, 128), (32, 100, 128, 512), (8, 200, 16, 32)]
+
+
+def _dnn(x, w):
+    return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+
+
+def _time(cases: dict, rounds: int, reps: int) -> dict[str, float]:
+    for f in cases.values():
+        f()
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(rounds):
+        for k, f in cases.items():
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                f()
+            times[k].append((time.perf_counter() - t0) / reps)
+    return {k: statistics.median(v) * 1e6 for k, v in times.items()}
+
+
+def products(B: int, T: int, I: int, H: int) -> dict[str, tuple]:
+    """name -> (mm callable, oneDNN callable, multiply-adds)."""
+    G, N = 4 * H, T * B
+    g = torch.Generator().manual_seed(0)
+    h, a = torch.randn(B, H, generator=g), torch.randn(B, G, generator=g)
+    w_hh, w_ih = torch.randn(G, H, generator=g), torch.randn(G, I, generator=g)
+    w_hh_t = w_hh.t().contiguous()
+    x, dA, hs = (torch.randn(N, k, generator=g) for k in (I, G, H))
+    return {
+        "step forward  h W_hh^T": (lambda: h.mm(w_hh.t()), lambda: _dnn(h, w_hh), B * H * G),
+        "step backward dA W_hh": (lambda: a.mm(w_hh), lambda: _dnn(a, w_hh_t), B * G * H),
+        "input projection": (lambda: x.mm(w_ih.t()), lambda: _dnn(x, w_ih), N * I * G),
+        "input gradient": (lambda: dA.mm(w_ih), lambda: _dnn(dA, w_ih.t()), N * G * I),
+        "dW_ih = dA^T x": (lambda: dA.t().mm(x), lambda: _dnn(x.t(), dA.t()).t(), N * G * I),
+        "dW_hh = dA^T h": (lambda: dA.t().mm(hs), lambda: _dnn(hs.t(), dA.t()).t(), N * G * H),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args(argv)
+    if not torch.backends.mkldnn.is_available():
+        print("this torch has no oneDNN")
+        return 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"command: python benchmarks/products.py {' '.join(argv or sys.argv[1:])}".rstrip())
+    print(f"machine: {machine(torch.device('cpu'))}")
+    print(f"float32, median of {args.rounds} interleaved rounds; ratio = mm time / oneDNN time\n")
+    for B, T, I, H in SHAPES:
+        print(f"## B={B} T={T} I={I} H={H}\n")
+        print("| product | M-adds | mm (us) | oneDNN (us) | ratio |")
+        print("|---|---:|---:|---:|---:|")
+        for name, (f_mm, f_dnn, macs) in products(B, T, I, H).items():
+            reps = max(1, int(2e7 // macs))
+            t = _time({"mm": f_mm, "dnn": f_dnn}, args.rounds, reps)
+            print(f"| {name} | {macs / 1e6:.1f} | {t['mm']:.1f} | {t['dnn']:.1f} | "
+                  f"{t['mm'] / t['dnn']:.2f}x |")  # fmt: skip
+        print()
+    print("## per-step sizes (out += x W^T, x: M x K, W: N x K)\n")
+    print("| M | K | N | M-adds | mm (us) | oneDNN (us) | ratio |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for M in (8, 32):
+        for K, N in ((32, 128), (128, 512), (256, 1024), (512, 2048)):
+            x, w, out = torch.randn(M, K), torch.randn(N, K), torch.zeros(M, N)
+            t = _time(
+                {
+                    "mm": lambda x=x, w=w, out=out: out.addmm_(x, w.t()),
+                    "dnn": lambda x=x, w=w, out=out: out.add_(_dnn(x, w)),
+                },
+                args.rounds,
+                max(1, int(2e7 // (M * K * N))),
+            )
+            print(f"| {M} | {K} | {N} | {M * K * N / 1e6:.1f} | {t['mm']:.1f} | "
+                  f"{t['dnn']:.1f} | {t['mm'] / t['dnn']:.2f}x |")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

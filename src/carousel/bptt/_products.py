@@ -1,0 +1,136 @@
+"""The matrix products of the BPTT functions, on the faster of torch's two CPU libraries.
+
+On the CPU ``torch.mm`` and ``addmm`` call MKL, while ``torch.nn.LSTM`` runs oneDNN. On AMD
+processors MKL takes its AVX2 code even where the core has AVX-512; oneDNN picks its kernels
+from the instruction set alone. Measured on an AMD EPYC (Zen 5, AVX-512), torch 2.13, float32,
+one thread: ``torch.mm`` 78-89 GFLOP/s, oneDNN's matrix product 138-200 GFLOP/s from about 30
+million multiply-adds; oneDNN costs about 15-20 us more per call, so it is slower below about
+2 million multiply-adds and 1.2-2.4x faster above 4 million (``benchmarks/products.py``).
+
+So, for float32 tensors on such a CPU, every product of at least :data:`MIN_MACS`
+multiply-adds goes to oneDNN (``torch.ops.mkldnn._linear_pointwise``, the operator that torch's
+own compiler emits for a linear layer), every other one to torch's ``mm``; the compiled kernels
+(:mod:`carousel.kernels`) send their products over all steps to oneDNN likewise, from C++.
+An operand with gaps between its rows (a slice of a wider buffer) also stays on ``mm``: oneDNN
+runs such a weight on its reference kernel. On Intel processors MKL runs its AVX-512 code, so
+``mm`` is kept there (unmeasured: no Intel machine at hand). ``CAROUSEL_ONEDNN_PRODUCTS=1``
+takes oneDNN on any CPU whose torch has it, ``=0`` never, and neither does
+``torch.backends.mkldnn.flags(enabled=False)``. float64 always takes ``mm`` (oneDNN has no
+float64 product), so the float64 tests of the hand-written passes against autograd do not
+reach this choice; float32 results differ from ``mm``'s by rounding only
+(``tests/test_bptt_products.py``).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = ["MIN_MACS", "acc_fn", "enabled", "into_fn", "linear", "mm", "mm_acc"]
+
+#: Products with fewer multiply-adds than this stay on ``torch.mm`` (oneDNN's per-call cost).
+MIN_MACS = 1 << 22
+
+
+def _vendor() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+@functools.cache
+def _available(setting: str) -> bool:
+    if setting == "0" or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        torch.ops.mkldnn._linear_pointwise  # noqa: B018 - present in builds with oneDNN
+    except (AttributeError, RuntimeError):
+        return False
+    if setting == "1":
+        return True
+    capability = torch.backends.cpu.get_cpu_capability()
+    return capability.startswith("AVX512") and _vendor() not in ("", "GenuineIntel")
+
+
+def enabled(t: Tensor) -> bool:
+    """Whether products of ``t``'s kind (device, dtype) may go to oneDNN."""
+    return (
+        t.dtype == torch.float32
+        and t.device.type == "cpu"
+        and not t.is_sparse
+        and torch.backends.mkldnn.enabled
+        and _available(os.environ.get("CAROUSEL_ONEDNN_PRODUCTS", ""))
+    )
+
+
+def _use(a: Tensor, k: int, n: int) -> bool:
+    return a.shape[0] * k * n >= MIN_MACS and enabled(a)
+
+
+def _dense(t: Tensor) -> bool:
+    """Row-major or column-major without gaps. oneDNN runs a weight with gaps between its rows
+    (a slice of a wider buffer) on its reference kernel, thousands of times slower (measured:
+    6 s for a 384 x 3168 x 384 product); such products stay on torch's ``mm``."""
+    return t.is_contiguous() or t.t().is_contiguous()
+
+
+def _dnn(x: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``x @ w.T (+ bias)`` by oneDNN."""
+    return torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
+
+
+def linear(x: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``x @ w.T + bias`` for ``x`` ``(M, K)``, ``w`` ``(N, K)``: a new ``(M, N)`` tensor."""
+    if _use(x, w.shape[1], w.shape[0]) and _dense(w) and _dense(x):
+        return _dnn(x, w, bias)
+    return x.mm(w.t()) if bias is None else torch.addmm(bias, x, w.t())
+
+
+def mm(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` (a new tensor; possibly a transposed view).
+
+    A transposed ``a`` (the gradients of all steps, ``dA.t()``, in a weight gradient) is
+    computed as ``(b^T a^T)^T``, which oneDNN runs faster (measured).
+    """
+    if _use(a, a.shape[1], b.shape[1]) and _dense(a) and _dense(b):
+        if a.stride(0) == 1 and a.stride(1) != 1:
+            return _dnn(b.t(), a).t()
+        return _dnn(a, b.t())
+    return a.mm(b)
+
+
+def mm_acc(out: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``out += a @ b``."""
+    if _use(a, a.shape[1], b.shape[1]) and _dense(a) and _dense(b):
+        return out.add_(mm(a, b))
+    return out.addmm_(a, b)
+
+
+def acc_fn(w: Tensor, rows: int) -> Callable[[Tensor, Tensor], Tensor]:
+    """``f(out, x)``: ``out += x @ w.T`` for the ``rows x K`` inputs of a time loop, with the
+    library chosen once (``w`` ``(N, K)``)."""
+    if rows * w.shape[0] * w.shape[1] >= MIN_MACS and enabled(w):
+        wc = w.contiguous()
+        return lambda out, x: out.add_(_dnn(x, wc))
+    wt = w.t()
+    return lambda out, x: out.addmm_(x, wt)
+
+
+def into_fn(w: Tensor, rows: int, bias: Tensor | None = None) -> Callable[[Tensor, Tensor], Tensor]:
+    """``f(out, x)``: ``out = x @ w.T (+ bias)``, like :func:`acc_fn`."""
+    if rows * w.shape[0] * w.shape[1] >= MIN_MACS and enabled(w):
+        wc = w.contiguous()
+        return lambda out, x: out.copy_(_dnn(x, wc, bias))
+    wt = w.t()
+    if bias is None:
+        return lambda out, x: torch.mm(x, wt, out=out)
+    return lambda out, x: torch.addmm(bias, x, wt, out=out)
