@@ -43,9 +43,11 @@ def test_setting_and_dtype(onednn, monkeypatch):
     x = torch.randn(2, 2)
     assert _products.enabled(x)
     assert not _products.enabled(x.double())  # oneDNN has no float64 product
-    with torch.backends.mkldnn.flags(enabled=False):
-        assert not _products.enabled(x)
     monkeypatch.setenv("CAROUSEL_ONEDNN_PRODUCTS", "0")
+    assert not _products.enabled(x)
+    monkeypatch.setenv("CAROUSEL_ONEDNN_PRODUCTS", "1")
+    assert _products.enabled(x)
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
     assert not _products.enabled(x)
 
 
