@@ -15,6 +15,10 @@ tanh where libmvec has it); with ``threads > 1`` (OpenMP) every step's rows are 
 the threads, which meet at a barrier after each step. The results agree with the torch path to
 rounding (the sums run in a different order, tanh comes from libm) and do not depend on the
 number of threads.
+
+The same library holds the ridge readout's Gram sums ``S += X^T X`` in float64 (:func:`gram`),
+an AVX-512 kernel built where ``-march=native`` gives AVX-512: on AMD Zen 5 MKL and OpenBLAS
+run float64 products at the AVX2 rate, half what the core can do.
 """
 
 from __future__ import annotations
@@ -226,39 +230,42 @@ int esn_gram_f64(int64_t n, int64_t F, const double* X, int64_t ldx, double* S, 
     const int64_t kcmax = n < GRAM_KC ? n : GRAM_KC;
     const int64_t nblk = (F + 5) / 6, npan = (F + 31) / 32;
     const int64_t mb = GRAM_MC / 6, nchunk = (nblk + mb - 1) / mb;
-    double* pa = (double*)aligned_alloc(64, (size_t)((nblk * 6 * kcmax * 8 + 63) / 64 * 64));
-    double* pb = (double*)aligned_alloc(64, (size_t)(npan * 32 * kcmax * 8));
-    if (!pa || !pb) {
-        free(pa);
-        free(pb);
-        return -1;
+    /* the packed blocks, kept from call to call by the calling thread (grown as needed):
+       a fresh 8 MB for every 1,024-row chunk at 1,002 features made glibc keep about 20 MB
+       more resident, and fresh pages from the system cost 30% of the time */
+    static __thread double* work = 0;
+    static __thread int64_t have = 0;
+    const int64_t na = (nblk * 6 * kcmax + 7) / 8 * 8, need = na + npan * 32 * kcmax;
+    if (need > have) {
+        free(work);
+        work = (double*)aligned_alloc(64, (size_t)((need * 8 + 63) / 64 * 64));
+        have = work ? need : 0;
+        if (!work) return -1;
     }
+    double *pa = work, *pb = work + na; /* both 64-byte aligned */
     _Pragma("omp parallel num_threads(nthreads) if (nthreads > 1)")
     for (int64_t k0 = 0; k0 < n; k0 += kcmax) {
         const int64_t kc = n - k0 < kcmax ? n - k0 : kcmax;
         /* the k-block in slivers of 6 columns, pa[ib][k][r] = X[k0 + k, 6 ib + r], and in
-           panels of 32, pb[p][k][c] = X[k0 + k, 32 p + c], zero-padded */
-        _Pragma("omp for schedule(static) nowait")
-        for (int64_t ib = 0; ib < nblk; ++ib) {
-            double* d = pa + ib * 6 * kc;
-            const int64_t i0 = ib * 6, w = F - i0 < 6 ? F - i0 : 6;
-            for (int64_t k = 0; k < kc; ++k) {
-                const double* x = X + (k0 + k) * ldx + i0;
-                int64_t r = 0;
-                for (; r < w; ++r) d[k * 6 + r] = x[r];
-                for (; r < 6; ++r) d[k * 6 + r] = 0;
-            }
-        }
+           panels of 32, pb[p][k][c] = X[k0 + k, 32 p + c], zero-padded; row by row, so X
+           streams in order (a sliver at a time, column strips of X ran 20% slower when X
+           came from memory) */
         _Pragma("omp for schedule(static)")
-        for (int64_t p = 0; p < npan; ++p) {
-            const int64_t j0 = p * 32, w = F - j0 < 32 ? F - j0 : 32;
-            const __mmask32 all = w == 32 ? 0xffffffffu : ((1u << w) - 1u);
-            double* d = pb + p * 32 * kc;
-            for (int64_t k = 0; k < kc; ++k) {
-                const double* x = X + (k0 + k) * ldx + j0;
-                for (int q = 0; q < 4; ++q)
-                    _mm512_store_pd(d + k * 32 + 8 * q,
-                                    _mm512_maskz_loadu_pd((__mmask8)(all >> (8 * q)), x + 8 * q));
+        for (int64_t k = 0; k < kc; ++k) {
+            const double* x = X + (k0 + k) * ldx;
+            for (int64_t ib = 0; ib < nblk; ++ib) {
+                const int64_t i0 = ib * 6, w = F - i0 < 6 ? F - i0 : 6;
+                _mm512_mask_storeu_pd(pa + (ib * kc + k) * 6, 0x3f,
+                                      _mm512_maskz_loadu_pd((__mmask8)((1u << w) - 1u), x + i0));
+            }
+            for (int64_t p = 0; p < npan; ++p) {
+                const int64_t j0 = p * 32, w = F - j0 < 32 ? F - j0 : 32;
+                const __mmask32 all = w == 32 ? 0xffffffffu : ((1u << w) - 1u);
+                for (int q = 0; q < 4; ++q) {
+                    const __mmask8 mq = (__mmask8)(all >> (8 * q));
+                    _mm512_store_pd(pb + (p * kc + k) * 32 + 8 * q,
+                                    _mm512_maskz_loadu_pd(mq, x + j0 + 8 * q));
+                }
             }
         }
         /* (chunk of GRAM_MC rows, panel) pairs on or below the diagonal: disjoint parts of S */
@@ -278,8 +285,6 @@ int esn_gram_f64(int64_t n, int64_t F, const double* X, int64_t ldx, double* S, 
             }
         }
     }
-    free(pa);
-    free(pb);
     return 1;
 #endif
 }
@@ -450,11 +455,19 @@ def gram(xx: Tensor, x: Tensor, threads: int = 1) -> bool:
     done nothing, where the kernel cannot run: no library or no AVX-512, not both float64 CPU
     tensors, or ``xx``'s rows not contiguous. ``x`` with gapped columns is copied first.
 
+    The packed copies of ``x`` (``2 x 512 x F`` float64: 8 MB at 1,002 features, 41 MB at
+    5,002) are kept by the calling thread from call to call: fresh ones for every chunk cost
+    30% more time (new pages) or about 20 MB more resident memory (glibc's heap).
+
     Measured on AMD EPYC Zen 5 (2-core VM shared with other jobs, wall-clock best of 8,
     ``x`` of 1,024 x 1,002 / 1,024 x 5,002, counting the ``n F (F + 1)`` flops of the lower
-    triangle): one thread 82 / 85 GFLOP/s against 44 / 42 for the torch bands
-    (:func:`carousel.esn.readout._add_gram_` on MKL) and 54 / 55 for one full ``addmm``; two
-    threads 143 / 170 against 79 / 86.
+    triangle; ``.venv/bin/python tests/esn/test_gram.py --features 1002 5002``): one thread
+    80-89 / 86-92 GFLOP/s (11.6 / 284 ms) against 42-47 / 43-44 for the torch bands
+    (``carousel.esn.readout._add_gram_torch`` on MKL; 21.9 / 577 ms) and 26-29 for one full
+    ``addmm`` (its 52-58 GFLOP/s of full-product flops); two threads 165-173 / 182-184
+    GFLOP/s (6.2 / 139 ms) against 75-89 / 80 (11.6 / 318 ms). A 9,900 x 1,002 stream in
+    1,024-row chunks (the 1000-unit benchmark's sums) takes 0.12-0.14 s against 0.24 s on
+    one thread, 0.063 s against 0.130 s on two.
 
     Args:
         xx: ``(F, F)`` float64 sums, rows contiguous (``xx.stride(1) == 1``).

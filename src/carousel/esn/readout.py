@@ -52,14 +52,16 @@ def _add_gram_(xx: Tensor, x: Tensor) -> None:
     until :func:`_mirror_gram_`. Small products (few rows or features) take one ``addmm``,
     which is consistent with that.
 
-    float64 sums on the CPU go to the compiled AVX-512 kernel
-    (:func:`carousel.esn._kernel.gram`, on ``torch.get_num_threads()`` threads) where it is
-    built: MKL and OpenBLAS run float64 products at the AVX2 rate on AMD Zen 5, half the
-    core's AVX-512 peak. It is measured 1.9x faster at 1,002 features on one thread (12.6 ms
-    against 23.6 ms for a 1,024-row chunk) and 2.0x at 5,002 (0.30 s against 0.60 s), 1.8-2.0x
-    on two threads (AMD EPYC Zen 5, 2-core VM shared with other jobs, wall-clock best of
-    several; the probe in ``tests/esn/test_gram.py``'s docstring). float32 sums and other
-    devices stay on torch."""
+    float64 sums on the CPU of at least :data:`_GRAM_KERNEL_FEATURES` features go to the
+    compiled AVX-512 kernel (:func:`carousel.esn._kernel.gram`, on ``torch.get_num_threads()``
+    threads) where it is built: MKL and OpenBLAS run float64 products at the AVX2 rate on AMD
+    Zen 5, half the core's AVX-512 peak. For a 1,024-row chunk it takes 11.6 ms against
+    21.9 ms for the torch bands at 1,002 features, 0.28 s against 0.58 s at 5,002, and
+    6.2 / 139 ms against 11.6 / 318 ms on two threads (AMD EPYC Zen 5, 2-core VM shared with
+    other jobs, wall-clock best of 8; ``.venv/bin/python tests/esn/test_gram.py --features
+    1002 5002``). Its sums agree with torch's to float64 rounding, in another order. float32
+    sums and other devices stay on torch (:func:`_add_gram_torch`).
+    """
     F = x.shape[1]
     big = F >= _GRAM_KERNEL_FEATURES and x.shape[0] * F * F >= _GRAM_KERNEL_WORK
     if big and _kernel.gram(xx, x, torch.get_num_threads()):
