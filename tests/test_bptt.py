@@ -164,6 +164,17 @@ def test_run_sequence_matches_reference(config, mask_kind, tanh_path):
     _compare_run_sequence(CELLS[config](), mask_kind)
 
 
+@pytest.mark.parametrize("block_steps", [1, 2])
+@pytest.mark.parametrize("config", [c for c in CELLS if c.startswith("lstm")])
+def test_lstm_backward_in_blocks_of_steps(config, block_steps, monkeypatch):
+    """The LSTM backward pass computes its local derivatives for blocks of steps; blocks of
+    one and two steps (the last one short: T = 5) give the same results as the reference."""
+    from carousel.bptt import lstm as bptt_lstm
+
+    monkeypatch.setattr(bptt_lstm, "_DERIVATIVE_BLOCK_BYTES", block_steps * B * 4 * H * D.itemsize)
+    _compare_run_sequence(CELLS[config](), "random")
+
+
 def test_run_sequence_with_params_dict():
     """Layers pass the weights by name (the cell holds none); results are the same."""
     cell = carousel.LSTMCell(I, H, variant="FGR", dtype=D)

@@ -38,8 +38,10 @@ the state after step ``t``, and ``\delta m_t = \delta h_t W_{hr}`` (or ``\delta 
     \delta s_{t-1} \mathrel{+}= \delta a^{\sigma}_t W_{gg}
 
 (hats mark pre-activations). Every factor in these products depends only on stored activities,
-so it is computed for all steps at once before the loop, with the mask and the peepholes folded
-in; the loop does five operations per step for every variant but FGR and LN. Every weight
+so it is computed for a block of steps at once (about a megabyte of gates,
+``_DERIVATIVE_BLOCK_BYTES``) just before the loop peels those steps off, while the block is still
+in the cache, with the mask and the peepholes folded in; the loop does five operations per step
+for every variant but FGR and LN. Every weight
 gradient is one matrix product over all steps after the loop:
 ``\nabla W_{ih} = \sum_t \delta a_t^\top x_t``,
 ``\nabla W_{hh} = \sum_t \delta a_t^\top h_{t-1}``, ...
@@ -76,6 +78,9 @@ from carousel.functional.lstm import LSTMGateState, LSTMState, LSTMVariant
 __all__ = ["LSTMFunction", "LSTMSpec", "lstm_sequence"]
 
 _ln_backward = torch.ops.aten.native_layer_norm_backward
+#: The backward pass computes its local derivatives for blocks of steps of about this many
+#: bytes of gates each, just before the loop uses them (in the cache, not streamed from memory).
+_DERIVATIVE_BLOCK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -422,78 +427,91 @@ class LSTMFunction(torch.autograd.Function):
             dS = cs.new_zeros(T + 1, B, SH)
             if grad_ss is not None:
                 dS[1:].copy_(grad_ss if sperm is None else grad_ss.index_select(-1, sperm))
-        # --- local derivatives of every step at once (the mask folded in)
-        sig = gates[..., :SH]
-        dsig = torch.addcmul(sig, sig, sig, value=-1.0)  # sigma' = s (1 - s) for o, i, f
-        o = gates[..., :H] if has_o else None
-        g = gates[..., SH:]
-        i = gates[..., o_off : o_off + H] if spec.has_i else None
-        c_prev = prev_states(c0, cs)
-        # q: d c_t (or d LN(c_t)) per unit of dm_t, o (1 - tanh^2), as o - (o tanh) tanh
-        q = None
-        if v.output_activation:
-            if has_o:
-                q = torch.addcmul(o, ms if proj else o * acts, acts, value=-1.0)
-            else:
-                q = torch.addcmul(one, acts, acts, value=-1.0)
-        elif has_o:
-            q = o
-        if mf is not None:
-            q = mf.expand(T, B, H) if q is None else q * mf
-        k_o = torch.mul(acts, dsig[..., :H]) if has_o else None  # d o-hat per unit of dm
-        # k_rest: d [i-hat, f-hat, g-hat] per unit of dc
-        k_rest = hs.new_empty(T, B, n_pre + 1, H)
-        j = 0
+        # --- local derivatives (the mask folded in): every factor of the loop's products that
+        # depends only on stored activities, computed for a block of steps at once just before
+        # the loop peels those steps off, so the block is still in the cache when it is read
         update = spec.cell_update()
-        if spec.has_i:
-            di = g - c_prev if update == "cifg" else g  # dc/di
-            torch.mul(di, dsig[..., o_off : o_off + H], out=k_rest[:, :, j])
-            j += 1
-        if spec.has_f:
-            torch.mul(c_prev, dsig[..., SH - H : SH], out=k_rest[:, :, j])
-            j += 1
-        kg = k_rest[:, :, j]
-        if v.input_activation:  # i (1 - g^2) = i - (i g) g
-            if i is not None:
-                torch.addcmul(i, i * g, g, value=-1.0, out=kg)
-            else:
-                torch.addcmul(one, g, g, value=-1.0, out=kg)
-        elif i is not None:
-            kg.copy_(i)
-        else:
-            kg.fill_(1.0)
-        if mf is not None:
-            k_rest.mul_(mf.unsqueeze(-1))
-            if k_o is not None:
-                k_o.mul_(mf)
-        # dc_{t-1} per unit of dc_t (the forget gate); 1 where the step is masked
-        f_eff = None
-        if update in ("std", "nig"):
-            f_eff = gates[..., SH - H : SH]
-        elif update == "cifg":
-            f_eff = 1.0 - i
-        if f_eff is not None and mv is not None:
-            f_eff = torch.where(mv.bool3, f_eff, 1.0)
         # peepholes: delta c gets delta o-hat w_co and delta [i, f]-hat w_c[i, f], which are
         # delta m k_o w_co and delta c k_[i, f] w_c[i, f]: folded into q and f_eff (one
         # operation a step each), except with FGR (delta s adds to the gates' gradients) and,
         # for w_co, with LN (delta m reaches c through the layer norm)
         fold = peephole and not fgr
         o_peep = has_o and peephole and not (fold and not ln)
-        if fold and has_o and not ln:
-            q = torch.addcmul(q, k_o, w_co)
-        if fold and n_pre:
-            k_pre = k_rest[:, :, :n_pre]  # (T, B, nP, H), masked
-            f_eff = (
-                (k_pre * w_pre).sum(2)
-                if f_eff is None
-                else torch.add(f_eff, (k_pre * w_pre).sum(2))
+        c_prev = prev_states(c0, cs)
+
+        def local_derivatives(lo: int, hi: int):
+            """Per-step views of ``q``, ``k_o``, ``k_rest``, ``f_eff``, ``dsig_m`` for the steps
+            ``[lo, hi)`` (``None`` for the absent ones)."""
+            n = hi - lo
+            gt, a_t, cp = gates[lo:hi], acts[lo:hi], c_prev[lo:hi]
+            mf_t = mf[lo:hi] if mf is not None else None
+            sig = gt[..., :SH]
+            dsig = torch.addcmul(sig, sig, sig, value=-1.0)  # sigma' = s (1 - s) for o, i, f
+            o = gt[..., :H] if has_o else None
+            g = gt[..., SH:]
+            i = gt[..., o_off : o_off + H] if spec.has_i else None
+            # q: d c_t (or d LN(c_t)) per unit of dm_t, o (1 - tanh^2), as o - (o tanh) tanh
+            q = None
+            if v.output_activation:
+                if has_o:
+                    q = torch.addcmul(o, ms[lo:hi] if proj else o * a_t, a_t, value=-1.0)
+                else:
+                    q = torch.addcmul(one, a_t, a_t, value=-1.0)
+            elif has_o:
+                q = o
+            if mf_t is not None:
+                q = mf_t.expand(n, B, H) if q is None else q * mf_t
+            k_o = torch.mul(a_t, dsig[..., :H]) if has_o else None  # d o-hat per unit of dm
+            # k_rest: d [i-hat, f-hat, g-hat] per unit of dc
+            k_rest = hs.new_empty(n, B, n_pre + 1, H)
+            j = 0
+            if spec.has_i:
+                di = g - cp if update == "cifg" else g  # dc/di
+                torch.mul(di, dsig[..., o_off : o_off + H], out=k_rest[:, :, j])
+                j += 1
+            if spec.has_f:
+                torch.mul(cp, dsig[..., SH - H : SH], out=k_rest[:, :, j])
+                j += 1
+            kg = k_rest[:, :, j]
+            if v.input_activation:  # i (1 - g^2) = i - (i g) g
+                if i is not None:
+                    torch.addcmul(i, i * g, g, value=-1.0, out=kg)
+                else:
+                    torch.addcmul(one, g, g, value=-1.0, out=kg)
+            elif i is not None:
+                kg.copy_(i)
+            else:
+                kg.fill_(1.0)
+            if mf_t is not None:
+                k_rest.mul_(mf_t.unsqueeze(-1))
+                if k_o is not None:
+                    k_o.mul_(mf_t)
+            # dc_{t-1} per unit of dc_t (the forget gate); 1 where the step is masked
+            f_eff = None
+            if update in ("std", "nig"):
+                f_eff = gt[..., SH - H : SH]
+            elif update == "cifg":
+                f_eff = 1.0 - i
+            if f_eff is not None and mv is not None:
+                f_eff = torch.where(mv.bool3[lo:hi], f_eff, 1.0)
+            if fold and has_o and not ln:
+                q = torch.addcmul(q, k_o, w_co)
+            if fold and n_pre:
+                k_pre = k_rest[:, :, :n_pre]  # (n, B, nP, H), masked
+                f_eff = (
+                    (k_pre * w_pre).sum(2)
+                    if f_eff is None
+                    else torch.add(f_eff, (k_pre * w_pre).sum(2))
+                )
+                if update in ("nfg", "add"):
+                    f_eff.add_(1.0)  # f = 1
+            dsig_m = None
+            if fgr:
+                dsig_m = dsig if mf_t is None else dsig * mf_t
+            return tuple(
+                None if u is None else u.unbind(0) for u in (q, k_o, k_rest, f_eff, dsig_m)
             )
-            if update in ("nfg", "add"):
-                f_eff.add_(1.0)  # f = 1
-        dsig_m = None
-        if fgr:
-            dsig_m = dsig if mf is None else dsig * mf
+
         # --- the backward loop
         dA = torch.zeros_like(gates) if fgr else torch.empty_like(gates)
         dcn = torch.empty_like(cs) if ln else None
@@ -510,11 +528,6 @@ class LSTMFunction(torch.autograd.Function):
         if peephole and n_pre and not fold:
             dApre_s = [d.unbind(0) for d in dA[..., o_off:SH].unflatten(-1, (n_pre, H)).unbind(2)]
         w_pre_s = w_pre.unbind(0) if w_pre is not None else ()
-        q_s = q.unbind(0) if q is not None else None
-        ko_s = k_o.unbind(0) if has_o else None
-        kr_s = k_rest.unbind(0)
-        f_s = f_eff.unbind(0) if f_eff is not None else None
-        dsm_s = dsig_m.unbind(0) if fgr else None
         inv_s = mv.inv3.unbind(0) if mv is not None else None
         dcn_s = dcn.unbind(0) if ln else None
         dm_s = dms.unbind(0) if proj else None
@@ -526,50 +539,55 @@ class LSTMFunction(torch.autograd.Function):
         hh_acc = products.acc_fn(w_hh.t(), B)  # delta a_t W_hh
         gg_acc = products.acc_fn(w_gg.t(), B) if fgr else None
         hr_into = products.into_fn(w_hr.t(), B) if proj else None
-        for t in range(T - 1, -1, -1):
-            dh = dH_s[t + 1]  # delta h_t (complete: step t+1 has been peeled off)
-            dc = dC_s[t + 1]  # delta c_t so far
-            dm = hr_into(dm_s[t], dh) if proj else dh  # through W_hr
-            if fgr:
-                mul(dS_s[t + 1], dsm_s[t], out=dAsig_s[t])  # s_t = the sigmoid gates
-                if has_o:
-                    dAo_s[t].addcmul_(dm, ko_s[t])
-            elif has_o:
-                mul(dm, ko_s[t], out=dAo_s[t])  # delta o-hat
-            if ln:
-                # delta LN(c_t)
-                d = mul(dm, q_s[t], out=dcn_s[t]) if q_s is not None else dcn_s[t].copy_(dm)
-                dc.add_(_ln_backward(d, c_s[t], [H], muc_s[t], rsc_s[t], ln_c_weight,
-                                     ln_c_bias, (True, False, False))[0])  # fmt: skip
-            elif q_s is not None:
-                dc.addcmul_(dm, q_s[t])  # through h_t = o tanh(c_t)
-            else:
-                dc.add_(dm)
-            if o_peep:
-                dc.addcmul_(dAo_s[t], w_co)  # through w_co c_t
-            if fgr:
-                dArest_s[t].addcmul_(dc3_s[t + 1], kr_s[t])
-            else:
-                mul(dc3_s[t + 1], kr_s[t], out=dArest_s[t])  # delta i-hat, f-hat, g-hat
-            if f_s is None:
-                dC_s[t].add_(dc)  # f = 1 (NFG)
-            else:
-                dC_s[t].addcmul_(dc, f_s[t])  # delta c_{t-1} += delta c_t f_t
-            for d_pre, w in zip(dApre_s, w_pre_s):
-                dC_s[t].addcmul_(d_pre[t], w)  # through w_ci c_{t-1}, w_cf c_{t-1}
-            if ln:
-                dz = _ln_backward(dA_s[t], z_s[t], [GH], muz_s[t], rsz_s[t], gam_hh, None,
-                                  (True, False, False))[0]  # fmt: skip
-                dz_list.append(dz)
-                hh_acc(dH_s[t], dz)
-            else:
-                hh_acc(dH_s[t], dA_s[t])  # delta h_{t-1} += delta a_t W_hh
-            if inv_s is not None:
-                dH_s[t].addcmul_(dh, inv_s[t])  # a frozen state passes its gradient on
-            if fgr:
-                gg_acc(dS_s[t], dAsig_s[t])  # delta s_{t-1} += delta a^sigma_t W_gg
+        steps = max(1, _DERIVATIVE_BLOCK_BYTES // (B * GH * gates.element_size()))
+        for lo in range((T - 1) // steps * steps, -1, -steps):
+            hi = min(lo + steps, T)
+            q_s, ko_s, kr_s, f_s, dsm_s = local_derivatives(lo, hi)
+            for t in range(hi - 1, lo - 1, -1):
+                j = t - lo  # the step within the block
+                dh = dH_s[t + 1]  # delta h_t (complete: step t+1 has been peeled off)
+                dc = dC_s[t + 1]  # delta c_t so far
+                dm = hr_into(dm_s[t], dh) if proj else dh  # through W_hr
+                if fgr:
+                    mul(dS_s[t + 1], dsm_s[j], out=dAsig_s[t])  # s_t = the sigmoid gates
+                    if has_o:
+                        dAo_s[t].addcmul_(dm, ko_s[j])
+                elif has_o:
+                    mul(dm, ko_s[j], out=dAo_s[t])  # delta o-hat
+                if ln:
+                    # delta LN(c_t)
+                    d = mul(dm, q_s[j], out=dcn_s[t]) if q_s is not None else dcn_s[t].copy_(dm)
+                    dc.add_(_ln_backward(d, c_s[t], [H], muc_s[t], rsc_s[t], ln_c_weight,
+                                         ln_c_bias, (True, False, False))[0])  # fmt: skip
+                elif q_s is not None:
+                    dc.addcmul_(dm, q_s[j])  # through h_t = o tanh(c_t)
+                else:
+                    dc.add_(dm)
+                if o_peep:
+                    dc.addcmul_(dAo_s[t], w_co)  # through w_co c_t
+                if fgr:
+                    dArest_s[t].addcmul_(dc3_s[t + 1], kr_s[j])
+                else:
+                    mul(dc3_s[t + 1], kr_s[j], out=dArest_s[t])  # delta i-hat, f-hat, g-hat
+                if f_s is None:
+                    dC_s[t].add_(dc)  # f = 1 (NFG)
+                else:
+                    dC_s[t].addcmul_(dc, f_s[j])  # delta c_{t-1} += delta c_t f_t
+                for d_pre, w in zip(dApre_s, w_pre_s):
+                    dC_s[t].addcmul_(d_pre[t], w)  # through w_ci c_{t-1}, w_cf c_{t-1}
+                if ln:
+                    dz = _ln_backward(dA_s[t], z_s[t], [GH], muz_s[t], rsz_s[t], gam_hh, None,
+                                      (True, False, False))[0]  # fmt: skip
+                    dz_list.append(dz)
+                    hh_acc(dH_s[t], dz)
+                else:
+                    hh_acc(dH_s[t], dA_s[t])  # delta h_{t-1} += delta a_t W_hh
                 if inv_s is not None:
-                    dS_s[t].addcmul_(dS_s[t + 1], inv_s[t])
+                    dH_s[t].addcmul_(dh, inv_s[t])  # a frozen state passes its gradient on
+                if fgr:
+                    gg_acc(dS_s[t], dAsig_s[t])  # delta s_{t-1} += delta a^sigma_t W_gg
+                    if inv_s is not None:
+                        dS_s[t].addcmul_(dS_s[t + 1], inv_s[t])
         # --- weight gradients: one product over all steps each
         mms = {"mm": products.mm, "mm_acc": products.mm_acc}
         dA2 = dA.view(T * B, GH)
