@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from carousel.bptt import _products as products
+
 __all__ = [
     "MaskViews",
     "bias_grads",
@@ -66,20 +68,19 @@ def grad_with_prev(d: Tensor, states: Tensor, s0: Tensor, *, mm=None, mm_acc=Non
         states: ``(T, B, K)`` states after every step.
         s0: ``(B, K)`` initial state.
         mm, mm_acc: the products ``mm(a, b) -> a @ b`` and ``mm_acc(out, a, b)``
-            (``out += a @ b``); torch's by default (the compiled kernels pass theirs).
+            (``out += a @ b``); by default :mod:`carousel.bptt._products`' (torch's ``mm``, or
+            oneDNN where that is faster; the compiled kernels pass theirs).
 
     Returns:
         ``(N, K)``.
     """
     T, B, N = d.shape
     K = states.shape[-1]
-    out = d[0].t().mm(s0) if mm is None else mm(d[0].t(), s0)
+    mm = products.mm if mm is None else mm
+    mm_acc = products.mm_acc if mm_acc is None else mm_acc
+    out = mm(d[0].t(), s0)
     if T > 1:
-        a, b = d[1:].reshape(-1, N).t(), states[:-1].reshape(-1, K)
-        if mm_acc is None:
-            out.addmm_(a, b)
-        else:
-            mm_acc(out, a, b)
+        mm_acc(out, d[1:].reshape(-1, N).t(), states[:-1].reshape(-1, K))
     return out
 
 

@@ -72,10 +72,6 @@ def enabled(t: Tensor) -> bool:
     )
 
 
-def _use(a: Tensor, k: int, n: int) -> bool:
-    return a.shape[0] * k * n >= MIN_MACS and enabled(a)
-
-
 def _dense(t: Tensor) -> bool:
     """Row-major or column-major without gaps. oneDNN runs a weight with gaps between its rows
     (a slice of a wider buffer) on its reference kernel, thousands of times slower (measured:
@@ -83,42 +79,50 @@ def _dense(t: Tensor) -> bool:
     return t.is_contiguous() or t.t().is_contiguous()
 
 
+def _onednn(macs: int, t: Tensor, *dense: Tensor) -> bool:
+    """Whether a product of ``macs`` multiply-adds on tensors of ``t``'s kind goes to oneDNN;
+    the operands ``dense`` must be :func:`_dense`."""
+    return macs >= MIN_MACS and enabled(t) and all(_dense(u) for u in dense)
+
+
 def _dnn(x: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
     """``x @ w.T (+ bias)`` by oneDNN."""
     return torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
 
 
+def _mm_onednn(a: Tensor, b: Tensor) -> bool:
+    return _onednn(a.shape[0] * a.shape[1] * b.shape[1], a, a, b)
+
+
+def _dnn_mm(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` by oneDNN. A transposed ``a`` (the gradients of all steps, ``dA.t()``, in a
+    weight gradient) is computed as ``(b^T a^T)^T``, which oneDNN runs faster (measured)."""
+    if a.stride(0) == 1 and a.stride(1) != 1:
+        return _dnn(b.t(), a).t()
+    return _dnn(a, b.t())
+
+
 def linear(x: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
     """``x @ w.T + bias`` for ``x`` ``(M, K)``, ``w`` ``(N, K)``: a new ``(M, N)`` tensor."""
-    if _use(x, w.shape[1], w.shape[0]) and _dense(w) and _dense(x):
+    if _onednn(x.shape[0] * w.numel(), x, x, w):
         return _dnn(x, w, bias)
     return x.mm(w.t()) if bias is None else torch.addmm(bias, x, w.t())
 
 
 def mm(a: Tensor, b: Tensor) -> Tensor:
-    """``a @ b`` (a new tensor; possibly a transposed view).
-
-    A transposed ``a`` (the gradients of all steps, ``dA.t()``, in a weight gradient) is
-    computed as ``(b^T a^T)^T``, which oneDNN runs faster (measured).
-    """
-    if _use(a, a.shape[1], b.shape[1]) and _dense(a) and _dense(b):
-        if a.stride(0) == 1 and a.stride(1) != 1:
-            return _dnn(b.t(), a).t()
-        return _dnn(a, b.t())
-    return a.mm(b)
+    """``a @ b`` (a new tensor; possibly a transposed view)."""
+    return _dnn_mm(a, b) if _mm_onednn(a, b) else a.mm(b)
 
 
 def mm_acc(out: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """``out += a @ b``."""
-    if _use(a, a.shape[1], b.shape[1]) and _dense(a) and _dense(b):
-        return out.add_(mm(a, b))
-    return out.addmm_(a, b)
+    return out.add_(_dnn_mm(a, b)) if _mm_onednn(a, b) else out.addmm_(a, b)
 
 
 def acc_fn(w: Tensor, rows: int) -> Callable[[Tensor, Tensor], Tensor]:
     """``f(out, x)``: ``out += x @ w.T`` for the ``rows x K`` inputs of a time loop, with the
     library chosen once (``w`` ``(N, K)``)."""
-    if rows * w.shape[0] * w.shape[1] >= MIN_MACS and enabled(w):
+    if _onednn(rows * w.numel(), w):
         wc = w.contiguous()
         return lambda out, x: out.add_(_dnn(x, wc))
     wt = w.t()
@@ -127,7 +131,7 @@ def acc_fn(w: Tensor, rows: int) -> Callable[[Tensor, Tensor], Tensor]:
 
 def into_fn(w: Tensor, rows: int, bias: Tensor | None = None) -> Callable[[Tensor, Tensor], Tensor]:
     """``f(out, x)``: ``out = x @ w.T (+ bias)``, like :func:`acc_fn`."""
-    if rows * w.shape[0] * w.shape[1] >= MIN_MACS and enabled(w):
+    if _onednn(rows * w.numel(), w):
         wc = w.contiguous()
         return lambda out, x: out.copy_(_dnn(x, wc, bias))
     wt = w.t()

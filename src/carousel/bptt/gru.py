@@ -172,7 +172,6 @@ class GRUFunction(torch.autograd.Function):
         # h_{t-1} receives delta h_t * z_t directly (and everything where the step is masked)
         z_eff = z if mv is None else torch.where(mv.bool3, z, 1.0)
         mul = torch.mul
-        mms = {"mm": products.mm, "mm_acc": products.mm_acc}
         dHs = dH.unbind(0)
         zf_s = z_eff.unbind(0)
 
@@ -214,7 +213,7 @@ class GRUFunction(torch.autograd.Function):
             dw_ih = None
             if needs[3]:
                 dw_ih = torch.cat([products.mm(dRZ2.t(), x2), products.mm(dA_n.t(), x2)])
-            dw_hh = grad_with_prev(dP, hs, h0, **mms) if needs[4] else None
+            dw_hh = grad_with_prev(dP, hs, h0) if needs[4] else None
             db_ih = db_hh = None
             if ctx.has_bias:
                 db_hh = sum_rows(dP) if needs[6] or needs[5] else None
@@ -258,7 +257,7 @@ class GRUFunction(torch.autograd.Function):
             if needs[4]:
                 dw_hh = torch.cat(
                     [
-                        grad_with_prev(dX[..., :lo], hs, h0, **mms),
+                        grad_with_prev(dX[..., :lo], hs, h0),
                         products.mm(dX[..., lo:].reshape(T * B, H).t(), rh.view(T * B, H)),
                     ]
                 )

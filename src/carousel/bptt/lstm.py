@@ -41,8 +41,8 @@ the state after step ``t``, and ``\delta m_t = \delta h_t W_{hr}`` (or ``\delta 
 so it is computed for a block of steps at once (about a megabyte of gates,
 ``_DERIVATIVE_BLOCK_BYTES``) just before the loop peels those steps off, while the block is still
 in the cache, with the mask and the peepholes folded in; the loop does five operations per step
-for every variant but FGR and LN. Every weight
-gradient is one matrix product over all steps after the loop:
+for every variant but FGR and LN. Every weight gradient is one matrix product over all steps
+after the loop:
 ``\nabla W_{ih} = \sum_t \delta a_t^\top x_t``,
 ``\nabla W_{hh} = \sum_t \delta a_t^\top h_{t-1}``, ...
 
@@ -589,7 +589,6 @@ class LSTMFunction(torch.autograd.Function):
                     if inv_s is not None:
                         dS_s[t].addcmul_(dS_s[t + 1], inv_s[t])
         # --- weight gradients: one product over all steps each
-        mms = {"mm": products.mm, "mm_acc": products.mm_acc}
         dA2 = dA.view(T * B, GH)
         g_ih = g_hh = g_c = b_c = None
         if ln:
@@ -604,10 +603,10 @@ class LSTMFunction(torch.autograd.Function):
             dP2 = dxz
             dW_hh = None
             if needs[7]:
-                dW_hh = grad_with_prev(torch.stack(dz_list[::-1]), hs, h0, **mms)
+                dW_hh = grad_with_prev(torch.stack(dz_list[::-1]), hs, h0)
         else:
             dP2 = dA2
-            dW_hh = grad_with_prev(dA, hs, h0, **mms) if needs[7] else None
+            dW_hh = grad_with_prev(dA, hs, h0) if needs[7] else None
         dx = products.mm(dP2, w_ih).view(T, B, I) if needs[1] else None
         dW_ih = products.mm(dP2.t(), x2) if needs[6] else None
         db_ih, db_hh = bias_grads(dA, ctx.has_bias, needs[8], needs[9])
@@ -624,7 +623,7 @@ class LSTMFunction(torch.autograd.Function):
             sinv = _inverse(sperm) if sperm is not None else None
             if needs[13]:
                 s_int = ss if ss is not None else gates[..., :SH]
-                dW_gg = grad_with_prev(dA[..., :SH], s_int, s0, **mms)
+                dW_gg = grad_with_prev(dA[..., :SH], s_int, s0)
                 if sinv is not None:
                     dW_gg = dW_gg[sinv][:, sinv]
             if needs[4]:

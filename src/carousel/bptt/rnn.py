@@ -143,7 +143,6 @@ class RNNFunction(torch.autograd.Function):
         dx = products.mm(dA2, weight_ih).view(T, B, I) if needs[0] else None
         dh0 = dH[0] if needs[1] else None
         dw_ih = products.mm(dA2.t(), x2) if needs[3] else None
-        mms = {"mm": products.mm, "mm_acc": products.mm_acc}
-        dw_hh = grad_with_prev(dA, hs, h0, **mms) if needs[4] else None
+        dw_hh = grad_with_prev(dA, hs, h0) if needs[4] else None
         db_ih, db_hh = bias_grads(dA, ctx.has_bias, needs[5], needs[6])
         return dx, dh0, None, dw_ih, dw_hh, db_ih, db_hh, None
