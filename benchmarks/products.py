@@ -5,7 +5,9 @@ both libraries, one process, interleaved, median of the rounds: the per-step pro
 (``B x H`` by ``H x 4H`` forward, ``B x 4H`` by ``4H x H`` backward) and the all-step ones
 (input projection, input gradient, weight gradients), plus a sweep of small per-step sizes
 that locates the crossover behind ``carousel.bptt._products.MIN_MACS``. Prints microseconds
-and the ratio ``mm / oneDNN`` (above 1: oneDNN faster).
+and the ratio ``mm / oneDNN`` (above 1: oneDNN faster); for the per-step products also oneDNN
+with the weight packed once into its own layout (``_products.acc_fn``), which a time loop can
+do, and its ratio.
 
     python benchmarks/products.py --threads 1
     python benchmarks/products.py            # torch's default threads
@@ -31,6 +33,10 @@ def _dnn(x, w):
     return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
 
 
+def _packed(w, rows):
+    return torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), rows)
+
+
 def _time(cases: dict, rounds: int, reps: int) -> dict[str, float]:
     for f in cases.values():
         f()
@@ -45,16 +51,27 @@ def _time(cases: dict, rounds: int, reps: int) -> dict[str, float]:
 
 
 def products(B: int, T: int, I: int, H: int) -> dict[str, tuple]:
-    """name -> (mm callable, oneDNN callable, multiply-adds)."""
+    """name -> (mm callable, oneDNN callable, multiply-adds[, oneDNN with a packed weight])."""
     G, N = 4 * H, T * B
     g = torch.Generator().manual_seed(0)
     h, a = torch.randn(B, H, generator=g), torch.randn(B, G, generator=g)
     w_hh, w_ih = torch.randn(G, H, generator=g), torch.randn(G, I, generator=g)
     w_hh_t = w_hh.t().contiguous()
+    p_hh, p_hh_t = _packed(w_hh, B), _packed(w_hh_t, B)
     x, dA, hs = (torch.randn(N, k, generator=g) for k in (I, G, H))
     return {
-        "step forward  h W_hh^T": (lambda: h.mm(w_hh.t()), lambda: _dnn(h, w_hh), B * H * G),
-        "step backward dA W_hh": (lambda: a.mm(w_hh), lambda: _dnn(a, w_hh_t), B * G * H),
+        "step forward  h W_hh^T": (
+            lambda: h.mm(w_hh.t()),
+            lambda: _dnn(h, w_hh),
+            B * H * G,
+            lambda: _dnn(h, p_hh),
+        ),
+        "step backward dA W_hh": (
+            lambda: a.mm(w_hh),
+            lambda: _dnn(a, w_hh_t),
+            B * G * H,
+            lambda: _dnn(a, p_hh_t),
+        ),
         "input projection": (lambda: x.mm(w_ih.t()), lambda: _dnn(x, w_ih), N * I * G),
         "input gradient": (lambda: dA.mm(w_ih), lambda: _dnn(dA, w_ih.t()), N * G * I),
         "dW_ih = dA^T x": (lambda: dA.t().mm(x), lambda: _dnn(x.t(), dA.t()).t(), N * G * I),
@@ -77,30 +94,35 @@ def main(argv: list[str] | None = None) -> int:
     print(f"float32, median of {args.rounds} interleaved rounds; ratio = mm time / oneDNN time\n")
     for B, T, I, H in SHAPES:
         print(f"## B={B} T={T} I={I} H={H}\n")
-        print("| product | M-adds | mm (us) | oneDNN (us) | ratio |")
-        print("|---|---:|---:|---:|---:|")
-        for name, (f_mm, f_dnn, macs) in products(B, T, I, H).items():
+        print("| product | M-adds | mm (us) | oneDNN (us) | ratio | packed (us) | ratio |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for name, (f_mm, f_dnn, macs, *f_pk) in products(B, T, I, H).items():
             reps = max(1, int(2e7 // macs))
-            t = _time({"mm": f_mm, "dnn": f_dnn}, args.rounds, reps)
+            cases = {"mm": f_mm, "dnn": f_dnn} | ({"pk": f_pk[0]} if f_pk else {})
+            t = _time(cases, args.rounds, reps)
+            pk = f" {t['pk']:.1f} | {t['mm'] / t['pk']:.2f}x |" if f_pk else " | |"
             print(f"| {name} | {macs / 1e6:.1f} | {t['mm']:.1f} | {t['dnn']:.1f} | "
-                  f"{t['mm'] / t['dnn']:.2f}x |")  # fmt: skip
+                  f"{t['mm'] / t['dnn']:.2f}x |{pk}")  # fmt: skip
         print()
     print("## per-step sizes (out += x W^T, x: M x K, W: N x K)\n")
-    print("| M | K | N | M-adds | mm (us) | oneDNN (us) | ratio |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print("| M | K | N | M-adds | mm (us) | oneDNN (us) | ratio | packed (us) | ratio |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for M in (8, 32):
         for K, N in ((32, 128), (128, 512), (256, 1024), (512, 2048)):
             x, w, out = torch.randn(M, K), torch.randn(N, K), torch.zeros(M, N)
+            wp = _packed(w, M)
             t = _time(
                 {
                     "mm": lambda x=x, w=w, out=out: out.addmm_(x, w.t()),
                     "dnn": lambda x=x, w=w, out=out: out.add_(_dnn(x, w)),
+                    "pk": lambda x=x, wp=wp, out=out: out.add_(_dnn(x, wp)),
                 },
                 args.rounds,
                 max(1, int(2e7 // (M * K * N))),
             )
             print(f"| {M} | {K} | {N} | {M * K * N / 1e6:.1f} | {t['mm']:.1f} | "
-                  f"{t['dnn']:.1f} | {t['mm'] / t['dnn']:.2f}x |")  # fmt: skip
+                  f"{t['dnn']:.1f} | {t['mm'] / t['dnn']:.2f}x | {t['pk']:.1f} | "
+                  f"{t['mm'] / t['pk']:.2f}x |")  # fmt: skip
     return 0
 
 

@@ -69,6 +69,28 @@ def test_products_equal_torch_mm(onednn):
     _close(into_nb(torch.empty(7, 9), x), x @ w.t())
 
 
+def test_time_loop_products_with_and_without_packing(onednn, monkeypatch):
+    """acc_fn/into_fn pack the weight once into oneDNN's layout; a torch that cannot pack falls
+    back to the plain weight. Inputs with other row counts and with gaps (FGR's s_t, a slice
+    of the gate buffer) are accepted either way."""
+    g = torch.Generator().manual_seed(1)
+    w, bias = torch.randn(9, 5, generator=g), torch.randn(9, generator=g)
+    wide = torch.randn(7, 8, generator=g)
+    xs = (torch.randn(7, 5, generator=g), torch.randn(3, 5, generator=g), wide[:, 2:7])
+    for packs in (True, False):
+        if not packs:
+
+            def cannot(*args):
+                raise RuntimeError("no packing in this torch")
+
+            monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", cannot)
+        acc, into = _products.acc_fn(w, 7), _products.into_fn(w, 7, bias)
+        for x in xs:
+            y = torch.randn(x.shape[0], 9, generator=g)
+            _close(acc(y.clone(), x), y + x @ w.t())
+            _close(into(torch.empty(x.shape[0], 9), x), x @ w.t() + bias)
+
+
 def test_gapped_operands_stay_on_torch_mm(onednn, monkeypatch):
     """A slice of a wider buffer (rows with gaps) runs on oneDNN's reference kernel, thousands
     of times slower: such products must not reach it."""
