@@ -516,7 +516,7 @@ class LSTMFunction(torch.autograd.Function):
         dA = torch.zeros_like(gates) if fgr else torch.empty_like(gates)
         dcn = torch.empty_like(cs) if ln else None
         dms = torch.empty_like(cs) if proj else None
-        dz_list = []
+        dZ = torch.empty_like(zs) if ln else None  # delta (W_hh h_{t-1}) before its LN
         dH_s, dC_s = dH.unbind(0), dC.unbind(0)
         dc3_s = dC.unsqueeze(2).unbind(0)
         dS_s = dS.unbind(0) if fgr else None
@@ -535,6 +535,7 @@ class LSTMFunction(torch.autograd.Function):
             c_s = cs.unbind(0)
             z_s, muz_s, rsz_s = zs.unbind(0), mu_z.unbind(0), rs_z.unbind(0)
             muc_s, rsc_s = mu_c.unbind(0), rs_c.unbind(0)
+            dZ_s = dZ.unbind(0)
         mul = torch.mul
         hh_acc = products.acc_fn(w_hh.t(), B)  # delta a_t W_hh
         gg_acc = products.acc_fn(w_gg.t(), B) if fgr else None
@@ -576,9 +577,11 @@ class LSTMFunction(torch.autograd.Function):
                 for d_pre, w in zip(dApre_s, w_pre_s):
                     dC_s[t].addcmul_(d_pre[t], w)  # through w_ci c_{t-1}, w_cf c_{t-1}
                 if ln:
+                    # into one buffer: T separate results kept alive until the end would each
+                    # be a fresh allocation (page faults) and then one more copy
                     dz = _ln_backward(dA_s[t], z_s[t], [GH], muz_s[t], rsz_s[t], gam_hh, None,
                                       (True, False, False))[0]  # fmt: skip
-                    dz_list.append(dz)
+                    dz = dZ_s[t].copy_(dz)
                     hh_acc(dH_s[t], dz)
                 else:
                     hh_acc(dH_s[t], dA_s[t])  # delta h_{t-1} += delta a_t W_hh
@@ -603,7 +606,7 @@ class LSTMFunction(torch.autograd.Function):
             dP2 = dxz
             dW_hh = None
             if needs[7]:
-                dW_hh = grad_with_prev(torch.stack(dz_list[::-1]), hs, h0)
+                dW_hh = grad_with_prev(dZ, hs, h0)
         else:
             dP2 = dA2
             dW_hh = grad_with_prev(dA, hs, h0) if needs[7] else None
