@@ -27,6 +27,13 @@ Usage::
 
     python benchmarks/layers.py            # the three shapes of the issue (several minutes)
     python benchmarks/layers.py --quick    # tiny shapes, two rounds: a smoke run
+
+Allocator: by default the benchmark raises glibc's mmap and trim thresholds first
+(:func:`carousel._malloc.keep_freed_memory`, what ``carousel train`` does), for every row
+alike. Under glibc's own thresholds a training step's large buffers are handed back to the
+system and faulted in again at the next step, depending on the allocation history of the
+process, so every path's time (``torch.nn.LSTM``'s too) swings by up to 2.7x between runs;
+``--malloc default`` measures that setting.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from dataclasses import dataclass
 import torch
 
 import carousel
+from carousel._malloc import keep_freed_memory
 
 SHAPES = [  # (B, T, I, H)
     (32, 100, 64, 128),
@@ -191,6 +199,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights and inputs")
     parser.add_argument(
+        "--malloc",
+        choices=("keep", "default"),
+        default="keep",
+        help="keep (default): glibc keeps freed memory for the next step, as `carousel train` "
+        "sets it (carousel._malloc.keep_freed_memory), for every row alike; default: glibc's "
+        "own thresholds, under which every path's time swings with the allocator's history "
+        "(page faults: torch.nn.LSTM took 71-191 ms at the second shape)",
+    )
+    parser.add_argument(
         "--timer",
         choices=("wall", "cpu"),
         default="wall",
@@ -199,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         "their spin-waits)",
     )
     args = parser.parse_args(argv)
+    kept = args.malloc == "keep" and keep_freed_memory()
     # torch.nn.LSTM(proj_size=...) warns on CPU that oneDNN cannot run it; that is the point
     warnings.filterwarnings("ignore", message="LSTM with projections is not supported")
     if hasattr(sys.stdout, "reconfigure"):
@@ -220,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         "command: python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
     )
     print("machine: " + machine(device))
+    print(f"allocator: {'glibc keeps freed memory' if kept else 'glibc defaults'}")
     clock = time.perf_counter if args.timer == "wall" else time.process_time
     print(
         f"float32, forward + backward of output.sum(), median of {rounds} interleaved rounds, "
