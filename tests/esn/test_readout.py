@@ -90,6 +90,28 @@ def test_rls_converges_online():
     assert late < 0.05 < early
 
 
+def test_nan_and_inf_are_refused_before_the_sums_change():
+    r = RidgeReadout(4, 2)
+    x, y = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)
+    r.accumulate(x, y)
+    before = [t.clone() for t in (r.xx, r.xy, r.x_sum, r.y_sum, r.count)]
+    bad_x = x.clone()
+    bad_x[2, 1] = float("nan")
+    both_infs = x.clone()
+    both_infs[0, 3], both_infs[4, 3] = float("inf"), float("-inf")  # a column sum of NaN
+    bad_y = y.clone()
+    bad_y[5, 0] = float("-inf")
+    for fx, fy in ((bad_x, y), (both_infs, y), (x, bad_y)):
+        with pytest.raises(ValueError, match="NaN or inf"):
+            r.accumulate(fx, fy)
+    for t, b in zip((r.xx, r.xy, r.x_sum, r.y_sum, r.count), before):
+        assert torch.equal(t, b)
+    # finite values whose column sum overflows are data, not NaN: accepted as before
+    huge = torch.full((2, 4), 1e308, dtype=torch.float64)
+    r.accumulate(huge, torch.zeros(2, 2, dtype=torch.float64))
+    assert torch.isinf(r.x_sum).all()
+
+
 def test_errors():
     r = RidgeReadout(4, 2)
     with pytest.raises(ValueError, match="no data accumulated"):

@@ -172,12 +172,18 @@ class RidgeReadout(nn.Module):
             )
         x = features.to(self.accumulate_dtype)
         y = targets.to(self.accumulate_dtype)
-        if not bool(torch.isfinite(x).all()) or not bool(torch.isfinite(y).all()):
+        # a column's sum is NaN or inf where the column holds one: the sums the readout needs
+        # anyway test every element, without a pass of their own (the exact test runs only
+        # when a sum is not finite, which finite values can also cause by overflowing)
+        x_sum, y_sum = x.sum(0), y.sum(0)
+        if not (bool(torch.isfinite(x_sum).all()) and bool(torch.isfinite(y_sum).all())) and not (
+            bool(torch.isfinite(x).all()) and bool(torch.isfinite(y).all())
+        ):
             raise ValueError("RidgeReadout: features or targets contain NaN or inf")
         _add_gram_(self.xx, x)
         self.xy.addmm_(x.T, y)
-        self.x_sum.add_(x.sum(0))
-        self.y_sum.add_(y.sum(0))
+        self.x_sum.add_(x_sum)
+        self.y_sum.add_(y_sum)
         self.count.add_(x.shape[0])
 
     def all_reduce(self, group=None) -> None:
