@@ -220,9 +220,9 @@ class RidgeReadout(nn.Module):
         x_mean = self.x_sum / n
         y_mean = self.y_sum / n
         _mirror_gram_(self.xx)
-        a = self.xx - n * torch.outer(x_mean, x_mean)  # (F, F) centred
+        a = torch.addr(self.xx, x_mean, x_mean, alpha=-n)  # (F, F) centred, no outer temporary
         a.diagonal().add_(lam)
-        rhs = self.xy - n * torch.outer(x_mean, y_mean)  # (F, O)
+        rhs = torch.addr(self.xy, x_mean, y_mean, alpha=-n)  # (F, O)
         factor, info = torch.linalg.cholesky_ex(a)
         if int(info) == 0:
             del a
