@@ -566,3 +566,34 @@ def test_benchmark_quick_runs():
     assert "| LSTM FGR bptt |" in res.stdout
     assert "| torch.nn.GRU |" in res.stdout
     assert "machine:" in res.stdout
+
+
+def test_gc_paused_restores_the_collector():
+    import gc
+
+    from carousel.bptt._common import gc_paused
+
+    seen = []
+
+    @gc_paused
+    def probe(fail=False):
+        seen.append(gc.isenabled())
+        if fail:
+            raise RuntimeError("boom")
+        return 7
+
+    assert gc.isenabled()
+    assert probe() == 7 and seen == [False] and gc.isenabled()
+    with pytest.raises(RuntimeError, match="boom"):
+        probe(fail=True)
+    assert gc.isenabled()
+    gc.disable()  # a caller that switched it off keeps it off
+    try:
+        probe()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    # the BPTT passes run paused and give the collector back
+    lstm = carousel.LSTM(3, 4, impl="bptt")
+    lstm(torch.randn(5, 2, 3))[0].sum().backward()
+    assert gc.isenabled()

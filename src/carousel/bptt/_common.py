@@ -13,10 +13,17 @@ Conventions used in :mod:`carousel.bptt.rnn`, :mod:`~carousel.bptt.gru` and
   sequence's end, ``s_t = m_t s'_t + (1 - m_t) s_{t-1}`` where ``s'_t`` is the cell's new
   state. The backward pass folds ``m_t`` into the bulk-precomputed local derivatives, so the
   gradient reaching the cell's step is zero where ``m_t = 0`` and the state's gradient passes
-  through to ``s_{t-1}`` unchanged there.
+  through to ``s_{t-1}`` unchanged there;
+- the forward and backward passes run with Python's cyclic garbage collector paused
+  (:func:`gc_paused`).
 """
 
 from __future__ import annotations
+
+import functools
+import gc
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -26,12 +33,41 @@ from carousel.bptt import _products as products
 __all__ = [
     "MaskViews",
     "bias_grads",
+    "gc_paused",
     "grad_with_prev",
     "masks",
     "prev_states",
     "sigmoid_tanh",
     "sum_rows",
 ]
+
+
+_F = TypeVar("_F", bound=Callable)
+
+
+def gc_paused(fn: _F) -> _F:
+    """Run ``fn`` with Python's cyclic garbage collector paused (unless it is already off).
+
+    The per-step views of the time loops are some thousand tensor objects alive at once, and
+    CPython counts live tracked objects to decide when to collect: a forward or backward pass
+    set off several collections, among them full ones over every object of the process (torch's
+    included), about 5 ms of a 17 ms backward pass at (B=32, T=100, I=64, H=128). Nothing the
+    passes create forms a reference cycle, so pausing loses nothing; the views are freed when
+    the pass returns, which brings the count back down. The collector is switched back on
+    even if ``fn`` raises.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if not gc.isenabled():
+            return fn(*args, **kwargs)
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            gc.enable()
+
+    return wrapper  # type: ignore[return-value]
 
 
 class MaskViews:

@@ -41,6 +41,7 @@ from torch.autograd.function import once_differentiable
 from carousel.bptt import _products as products
 from carousel.bptt._common import (
     bias_grads,
+    gc_paused,
     grad_with_prev,
     masks,
     scale_rows,
@@ -60,6 +61,7 @@ class GRUFunction(torch.autograd.Function):
     """
 
     @staticmethod
+    @gc_paused
     def forward(
         ctx,
         x: Tensor,
@@ -150,6 +152,7 @@ class GRUFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @gc_paused
     def backward(ctx, grad_hs: Tensor | None, _grad_gates: Tensor | None):
         x2, h0, mask, weight_ih, weight_hh, hs, gates, saved = ctx.saved_tensors
         if grad_hs is None:

@@ -67,6 +67,7 @@ from torch.autograd.function import once_differentiable
 from carousel.bptt import _products as products
 from carousel.bptt._common import (
     bias_grads,
+    gc_paused,
     grad_with_prev,
     masks,
     prev_states,
@@ -181,6 +182,7 @@ class LSTMFunction(torch.autograd.Function):
     """
 
     @staticmethod
+    @gc_paused
     def forward(
         ctx,
         spec: LSTMSpec,
@@ -390,6 +392,7 @@ class LSTMFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @gc_paused
     def backward(ctx, *grads):
         spec: LSTMSpec = ctx.spec
         v = spec.variant

@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from carousel.bptt import _products as products
-from carousel.bptt._common import bias_grads, grad_with_prev, masks, sigmoid_tanh
+from carousel.bptt._common import bias_grads, gc_paused, grad_with_prev, masks, sigmoid_tanh
 
 __all__ = ["RNNFunction"]
 
@@ -42,6 +42,7 @@ class RNNFunction(torch.autograd.Function):
     """
 
     @staticmethod
+    @gc_paused
     def forward(
         ctx,
         x: Tensor,
@@ -106,6 +107,7 @@ class RNNFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @gc_paused
     def backward(ctx, grad_hs: Tensor | None):
         x2, h0, mask, weight_ih, weight_hh, hs = ctx.saved_tensors
         T, B, H = hs.shape
