@@ -104,29 +104,32 @@ def test_compiled_csr_column_indices_of_every_width(units):
         torch.testing.assert_close(out[t], h, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("units", [82, 70_000])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_compiled_csr_rows_of_every_length(dtype):
-    # rows of 0..40 nonzeros: the float64 row (AVX-512: blocks of 16 and 8, then single
-    # products) and the float32 gathers at every remainder
+def test_compiled_csr_rows_of_every_length(dtype, units):
+    # rows of 0..40 nonzeros in the first 82 rows (the rest empty): the AVX-512 rows' blocks of
+    # 16 and 8 and the single products after them at every remainder, with 16-bit column
+    # indices (82 units; taken 4 from one 64-bit load) and 32-bit ones (70,000 units)
     needs_compiler("compiled")
-    units = 82
     g = torch.Generator().manual_seed(5)
-    counts = torch.arange(units) % 41
-    cols = torch.cat([torch.randperm(units, generator=g)[:n].sort().values for n in counts])
+    counts = torch.zeros(units, dtype=torch.int64)
+    counts[:82] = torch.arange(82) % 41
+    cols = torch.cat([torch.randperm(units, generator=g)[:n].sort().values for n in counts[:82]])
     vals = torch.randn(len(cols), generator=g, dtype=dtype) * 0.3
     crow = torch.cat([torch.zeros(1, dtype=torch.int64), counts.cumsum(0)]).to(torch.int32)
+    rows = torch.repeat_interleave(torch.arange(units), counts)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # sparse CSR is "beta"
         W = torch.sparse_csr_tensor(crow, cols.to(torch.int32), vals, (units, units))
     drive = torch.randn(5, units, generator=g, dtype=dtype)
     h = torch.randn(units, generator=g, dtype=dtype)
-    dense = W.to_dense()
     tol = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {}
     for threads in (1, 2):
         out = _kernel.recur(W, drive, h, 0.3, threads=threads)
         ref = h
         for t in range(5):
-            ref = 0.7 * ref + 0.3 * torch.tanh(drive[t] + dense @ ref)
+            wh = torch.zeros(units, dtype=dtype).index_add_(0, rows, vals * ref[cols])
+            ref = 0.7 * ref + 0.3 * torch.tanh(drive[t] + wh)
             torch.testing.assert_close(out[t], ref, **tol)
 
 
