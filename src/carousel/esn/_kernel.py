@@ -173,47 +173,41 @@ static inline __m512d h8_f64(const double* h, const uint32_t* j) {
 static inline __m256 h8_f32(const float* h, const uint32_t* j) {
     return _mm256_set_ps(h[j[7]], h[j[6]], h[j[5]], h[j[4]], h[j[3]], h[j[2]], h[j[1]], h[j[0]]);
 }
-static inline float hsum8(__m256 v) {
+static inline double sum2_f64(__m512d a, __m512d b) {
+    return _mm512_reduce_add_pd(_mm512_add_pd(a, b));
+}
+static inline float sum2_f32(__m256 a, __m256 b) {
+    __m256 v = _mm256_add_ps(a, b);
     __m128 u = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     u = _mm_add_ps(u, _mm_movehl_ps(u, u));
     return _mm_cvtss_f32(_mm_add_ss(u, _mm_movehdup_ps(u)));
 }
+/* One row for both precisions: VEC the vector of 8, ZERO/LOAD/FMA its intrinsics, H8 the
+   packed entries of h, SUM2 the sum of two accumulators. */
+#define CSR_ROW_AVX512(VEC, ZERO, LOAD, FMA, H8, SUM2)                                    \
+    int32_t k = crow[i];                                                                  \
+    const int32_t end = crow[i + 1];                                                      \
+    VEC v0 = ZERO(), v1 = ZERO();                                                         \
+    uint32_t j0[8], j1[8];                                                                \
+    for (; k + 16 <= end; k += 16) {                                                      \
+        IDX8(col + k, j0);                                                                \
+        IDX8(col + k + 8, j1);                                                            \
+        v0 = FMA(LOAD(val + k), H8(h, j0), v0);                                           \
+        v1 = FMA(LOAD(val + k + 8), H8(h, j1), v1);                                       \
+    }                                                                                     \
+    if (k + 8 <= end) {                                                                   \
+        IDX8(col + k, j0);                                                                \
+        v0 = FMA(LOAD(val + k), H8(h, j0), v0);                                           \
+        k += 8;                                                                           \
+    }                                                                                     \
+    acc = SUM2(v0, v1);                                                                   \
+    for (; k < end; ++k) acc += val[k] * h[col[k]];
 #define CSR_ROW_F64                                                                       \
-    int32_t k = crow[i];                                                                  \
-    const int32_t end = crow[i + 1];                                                      \
-    __m512d v0 = _mm512_setzero_pd(), v1 = _mm512_setzero_pd();                           \
-    uint32_t j0[8], j1[8];                                                                \
-    for (; k + 16 <= end; k += 16) {                                                      \
-        IDX8(col + k, j0);                                                                \
-        IDX8(col + k + 8, j1);                                                            \
-        v0 = _mm512_fmadd_pd(_mm512_loadu_pd(val + k), h8_f64(h, j0), v0);                \
-        v1 = _mm512_fmadd_pd(_mm512_loadu_pd(val + k + 8), h8_f64(h, j1), v1);            \
-    }                                                                                     \
-    if (k + 8 <= end) {                                                                   \
-        IDX8(col + k, j0);                                                                \
-        v0 = _mm512_fmadd_pd(_mm512_loadu_pd(val + k), h8_f64(h, j0), v0);                \
-        k += 8;                                                                           \
-    }                                                                                     \
-    acc = _mm512_reduce_add_pd(_mm512_add_pd(v0, v1));                                    \
-    for (; k < end; ++k) acc += val[k] * h[col[k]];
+    CSR_ROW_AVX512(__m512d, _mm512_setzero_pd, _mm512_loadu_pd, _mm512_fmadd_pd, h8_f64,  \
+                   sum2_f64)
 #define CSR_ROW_F32                                                                       \
-    int32_t k = crow[i];                                                                  \
-    const int32_t end = crow[i + 1];                                                      \
-    __m256 v0 = _mm256_setzero_ps(), v1 = _mm256_setzero_ps();                            \
-    uint32_t j0[8], j1[8];                                                                \
-    for (; k + 16 <= end; k += 16) {                                                      \
-        IDX8(col + k, j0);                                                                \
-        IDX8(col + k + 8, j1);                                                            \
-        v0 = _mm256_fmadd_ps(_mm256_loadu_ps(val + k), h8_f32(h, j0), v0);                \
-        v1 = _mm256_fmadd_ps(_mm256_loadu_ps(val + k + 8), h8_f32(h, j1), v1);            \
-    }                                                                                     \
-    if (k + 8 <= end) {                                                                   \
-        IDX8(col + k, j0);                                                                \
-        v0 = _mm256_fmadd_ps(_mm256_loadu_ps(val + k), h8_f32(h, j0), v0);                \
-        k += 8;                                                                           \
-    }                                                                                     \
-    acc = hsum8(_mm256_add_ps(v0, v1));                                                   \
-    for (; k < end; ++k) acc += val[k] * h[col[k]];
+    CSR_ROW_AVX512(__m256, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_fmadd_ps, h8_f32,   \
+                   sum2_f32)
 #else
 #define CSR_ROW_F32                                                                       \
     const int32_t end = crow[i + 1];                                                      \
