@@ -294,7 +294,7 @@ class LSTMFunction(torch.autograd.Function):
         update = spec.cell_update()
         o_late = has_o and peephole
         # per-step products, each on the faster library for its size (see _products)
-        hh_acc = products.acc_fn(fw_hh, B)
+        hh_acc = products.acc_fn(fw_hh, B) if not ln else None
         hh_into = products.into_fn(fw_hh, B) if ln else None
         gg_acc = products.acc_fn(w_gg, B) if fgr else None
         hr_into = products.into_fn(weight_hr, B) if proj else None
