@@ -23,17 +23,17 @@ from pathlib import Path
 
 import torch
 
+from carousel.bptt._products import _dnn
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from layers import machine
 
 SHAPES = [(32, 100, 64, 128), (32, 100, 128, 512), (8, 200, 16, 32)]
 
 
-def _dnn(x, w):
-    return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
-
-
 def _packed(w, rows):
+    """The packed weight itself (no fallback to the plain one, unlike ``_products._packed``:
+    the column must time what it says)."""
     return torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), rows)
 
 

@@ -137,8 +137,8 @@ void NAME(int64_t T, int64_t H, MATRIX, const REAL* drive, const REAL* h0, doubl
    thread, 1000 and 5000 units, 10% connectivity), the fastest forms were: float32, gathers
    of 8 lanes (0.023 / 0.59 ms a step, against 0.025 / 0.62 with 4 lanes and 32-bit
    indices); float64, four scalar chains (0.029 ms at 1000 units, against 0.037 for 4-lane
-   gathers; 1.41 against 1.35 ms at 5000 units, where the matrix streams from memory), since
-   2026-12-05 replaced where AVX-512 is there (below). */
+   gathers; 1.41 against 1.35 ms at 5000 units, where the matrix streams from memory). Since
+   2026-12-05 both are replaced where the compiler targets AVX-512 (below). */
 #define CSR_MATRIX(REAL) const int32_t* crow, const int32_t* col, const REAL* val
 #define CSR16_MATRIX(REAL) const int32_t* crow, const uint16_t* col, const REAL* val
 #ifdef __AVX512F__
