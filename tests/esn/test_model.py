@@ -37,6 +37,29 @@ def test_ridge_fit_equals_lstsq_on_explicit_states():
     torch.testing.assert_close(out, torch.cat([states, u], -1) @ w.T + esn.readout.bias)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_chunked_fit_with_inputs_to_the_readout_equals_explicit_states(dtype):
+    """One sequence (the compiled loop where it builds), whose states go straight into the
+    features buffer beside the inputs, in chunks of 64 steps (the last one short); float32
+    features are summed in float64 through a buffer of their own."""
+    u = torch.randn(300, 1, 2, dtype=torch.float64)
+    y = torch.randn(300, 1, 1, dtype=torch.float64)
+    esn = EchoStateNetwork(
+        80, ridge=1e-3, input_to_readout=True, seed=2, chunk_size=64, dtype=dtype
+    )
+    esn.fit(u.to(dtype), y.to(dtype), washout=70)
+    states, last = esn.reservoir(u.to(dtype))
+    x = torch.cat([states, u.to(dtype)], -1)[70:].reshape(-1, 82).double()
+    t = y[70:].reshape(-1, 1).to(dtype).double()
+    xc, tc = x - x.mean(0), t - t.mean(0)
+    a = torch.cat([xc, 1e-3**0.5 * torch.eye(82, dtype=torch.float64)])
+    b = torch.cat([tc, torch.zeros(82, 1, dtype=torch.float64)])
+    w = torch.linalg.lstsq(a, b).solution.T
+    tol = {"rtol": 1e-7, "atol": 1e-9} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-5}
+    torch.testing.assert_close(esn.readout.weight.double(), w, **tol)
+    torch.testing.assert_close(esn.last_state.h, last, rtol=0, atol=0)
+
+
 def test_streaming_equals_one_shot_fit():
     u = sine(400, B=2)
     y = torch.roll(u, -1, 0)

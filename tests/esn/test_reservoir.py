@@ -47,6 +47,42 @@ def test_matches_naive_loop(sparse, leak_rate, batch, impl):
     torch.testing.assert_close(last, ref[-1])
 
 
+@pytest.mark.parametrize("impl", ["torch", "compiled"])
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_drive_and_recur_write_into_given_buffers(impl, sparse, batch):
+    """``out=``: the drive into a contiguous buffer, the states into the first H columns of a
+    wider one (how the ridge fit lays its features out), the other columns untouched."""
+    needs_compiler(impl)
+    res = Reservoir(2, 40, leak_rate=0.3, bias_scaling=0.5, sparse=sparse, impl=impl, seed=1)
+    u = torch.randn(25, batch, 2, dtype=torch.float64)
+    h0 = torch.randn(batch, 40, dtype=torch.float64) * 0.1
+    drive = torch.full((25, batch, 40), float("nan"), dtype=torch.float64)
+    assert res.drive(u, out=drive) is drive
+    torch.testing.assert_close(drive, res.drive(u), rtol=0, atol=0)
+    wide = torch.full((25, batch, 43), 7.0, dtype=torch.float64)
+    states = res.recur(drive, h0, out=wide[..., :40])
+    assert states.data_ptr() == wide.data_ptr()
+    torch.testing.assert_close(wide[..., :40], naive(res, u, h0), rtol=1e-12, atol=1e-12)
+    assert bool((wide[..., 40:] == 7.0).all())
+
+
+def test_drive_and_recur_out_errors():
+    res = Reservoir(2, 10)
+    u = torch.randn(5, 1, 2, dtype=torch.float64)
+    drive, h0 = res.drive(u), torch.zeros(1, 10, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"expected out of shape \(5, 1, 10\), got \(5, 1, 9\)"):
+        res.recur(drive, h0, out=torch.empty(5, 1, 9, dtype=torch.float64))
+    with pytest.raises(TypeError, match=r"out is torch.float32 on cpu but the reservoir is"):
+        res.recur(drive, h0, out=torch.empty(5, 1, 10))
+    with pytest.raises(ValueError, match=r"out must be contiguous in its last dimension"):
+        res.recur(drive, h0, out=torch.empty(5, 1, 20, dtype=torch.float64)[..., ::2])
+    with pytest.raises(ValueError, match=r"out must be contiguous, got strides"):
+        res.drive(u, out=torch.empty(5, 1, 20, dtype=torch.float64)[..., :10])
+    with pytest.raises(TypeError, match=r"out must be a torch.Tensor, got list"):
+        res.drive(u, out=[])
+
+
 @pytest.mark.parametrize("sparse", [False, True])
 def test_compiled_float32_matches_torch(sparse):
     needs_compiler("compiled")
@@ -61,7 +97,7 @@ def test_auto_takes_the_compiled_loop_for_one_sequence(monkeypatch):
     needs_compiler("compiled")
     calls = []
     real = _kernel.recur
-    monkeypatch.setattr(_kernel, "recur", lambda *a: calls.append(a[-1]) or real(*a))
+    monkeypatch.setattr(_kernel, "recur", lambda *a: calls.append(a[4]) or real(*a))  # threads
     u = torch.randn(30, 1, dtype=torch.float64)
     Reservoir(1, 50, seed=0)(u)  # one sequence: compiled, one thread (a small step)
     Reservoir(1, 600, seed=0, connectivity=0.1)(u)  # 36,000 nonzeros: torch's thread count

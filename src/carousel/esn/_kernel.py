@@ -91,10 +91,12 @@ static void share(int64_t H, const int32_t* crow, int me, int n, int64_t* lo, in
 
 /* The whole loop: one step's row products into s, then s = (1 - a) h + a tanh(drive + s)
    over the same rows (vectorised tanh where libmvec is there), then a barrier. With
-   nthreads > 1 one parallel region spans all steps, each thread owning a block of rows. */
+   nthreads > 1 one parallel region spans all steps, each thread owning a block of rows. The
+   state of step t is row t of out, at out + t * ldo: a caller's wider buffer (the readout's
+   features) takes the states in place. */
 #define LOOP(NAME, REAL, TANH, MATRIX, ROWDOT, CROW)                                       \
 void NAME(int64_t T, int64_t H, MATRIX, const REAL* drive, const REAL* h0, double leak,    \
-          REAL* out, int nthreads) {                                                      \
+          REAL* out, int64_t ldo, int nthreads) {                                         \
     const REAL a = (REAL)leak, b = (REAL)(1.0 - leak);                                    \
     _Pragma("omp parallel num_threads(nthreads) if (nthreads > 1)")                       \
     {                                                                                     \
@@ -105,7 +107,7 @@ void NAME(int64_t T, int64_t H, MATRIX, const REAL* drive, const REAL* h0, doubl
         const REAL* h = h0;                                                               \
         for (int64_t t = 0; t < T; ++t) {                                                 \
             const REAL* d = drive + t * H;                                                \
-            REAL* s = out + t * H;                                                        \
+            REAL* s = out + t * ldo;                                                      \
             for (int64_t i = lo; i < hi; ++i) {                                           \
                 REAL acc = 0;                                                             \
                 ROWDOT                                                                    \
@@ -435,10 +437,10 @@ def _build(compiler: str) -> ctypes.CDLL | None:
         return None
     i64, dbl, ptr, i32 = ctypes.c_int64, ctypes.c_double, ctypes.c_void_p, ctypes.c_int
     for name in ("esn_dense_f64", "esn_dense_f32"):
-        getattr(lib, name).argtypes = [i64, i64, ptr, ptr, ptr, dbl, ptr, i32]
+        getattr(lib, name).argtypes = [i64, i64, ptr, ptr, ptr, dbl, ptr, i64, i32]
         getattr(lib, name).restype = None
     for name in ("esn_csr_f64", "esn_csr_f32", "esn_csr16_f64", "esn_csr16_f32"):
-        getattr(lib, name).argtypes = [i64, i64, ptr, ptr, ptr, ptr, ptr, dbl, ptr, i32]
+        getattr(lib, name).argtypes = [i64, i64, ptr, ptr, ptr, ptr, ptr, dbl, ptr, i64, i32]
         getattr(lib, name).restype = None
     lib.esn_gram_avx512.argtypes = []
     lib.esn_gram_avx512.restype = i32
@@ -458,21 +460,43 @@ def _mostly_zero(weight: Tensor, threshold: float = 0.3) -> bool:
 
 
 def recur(
-    weight: Tensor, drive: Tensor, state: Tensor, leak_rate: float, threads: int = 1
+    weight: Tensor,
+    drive: Tensor,
+    state: Tensor,
+    leak_rate: float,
+    threads: int = 1,
+    out: Tensor | None = None,
 ) -> Tensor | None:
     """The whole recurrence for one sequence: ``drive (T, H)``, ``state (H,)`` -> states
     ``(T, H)``; ``None`` if the library is unavailable.
 
     ``threads > 1`` splits the rows of every step between that many OpenMP threads (equal
     shares of the nonzeros) that meet at a barrier after each step, where the library was
-    built with OpenMP; the results do not depend on the number of threads."""
+    built with OpenMP; the results do not depend on the number of threads.
+
+    ``out``: where to write the states, ``(T, H)`` with contiguous rows at any row stride
+    (e.g. the first ``H`` columns of a wider buffer); a fresh tensor if ``None``."""
     lib = load()
     if lib is None or not available(weight):
         return None
     drive = drive.contiguous()
     state = state.contiguous()
-    out = torch.empty_like(drive)
     T, H = drive.shape
+    if out is None:
+        out = torch.empty_like(drive)
+    elif (
+        out.shape != drive.shape
+        or out.dtype != drive.dtype
+        or out.device != drive.device
+        or (H > 1 and out.stride(1) != 1)
+        or (T > 1 and out.stride(0) < H)
+    ):
+        raise ValueError(
+            f"carousel.esn._kernel.recur: expected out of shape {tuple(drive.shape)}, "
+            f"{drive.dtype} on {drive.device}, with contiguous rows, got shape "
+            f"{tuple(out.shape)}, {out.dtype} on {out.device}, strides {out.stride()}"
+        )
+    ldo = out.stride(0) if T > 1 else H
     suffix = "f64" if weight.dtype == torch.float64 else "f32"
     if weight.layout == torch.strided and _mostly_zero(weight):
         # a dense matrix that is mostly zeros (the reservoir's connectivity, e.g. 10%): the
@@ -497,6 +521,7 @@ def recur(
             state.data_ptr(),
             float(leak_rate),
             out.data_ptr(),
+            ldo,
             int(threads),
         )
     else:
@@ -509,6 +534,7 @@ def recur(
             state.data_ptr(),
             float(leak_rate),
             out.data_ptr(),
+            ldo,
             int(threads),
         )
     return out

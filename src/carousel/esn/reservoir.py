@@ -236,17 +236,23 @@ class Reservoir(nn.Module):
         steps: int | None = None,
         batch_size: int = 1,
         noise_generator: torch.Generator | None = None,
+        out: Tensor | None = None,
     ) -> Tensor:
         r"""The part of the pre-activation that does not depend on the state, for all steps:
         :math:`W_{in} u_t + W_{fb} y_{t-1} + b + \nu_t`, shape ``(T, B, H)`` (batched inputs
-        only)."""
+        only), written into ``out`` (a contiguous ``(T, B, H)`` tensor of the reservoir's dtype
+        and device) where given."""
         T = steps if inputs is None else inputs.shape[0]
         B = batch_size if inputs is None else inputs.shape[1]
         if T is None and feedback is not None:
             T, B = feedback.shape[0], feedback.shape[1]
         if T is None:
             raise ValueError("Reservoir: give inputs, feedback or steps")
-        out = self.bias.expand(T, B, self.units).clone()
+        if out is None:
+            out = self.bias.expand(T, B, self.units).clone()
+        else:
+            self._check_out("out", out, (T, B, self.units), contiguous=True)
+            out.copy_(self.bias.expand(T, B, self.units))
         if self.input_size:
             out.view(T * B, -1).addmm_(inputs.reshape(T * B, -1), self.weight_ih.T)
         if feedback is not None and self.feedback_size:
@@ -262,18 +268,43 @@ class Reservoir(nn.Module):
         nnz = W.values().numel() if W.layout == torch.sparse_csr else W.numel()
         return nnz * batch_size
 
-    def recur(self, drive: Tensor, state: Tensor) -> Tensor:
+    def recur(self, drive: Tensor, state: Tensor, out: Tensor | None = None) -> Tensor:
         """Run the recurrence on a precomputed drive ``(T, B, H)`` from ``state`` ``(B, H)``;
-        returns all states ``(T, B, H)``. Small steps run on one thread
-        (:func:`carousel.esn.matrices.small_step_threads`); the compiled loop splits steps of
-        at least :data:`COMPILED_THREADS_MIN_WORK` multiply-adds between torch's threads."""
+        returns all states ``(T, B, H)``, in ``out`` where given: a ``(T, B, H)`` tensor of the
+        reservoir's dtype and device whose last dimension is contiguous (so it can be the first
+        ``H`` columns of a wider buffer, such as the readout's features). Small steps run on one
+        thread (:func:`carousel.esn.matrices.small_step_threads`); the compiled loop splits
+        steps of at least :data:`COMPILED_THREADS_MIN_WORK` multiply-adds between torch's
+        threads."""
+        if out is not None:
+            self._check_out("out", out, tuple(drive.shape), contiguous=False)
         threads = torch.get_num_threads()
         if self.step_work() < COMPILED_THREADS_MIN_WORK:
             threads = 1
         with small_step_threads(self.step_work(drive.shape[1])):
-            return self._recur(drive, state, threads)
+            return self._recur(drive, state, threads, out)
 
-    def _recur(self, drive: Tensor, state: Tensor, threads: int = 1) -> Tensor:
+    def _check_out(self, name: str, out: object, shape: tuple, contiguous: bool) -> None:
+        if not isinstance(out, Tensor):
+            raise TypeError(f"Reservoir: {name} must be a torch.Tensor, got {type(out).__name__}")
+        if tuple(out.shape) != tuple(shape):
+            raise ValueError(
+                f"Reservoir: expected {name} of shape {shape_str(list(shape))}, got "
+                f"{shape_str(tuple(out.shape))}"
+            )
+        if out.dtype != self.dtype or out.device != self.device:
+            raise TypeError(
+                f"Reservoir: {name} is {out.dtype} on {out.device} but the reservoir is "
+                f"{self.dtype} on {self.device}"
+            )
+        ok = out.is_contiguous() if contiguous else (out.shape[-1] <= 1 or out.stride(-1) == 1)
+        if not ok:
+            want = "contiguous" if contiguous else "contiguous in its last dimension"
+            raise ValueError(f"Reservoir: {name} must be {want}, got strides {tuple(out.stride())}")
+
+    def _recur(
+        self, drive: Tensor, state: Tensor, threads: int = 1, out: Tensor | None = None
+    ) -> Tensor:
         W, a = self.weight_hh, self.leak_rate
         T, B = drive.shape[0], drive.shape[1]
         compiled = (
@@ -285,10 +316,13 @@ class Reservoir(nn.Module):
             )
         )
         if compiled:
-            runs = [_kernel.recur(W, drive[:, b], state[b], a, threads) for b in range(B)]
+            outs = [None] * B if out is None else out.unbind(1)
+            runs = [_kernel.recur(W, drive[:, b], state[b], a, threads, outs[b]) for b in range(B)]
             if all(r is not None for r in runs):
+                if out is not None:
+                    return out
                 return runs[0].unsqueeze(1) if B == 1 else torch.stack(runs, 1)
-        states = torch.empty_like(drive)
+        states = torch.empty_like(drive) if out is None else out
         if T == 0:
             return states
         if B == 1:  # matrix-vector products: the fastest path for one sequence
