@@ -50,21 +50,27 @@ def test_matches_naive_loop(sparse, leak_rate, batch, impl):
 @pytest.mark.parametrize("impl", ["torch", "compiled"])
 @pytest.mark.parametrize("sparse", [False, True])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_drive_and_recur_write_into_given_buffers(impl, sparse, batch):
-    """``out=``: the drive into a contiguous buffer, the states into the first H columns of a
-    wider one (how the ridge fit lays its features out), the other columns untouched."""
+@pytest.mark.parametrize("in_place", [False, True])
+def test_drive_and_recur_write_into_given_buffers(impl, sparse, batch, in_place):
+    """``out=``: the drive and the states into the first H columns of a wider buffer (how the
+    ridge fit lays its features out), the other columns untouched; the states over the drive
+    itself (in place) or into a second such buffer."""
     needs_compiler(impl)
     res = Reservoir(2, 40, leak_rate=0.3, bias_scaling=0.5, sparse=sparse, impl=impl, seed=1)
     u = torch.randn(25, batch, 2, dtype=torch.float64)
     h0 = torch.randn(batch, 40, dtype=torch.float64) * 0.1
-    drive = torch.full((25, batch, 40), float("nan"), dtype=torch.float64)
-    assert res.drive(u, out=drive) is drive
-    torch.testing.assert_close(drive, res.drive(u), rtol=0, atol=0)
     wide = torch.full((25, batch, 43), 7.0, dtype=torch.float64)
-    states = res.recur(drive, h0, out=wide[..., :40])
-    assert states.data_ptr() == wide.data_ptr()
-    torch.testing.assert_close(wide[..., :40], naive(res, u, h0), rtol=1e-12, atol=1e-12)
-    assert bool((wide[..., 40:] == 7.0).all())
+    drive = res.drive(u, out=wide[..., :40])
+    assert drive.data_ptr() == wide.data_ptr()
+    torch.testing.assert_close(drive, res.drive(u), rtol=0, atol=0)
+    other = torch.full((25, batch, 41), 5.0, dtype=torch.float64)
+    out = drive if in_place else other[..., 1:]
+    states = res.recur(drive, h0, out=out)
+    assert states.data_ptr() == out.data_ptr()
+    torch.testing.assert_close(states, naive(res, u, h0), rtol=1e-12, atol=1e-12)
+    assert bool((wide[..., 40:] == 7.0).all()) and bool((other[..., :1] == 5.0).all())
+    if not in_place:
+        torch.testing.assert_close(drive, res.drive(u), rtol=0, atol=0)  # left as it was
 
 
 def test_drive_and_recur_out_errors():
@@ -75,10 +81,11 @@ def test_drive_and_recur_out_errors():
         res.recur(drive, h0, out=torch.empty(5, 1, 9, dtype=torch.float64))
     with pytest.raises(TypeError, match=r"out is torch.float32 on cpu but the reservoir is"):
         res.recur(drive, h0, out=torch.empty(5, 1, 10))
-    with pytest.raises(ValueError, match=r"out must be contiguous in its last dimension"):
+    with pytest.raises(ValueError, match=r"out must have contiguous, evenly spaced rows of 10"):
         res.recur(drive, h0, out=torch.empty(5, 1, 20, dtype=torch.float64)[..., ::2])
-    with pytest.raises(ValueError, match=r"out must be contiguous, got strides"):
-        res.drive(u, out=torch.empty(5, 1, 20, dtype=torch.float64)[..., :10])
+    with pytest.raises(ValueError, match=r"a view of shape \(15, 10\)\), got strides"):
+        batch_major = torch.empty(3, 5, 10, dtype=torch.float64).transpose(0, 1)
+        res.drive(torch.randn(5, 3, 2, dtype=torch.float64), out=batch_major)
     with pytest.raises(TypeError, match=r"out must be a torch.Tensor, got list"):
         res.drive(u, out=[])
 

@@ -89,14 +89,15 @@ static void share(int64_t H, const int32_t* crow, int me, int n, int64_t* lo, in
     *hi = bound[1];
 }
 
-/* The whole loop: one step's row products into s, then s = (1 - a) h + a tanh(drive + s)
-   over the same rows (vectorised tanh where libmvec is there), then a barrier. With
-   nthreads > 1 one parallel region spans all steps, each thread owning a block of rows. The
-   state of step t is row t of out, at out + t * ldo: a caller's wider buffer (the readout's
-   features) takes the states in place. */
+/* The whole loop: one step's row products plus the drive into s, then s = (1 - a) h +
+   a tanh(s) over the same rows (vectorised tanh where libmvec is there), then a barrier. With
+   nthreads > 1 one parallel region spans all steps, each thread owning a block of rows. Row t
+   of the drive is at drive + t * ldd and the state of step t at out + t * ldo: the states can
+   go to the first H columns of a wider buffer (the readout's features), and out may be the
+   drive itself (each entry of the drive is read before its row is written). */
 #define LOOP(NAME, REAL, TANH, MATRIX, ROWDOT, CROW)                                       \
-void NAME(int64_t T, int64_t H, MATRIX, const REAL* drive, const REAL* h0, double leak,    \
-          REAL* out, int64_t ldo, int nthreads) {                                         \
+void NAME(int64_t T, int64_t H, MATRIX, const REAL* drive, int64_t ldd, const REAL* h0,   \
+          double leak, REAL* out, int64_t ldo, int nthreads) {                            \
     const REAL a = (REAL)leak, b = (REAL)(1.0 - leak);                                    \
     _Pragma("omp parallel num_threads(nthreads) if (nthreads > 1)")                       \
     {                                                                                     \
@@ -106,15 +107,15 @@ void NAME(int64_t T, int64_t H, MATRIX, const REAL* drive, const REAL* h0, doubl
         share(H, CROW, me, n, &lo, &hi);                                                  \
         const REAL* h = h0;                                                               \
         for (int64_t t = 0; t < T; ++t) {                                                 \
-            const REAL* d = drive + t * H;                                                \
+            const REAL* d = drive + t * ldd;                                              \
             REAL* s = out + t * ldo;                                                      \
             for (int64_t i = lo; i < hi; ++i) {                                           \
                 REAL acc = 0;                                                             \
                 ROWDOT                                                                    \
-                s[i] = acc;                                                               \
+                s[i] = d[i] + acc;                                                        \
             }                                                                             \
             _Pragma("omp simd")                                                           \
-            for (int64_t i = lo; i < hi; ++i) s[i] = b * h[i] + a * TANH(d[i] + s[i]);    \
+            for (int64_t i = lo; i < hi; ++i) s[i] = b * h[i] + a * TANH(s[i]);           \
             h = s;                                                                        \
             if (n > 1) {                                                                  \
                 _Pragma("omp barrier")                                                    \
@@ -437,10 +438,10 @@ def _build(compiler: str) -> ctypes.CDLL | None:
         return None
     i64, dbl, ptr, i32 = ctypes.c_int64, ctypes.c_double, ctypes.c_void_p, ctypes.c_int
     for name in ("esn_dense_f64", "esn_dense_f32"):
-        getattr(lib, name).argtypes = [i64, i64, ptr, ptr, ptr, dbl, ptr, i64, i32]
+        getattr(lib, name).argtypes = [i64, i64, ptr, ptr, i64, ptr, dbl, ptr, i64, i32]
         getattr(lib, name).restype = None
     for name in ("esn_csr_f64", "esn_csr_f32", "esn_csr16_f64", "esn_csr16_f32"):
-        getattr(lib, name).argtypes = [i64, i64, ptr, ptr, ptr, ptr, ptr, dbl, ptr, i64, i32]
+        getattr(lib, name).argtypes = [i64, i64, ptr, ptr, ptr, ptr, i64, ptr, dbl, ptr, i64, i32]
         getattr(lib, name).restype = None
     lib.esn_gram_avx512.argtypes = []
     lib.esn_gram_avx512.restype = i32
@@ -459,6 +460,17 @@ def _mostly_zero(weight: Tensor, threshold: float = 0.3) -> bool:
     return int(torch.count_nonzero(weight)) <= threshold * weight.numel()
 
 
+def _row_stride(x: Tensor) -> int | None:
+    """The row stride of a ``(T, H)`` tensor whose rows are contiguous and do not overlap;
+    ``None`` otherwise."""
+    T, H = x.shape
+    if H > 1 and x.stride(1) != 1:
+        return None
+    if T <= 1:
+        return H
+    return x.stride(0) if x.stride(0) >= H else None
+
+
 def recur(
     weight: Tensor,
     drive: Tensor,
@@ -474,29 +486,30 @@ def recur(
     shares of the nonzeros) that meet at a barrier after each step, where the library was
     built with OpenMP; the results do not depend on the number of threads.
 
-    ``out``: where to write the states, ``(T, H)`` with contiguous rows at any row stride
-    (e.g. the first ``H`` columns of a wider buffer); a fresh tensor if ``None``."""
+    ``drive`` and ``out`` (where to write the states; a fresh tensor if ``None``) may have
+    their rows at any stride (e.g. the first ``H`` columns of a wider buffer), and ``out`` may
+    be ``drive`` itself: each step reads its row of the drive before writing that row."""
     lib = load()
     if lib is None or not available(weight):
         return None
-    drive = drive.contiguous()
-    state = state.contiguous()
     T, H = drive.shape
+    if _row_stride(drive) is None:
+        drive = drive.contiguous()
+    state = state.contiguous()
     if out is None:
         out = torch.empty_like(drive)
     elif (
         out.shape != drive.shape
         or out.dtype != drive.dtype
         or out.device != drive.device
-        or (H > 1 and out.stride(1) != 1)
-        or (T > 1 and out.stride(0) < H)
+        or _row_stride(out) is None
     ):
         raise ValueError(
             f"carousel.esn._kernel.recur: expected out of shape {tuple(drive.shape)}, "
             f"{drive.dtype} on {drive.device}, with contiguous rows, got shape "
             f"{tuple(out.shape)}, {out.dtype} on {out.device}, strides {out.stride()}"
         )
-    ldo = out.stride(0) if T > 1 else H
+    ldd, ldo = _row_stride(drive), _row_stride(out)
     suffix = "f64" if weight.dtype == torch.float64 else "f32"
     if weight.layout == torch.strided and _mostly_zero(weight):
         # a dense matrix that is mostly zeros (the reservoir's connectivity, e.g. 10%): the
@@ -518,6 +531,7 @@ def recur(
             col.data_ptr(),
             vals.data_ptr(),
             drive.data_ptr(),
+            ldd,
             state.data_ptr(),
             float(leak_rate),
             out.data_ptr(),
@@ -531,6 +545,7 @@ def recur(
             H,
             w.data_ptr(),
             drive.data_ptr(),
+            ldd,
             state.data_ptr(),
             float(leak_rate),
             out.data_ptr(),

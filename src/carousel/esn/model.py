@@ -428,12 +428,11 @@ class EchoStateNetwork(nn.Module):
         T, B = y.shape[0], y.shape[1]
         h, y_prev = st
         fb_all = self._teacher_feedback(y, y_prev) if self.feedback else None
-        # buffers for one chunk, reused by every chunk: the reservoir writes its states
-        # straight into the first H columns of the features (no concatenation), and no chunk
-        # faults fresh pages in (16-24 MB a chunk at 1000 units, most of them new pages under
-        # glibc's default thresholds: 5-20% of a one-thread fit)
+        # one buffer for the features of a chunk, reused by every chunk: the drive goes into
+        # its first H columns and the reservoir turns it into the states in place, beside the
+        # inputs (no concatenation). Fresh buffers for each chunk faulted 16-24 MB of new pages
+        # in at 1000 units under glibc's default thresholds: 5-20% of a one-thread fit.
         n = min(T, self.chunk_size)
-        drive_buf = torch.empty(n, B, res.units, dtype=res.dtype, device=res.device)
         feats_buf = torch.empty(n, B, self.readout.in_features, dtype=res.dtype, device=res.device)
         # a float32 reservoir's features are summed in float64: converted into a buffer too
         acc_dtype = self.readout.accumulate_dtype
@@ -442,16 +441,16 @@ class EchoStateNetwork(nn.Module):
             stop = min(T, start + self.chunk_size)
             uc = None if u is None else u[start:stop]
             fb = None if fb_all is None else fb_all[start:stop]
+            feats = feats_buf[: stop - start]
             drive = res.drive(
                 uc,
                 fb,
                 steps=stop - start,
                 batch_size=B,
                 noise_generator=self._noise_generator,
-                out=drive_buf[: stop - start],
+                out=feats[..., : res.units],
             )
-            feats = feats_buf[: stop - start]
-            states = res.recur(drive, h, out=feats[..., : res.units])  # (t, B, H)
+            states = res.recur(drive, h, out=drive)  # (t, B, H), in place
             if feats.shape[-1] > res.units:  # the inputs go to the readout too
                 feats[..., res.units :].copy_(uc)
             h = states[-1].clone()
@@ -474,7 +473,7 @@ class EchoStateNetwork(nn.Module):
         if not force:
             fb = self._teacher_feedback(y, y_prev) if self.feedback else None
             drive = res.drive(u, fb, steps=T, batch_size=B, noise_generator=self._noise_generator)
-            states = res.recur(drive, h)
+            states = res.recur(drive, h, out=drive)
             with small_step_threads(readout.precision.numel()):
                 for t in range(washout, T):
                     feats = self._features(states[t], None if u is None else u[t])
@@ -553,7 +552,8 @@ class EchoStateNetwork(nn.Module):
                 if (self.feedback and t_seq is not None)
                 else None
             )
-            states = res.recur(res.drive(u, fb, steps=T, batch_size=B), st.h)
+            drive = res.drive(u, fb, steps=T, batch_size=B)
+            states = res.recur(drive, st.h, out=drive)  # in place: no second (T, B, H) buffer
             out = self.readout(self._features(states, u))
             h = states[-1] if T else st.h
             y_last = (t_seq[-1] if t_seq is not None else out[-1]) if T else st.y

@@ -240,8 +240,9 @@ class Reservoir(nn.Module):
     ) -> Tensor:
         r"""The part of the pre-activation that does not depend on the state, for all steps:
         :math:`W_{in} u_t + W_{fb} y_{t-1} + b + \nu_t`, shape ``(T, B, H)`` (batched inputs
-        only), written into ``out`` (a contiguous ``(T, B, H)`` tensor of the reservoir's dtype
-        and device) where given."""
+        only), written into ``out`` where given: a ``(T, B, H)`` tensor of the reservoir's
+        dtype and device whose rows of ``H`` are contiguous and evenly spaced (the first ``H``
+        columns of a ``(T, B, F)`` buffer will do)."""
         T = steps if inputs is None else inputs.shape[0]
         B = batch_size if inputs is None else inputs.shape[1]
         if T is None and feedback is not None:
@@ -251,7 +252,7 @@ class Reservoir(nn.Module):
         if out is None:
             out = self.bias.expand(T, B, self.units).clone()
         else:
-            self._check_out("out", out, (T, B, self.units), contiguous=True)
+            self._check_out("out", out, (T, B, self.units))
             out.copy_(self.bias.expand(T, B, self.units))
         if self.input_size:
             out.view(T * B, -1).addmm_(inputs.reshape(T * B, -1), self.weight_ih.T)
@@ -270,21 +271,24 @@ class Reservoir(nn.Module):
 
     def recur(self, drive: Tensor, state: Tensor, out: Tensor | None = None) -> Tensor:
         """Run the recurrence on a precomputed drive ``(T, B, H)`` from ``state`` ``(B, H)``;
-        returns all states ``(T, B, H)``, in ``out`` where given: a ``(T, B, H)`` tensor of the
-        reservoir's dtype and device whose last dimension is contiguous (so it can be the first
-        ``H`` columns of a wider buffer, such as the readout's features). Small steps run on one
-        thread (:func:`carousel.esn.matrices.small_step_threads`); the compiled loop splits
-        steps of at least :data:`COMPILED_THREADS_MIN_WORK` multiply-adds between torch's
-        threads."""
+        returns all states ``(T, B, H)``, in ``out`` where given: laid out as for
+        :meth:`drive` (the first ``H`` columns of a wider buffer, such as the readout's
+        features, will do), and it may be ``drive`` itself (each step reads its row of the
+        drive before it writes that row; ``out`` must not otherwise overlap ``drive``). Small
+        steps run on one thread (:func:`carousel.esn.matrices.small_step_threads`); the
+        compiled loop splits steps of at least :data:`COMPILED_THREADS_MIN_WORK`
+        multiply-adds between torch's threads."""
         if out is not None:
-            self._check_out("out", out, tuple(drive.shape), contiguous=False)
+            self._check_out("out", out, tuple(drive.shape))
         threads = torch.get_num_threads()
         if self.step_work() < COMPILED_THREADS_MIN_WORK:
             threads = 1
         with small_step_threads(self.step_work(drive.shape[1])):
             return self._recur(drive, state, threads, out)
 
-    def _check_out(self, name: str, out: object, shape: tuple, contiguous: bool) -> None:
+    def _check_out(self, name: str, out: object, shape: tuple) -> None:
+        """``out`` of ``shape`` ``(T, B, H)``, the reservoir's dtype and device, and rows of
+        ``H`` that are contiguous and evenly spaced (a ``(T * B, H)`` view exists)."""
         if not isinstance(out, Tensor):
             raise TypeError(f"Reservoir: {name} must be a torch.Tensor, got {type(out).__name__}")
         if tuple(out.shape) != tuple(shape):
@@ -297,10 +301,18 @@ class Reservoir(nn.Module):
                 f"Reservoir: {name} is {out.dtype} on {out.device} but the reservoir is "
                 f"{self.dtype} on {self.device}"
             )
-        ok = out.is_contiguous() if contiguous else (out.shape[-1] <= 1 or out.stride(-1) == 1)
+        ok = shape[-1] <= 1 or out.stride(-1) == 1
+        if ok:
+            try:
+                out.view(-1, shape[-1])
+            except RuntimeError:
+                ok = False
         if not ok:
-            want = "contiguous" if contiguous else "contiguous in its last dimension"
-            raise ValueError(f"Reservoir: {name} must be {want}, got strides {tuple(out.stride())}")
+            raise ValueError(
+                f"Reservoir: {name} must have contiguous, evenly spaced rows of {shape[-1]} "
+                f"(a view of shape {shape_str([shape[0] * shape[1], shape[-1]])}), got strides "
+                f"{tuple(out.stride())}"
+            )
 
     def _recur(
         self, drive: Tensor, state: Tensor, threads: int = 1, out: Tensor | None = None
@@ -439,7 +451,7 @@ class Reservoir(nn.Module):
                 f"{shape_str(tuple(state.shape))}"
             )
         drive = self.drive(inputs, feedback, steps=T, batch_size=B, noise_generator=noise_generator)
-        states = self.recur(drive, state.to(self.dtype))
+        states = self.recur(drive, state.to(self.dtype), out=drive)  # in place: no second buffer
         final = states[-1] if T > 0 else state
         if not batched:
             return states[:, 0], final[0]
