@@ -13,7 +13,9 @@ is the largest growth of the process' resident memory during fit + predict (samp
 2 ms from /proc/self/statm by a second thread), from a run of its own after the timed runs:
 the sampling thread wakes 500 times a second, and on a 2-core machine it took a core from
 the timed code (10-25% slower two-thread fits at 1000 units). Times are the minimum of 3 runs
-up to 1000 units (1 run above), which filters out other jobs on a shared machine.
+up to 1000 units (2 runs above), which filters out other jobs on a shared machine: at 5000
+units a single float64 fit moved by 1.5x from one process to the next (its steps stream 25 MB
+of matrix from memory each).
 
 Each thread setting runs in a fresh child process with ``OMP/MKL/OPENBLAS_NUM_THREADS`` set
 before numpy/torch load; both libraries run in that one process, carousel first.
@@ -77,7 +79,7 @@ class PeakRSS:
 
 def repeats(units: int) -> int:
     """Timings are the minimum of this many runs (the first run's memory is reported)."""
-    return 3 if units <= 1000 else 1
+    return 3 if units <= 1000 else 2
 
 
 def run_child(
