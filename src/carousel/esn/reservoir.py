@@ -222,6 +222,9 @@ class Reservoir(nn.Module):
                 f"Reservoir: expected {name} of shape {shape_str(want)} (or unbatched "
                 f"{shape_str([want[0], size])}), got {shape_str(tuple(x.shape))}"
             )
+        self._check_kind(name, x)
+
+    def _check_kind(self, name: str, x: Tensor) -> None:
         if x.dtype != self.dtype or x.device != self.device:
             raise TypeError(
                 f"Reservoir: {name} is {x.dtype} on {x.device} but the reservoir is "
@@ -296,11 +299,7 @@ class Reservoir(nn.Module):
                 f"Reservoir: expected {name} of shape {shape_str(list(shape))}, got "
                 f"{shape_str(tuple(out.shape))}"
             )
-        if out.dtype != self.dtype or out.device != self.device:
-            raise TypeError(
-                f"Reservoir: {name} is {out.dtype} on {out.device} but the reservoir is "
-                f"{self.dtype} on {self.device}"
-            )
+        self._check_kind(name, out)
         ok = shape[-1] <= 1 or out.stride(-1) == 1
         if ok:
             try:
