@@ -18,7 +18,9 @@ units a single float64 fit moved by 1.5x from one process to the next (its steps
 of matrix from memory each).
 
 Each thread setting runs in a fresh child process with ``OMP/MKL/OPENBLAS_NUM_THREADS`` set
-before numpy/torch load; both libraries run in that one process, carousel first.
+before numpy/torch load; both libraries run in that one process, their timed runs in turn
+(every carousel model, then reservoirpy, repeated), so a change in the machine's load falls on
+all of them alike.
 
 Environment (reservoirpy is not a dependency of carousel)::
 
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import gc
 import json
 import os
@@ -85,7 +88,6 @@ def repeats(units: int) -> int:
 def run_child(
     units_list: list[int], train: int, test: int, rpy_init: bool, impls: list[str]
 ) -> list[dict]:
-    import numpy as np
     import torch
 
     from carousel.esn import EchoStateNetwork, nrmse
@@ -98,101 +100,107 @@ def run_child(
     rows = []
     for units in units_list:
         threads = torch.get_num_threads()
-        arrays = None
+        # ------------------------------------------------------------ carousel's models
+        models = []  # (impl, esn, init seconds)
         for impl in impls:
-            # ------------------------------------------------------------ carousel
             name, _, precision = impl.partition("-")
             dtype = torch.float32 if precision == "float32" else torch.float64
             t0 = time.perf_counter()
             esn = EchoStateNetwork(units, seed=0, impl=name, dtype=dtype, **hyper)
             esn.build(1, 1)
-            init = time.perf_counter() - t0
-            fit = predict = float("inf")
-            for _ in range(repeats(units)):
+            models.append((impl, esn, time.perf_counter() - t0))
+        # reservoirpy gets the same network (a float64 model's, where there is one)
+        f64 = [esn for _, esn, _ in models if esn.reservoir.dtype == torch.float64]
+        arrays = reservoir_arrays((f64 or [models[0][1]])[0].reservoir)
+        data = (x_tr, y_tr, x_te)
+        runs = [(impl, functools.partial(carousel_run, esn, *data)) for impl, esn, _ in models]
+        runs.append(("reservoirpy", functools.partial(rpy_run, units, arrays, *data)))
+
+        # ------------------------------------------------ timed runs, the libraries in turn
+        # (each repeat runs every model once, so a change in the machine's load falls on all)
+        best = {key: [float("inf"), float("inf")] for key, _ in runs}
+        for _ in range(repeats(units)):
+            for key, run in runs:
+                fit_s, predict_s, _ = run()
+                best[key] = [min(best[key][0], fit_s), min(best[key][1], predict_s)]
+        # ---------------- memory, a run of each of its own (the sampling thread slows it)
+        for key, run in runs:
+            with PeakRSS() as mem:
+                _, _, pred = run()
+            init = float("nan")
+            if key == "reservoirpy" and rpy_init:
+                from reservoirpy.nodes import Reservoir
+
                 t0 = time.perf_counter()
-                esn.fit(x_tr, y_tr, washout=100)
-                fit = min(fit, time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                pred = esn.predict(x_te, esn.last_state)
-                predict = min(predict, time.perf_counter() - t0)
-            with PeakRSS() as mem:  # a run of its own: the sampling thread slows what it samples
-                esn.fit(x_tr, y_tr, washout=100)
-                pred = esn.predict(x_te, esn.last_state)
+                r = Reservoir(units, lr=0.3, sr=1.25, rc_connectivity=0.1, seed=0)
+                r.initialize(x_tr.numpy()[:1])
+                init = time.perf_counter() - t0
+                del r
+            elif key != "reservoirpy":
+                init = next(t for impl, _, t in models if impl == key)
             rows.append(
                 {
                     "units": units,
                     "threads": threads,
-                    "library": f"carousel ({impl})",
+                    "library": "reservoirpy" if key == "reservoirpy" else f"carousel ({key})",
                     "init": init,
-                    "fit": fit,
-                    "predict": predict,
+                    "fit": best[key][0],
+                    "predict": best[key][1],
                     "mib": mem.mib,
-                    "nrmse": nrmse(pred, y_te),
+                    "nrmse": nrmse(torch.as_tensor(pred).reshape(y_te.shape), y_te),
                 }
             )
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-            if arrays is None and dtype == torch.float64:
-                res = esn.reservoir
-                w = res.weight_hh
-                if w.layout == torch.sparse_csr:
-                    import scipy.sparse as sp
-
-                    w_np = sp.csr_array(
-                        (
-                            w.values().numpy(),
-                            w.col_indices().numpy().astype(np.int32),
-                            w.crow_indices().numpy().astype(np.int32),
-                        ),
-                        shape=tuple(w.shape),
-                    )
-                else:
-                    w_np = w.numpy().copy()
-                arrays = (w_np, res.weight_ih.numpy().copy(), res.bias.numpy().copy())
-                del res, w
-            del esn, pred
-        # ---------------------------------------------------------------- reservoirpy
-        from reservoirpy.nodes import Reservoir, Ridge
-
-        w_np, win_np, bias_np = arrays
-        xtr, ytr, xte = x_tr.numpy(), y_tr.numpy(), x_te.numpy()
-        init = float("nan")
-        if rpy_init:
-            t0 = time.perf_counter()
-            r = Reservoir(units, lr=0.3, sr=1.25, rc_connectivity=0.1, seed=0)
-            r.initialize(xtr[:1])
-            init = time.perf_counter() - t0
-            del r
-        fit = predict = float("inf")
-        for _ in range(repeats(units)):
-            reservoir = Reservoir(units, lr=0.3, W=w_np, Win=win_np, bias=bias_np)
-            model = reservoir >> Ridge(ridge=1e-5)
-            t0 = time.perf_counter()
-            model.fit(xtr, ytr, warmup=100)
-            fit = min(fit, time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            pred_np = model.run(xte)
-            predict = min(predict, time.perf_counter() - t0)
-            del model, reservoir
-        with PeakRSS() as mem:
-            reservoir = Reservoir(units, lr=0.3, W=w_np, Win=win_np, bias=bias_np)
-            model = reservoir >> Ridge(ridge=1e-5)
-            model.fit(xtr, ytr, warmup=100)
-            pred_np = model.run(xte)
-        rows.append(
-            {
-                "units": units,
-                "threads": threads,
-                "library": "reservoirpy",
-                "init": init,
-                "fit": fit,
-                "predict": predict,
-                "mib": mem.mib,
-                "nrmse": nrmse(torch.as_tensor(pred_np), y_te),
-            }
-        )
-        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-        del model, reservoir, pred_np, arrays, w_np
+            del pred
+        del models, runs, arrays
     return rows
+
+
+def carousel_run(esn, x_tr, y_tr, x_te):
+    """One timed fit and predict of a carousel model: (fit s, predict s, predictions)."""
+    t0 = time.perf_counter()
+    esn.fit(x_tr, y_tr, washout=100)
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pred = esn.predict(x_te, esn.last_state)
+    return fit_s, time.perf_counter() - t0, pred
+
+
+def rpy_run(units, arrays, x_tr, y_tr, x_te):
+    """The same with reservoirpy, on carousel's network (``arrays``): a fresh model each run."""
+    from reservoirpy.nodes import Reservoir, Ridge
+
+    w_np, win_np, bias_np = arrays
+    model = Reservoir(units, lr=0.3, W=w_np, Win=win_np, bias=bias_np) >> Ridge(ridge=1e-5)
+    t0 = time.perf_counter()
+    model.fit(x_tr.numpy(), y_tr.numpy(), warmup=100)
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pred = model.run(x_te.numpy())
+    return fit_s, time.perf_counter() - t0, pred
+
+
+def reservoir_arrays(res):
+    """carousel's reservoir as reservoirpy's ``W`` (a scipy CSR matrix where sparse), ``Win``
+    and ``bias``, in float64."""
+    import numpy as np
+    import torch
+
+    w = res.weight_hh
+    if w.layout == torch.sparse_csr:
+        import scipy.sparse as sp
+
+        w_np = sp.csr_array(
+            (
+                w.values().double().numpy(),
+                w.col_indices().numpy().astype(np.int32),
+                w.crow_indices().numpy().astype(np.int32),
+            ),
+            shape=tuple(w.shape),
+        )
+    else:
+        w_np = w.double().numpy().copy()
+    return w_np, res.weight_ih.double().numpy().copy(), res.bias.double().numpy().copy()
 
 
 def table(rows: list[dict], argv: list[str]) -> str:
