@@ -126,6 +126,35 @@ def test_compiled_threads_give_identical_states(dtype, sparse):
         assert torch.equal(_kernel.recur(res.weight_hh, drive, h0, 0.3, threads=threads), one)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_compiled_prefetch_gives_identical_states(dtype, threads):
+    """Software prefetch (for matrices beyond the last-level cache) changes no result: rows
+    long enough for the prefetching blocks, prefetches past the matrix's end included."""
+    needs_compiler("compiled")
+    res = Reservoir(1, 400, seed=4, connectivity=0.2, sparse=True, leak_rate=0.3, dtype=dtype)
+    drive = torch.randn(30, 400, dtype=dtype)
+    h0 = torch.randn(400, dtype=dtype) * 0.1
+    W = res.weight_hh
+    off = _kernel.recur(W, drive, h0, 0.3, threads=threads, prefetch=False)
+    on = _kernel.recur(W, drive, h0, 0.3, threads=threads, prefetch=True)
+    assert torch.equal(on, off)
+    h, ref = h0, []
+    for d in drive:  # the oracle on the drive: h = (1 - a) h + a tanh(d + W h)
+        h = 0.7 * h + 0.3 * torch.tanh(d + W.to_dense() @ h)
+        ref.append(h)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(on, torch.stack(ref), rtol=tol, atol=tol)
+
+
+def test_prefetch_by_matrix_size(monkeypatch):
+    assert _kernel.last_level_cache_bytes() > 0
+    monkeypatch.setattr(_kernel, "last_level_cache_bytes", lambda: 32 * 2**20)
+    assert _kernel.wants_prefetch(25_000_000)  # 5000 units, float64 values, 16-bit indices
+    assert not _kernel.wants_prefetch(16_000_000)  # 4000 units: in the cache from step to step
+    assert not _kernel.wants_prefetch(1_000_000)
+
+
 @pytest.mark.parametrize("units", [300, 40_000, 70_000])
 def test_compiled_csr_column_indices_of_every_width(units):
     # 16-bit column indices up to 2^16 units (40,000 is beyond int16: read as uint16), 32-bit
