@@ -339,9 +339,12 @@ LOOP(esn_csr16_f32, float, UPDATE_F32, CSR16_MATRIX(float), CSR_ROW_F32, crow)
    On AMD Zen 5 both MKL and OpenBLAS run float64 products at the AVX2 rate (about 53-57
    GFLOP/s on one thread), half the core's AVX-512 peak. Tiles of 6 rows x 32 columns of S
    (24 zmm accumulators; per row of X, 4 loads of a 32-column panel, 6 broadcasts, 24 FMAs),
-   over blocks of GRAM_KC rows of X packed into 6-column slivers and 32-column panels (zero
-   padded, so the tile needs masks only where it adds into S); the slivers of GRAM_MC rows of
-   S stay in L2 while the panels on or below the diagonal pass by. A tile that straddles the
+   over blocks of GRAM_KC rows of X packed into 32-column panels (zero padded, so the tile
+   needs masks only where it adds into S). The tile's 6 rows of A are read from the same
+   panels, through a pointer each (a sliver may straddle two panels): packing them apart as
+   6-column slivers too took 111-113 against 97-103 ms for a 9,900 x 1,000 stream in
+   1,024-row chunks, one thread, with bit-identical sums. The rows of GRAM_MC rows of S stay
+   in the caches while the panels on or below the diagonal pass by. A tile that straddles the
    diagonal also adds above it (left undefined there; the readout mirrors the lower triangle).
    With nthreads > 1 the (row chunk, panel) pairs go to OpenMP threads (dynamic schedule). */
 #include <stdlib.h>
@@ -356,19 +359,21 @@ int esn_gram_avx512(void) {
 #endif
 }
 #ifdef __AVX512F__
-/* One 6 x 32 tile of S += A^T B over kc rows: a holds kc rows of 6 (row i0.. of S), b kc rows
-   of 32 (columns j0..); the first `rows` rows and the columns under `m` are added to s. */
-static void gram_tile(int64_t kc, const double* a, const double* b, double* s, int64_t lds,
-                      int rows, const __mmask8* m) {
+/* One 6 x 32 tile of S += A^T B over kc rows: ar[r][32 k] is row k of column i0 + r of X (in
+   its panel, whose rows are 32 apart), b holds kc rows of 32 (columns j0..); the first `rows`
+   rows and the columns under `m` are added to s. */
+static void gram_tile(int64_t kc, const double* const* ar, const double* b, double* s,
+                      int64_t lds, int rows, const __mmask8* m) {
+    const double *a0 = ar[0], *a1 = ar[1], *a2 = ar[2], *a3 = ar[3], *a4 = ar[4], *a5 = ar[5];
     __m512d c[6][4];
     for (int r = 0; r < 6; ++r)
         for (int q = 0; q < 4; ++q) c[r][q] = _mm512_setzero_pd();
-    for (int64_t k = 0; k < kc; ++k) {
+    for (int64_t k = 0, o = 0; k < kc; ++k, o += 32) {
         __m512d b0 = _mm512_load_pd(b), b1 = _mm512_load_pd(b + 8);
         __m512d b2 = _mm512_load_pd(b + 16), b3 = _mm512_load_pd(b + 24);
 #define GRAM_ROW(r)                                                                       \
         {                                                                                 \
-            __m512d x = _mm512_set1_pd(a[r]);                                             \
+            __m512d x = _mm512_set1_pd(a##r[o]);                                          \
             c[r][0] = _mm512_fmadd_pd(x, b0, c[r][0]);                                    \
             c[r][1] = _mm512_fmadd_pd(x, b1, c[r][1]);                                    \
             c[r][2] = _mm512_fmadd_pd(x, b2, c[r][2]);                                    \
@@ -376,7 +381,6 @@ static void gram_tile(int64_t kc, const double* a, const double* b, double* s, i
         }
         GRAM_ROW(0) GRAM_ROW(1) GRAM_ROW(2) GRAM_ROW(3) GRAM_ROW(4) GRAM_ROW(5)
 #undef GRAM_ROW
-        a += 6;
         b += 32;
     }
     for (int r = 0; r < rows; ++r) {
@@ -407,29 +411,23 @@ int esn_gram_f64(int64_t n, int64_t F, const double* X, int64_t ldx, double* S, 
        more resident, and fresh pages from the system cost 30% of the time */
     static __thread double* work = 0;
     static __thread int64_t have = 0;
-    const int64_t na = (nblk * 6 * kcmax + 7) / 8 * 8, need = na + npan * 32 * kcmax;
+    const int64_t need = npan * 32 * kcmax;
     if (need > have) {
         free(work);
         work = (double*)aligned_alloc(64, (size_t)((need * 8 + 63) / 64 * 64));
         have = work ? need : 0;
         if (!work) return -1;
     }
-    double *pa = work, *pb = work + na; /* both 64-byte aligned */
+    double* pb = work; /* 64-byte aligned */
     _Pragma("omp parallel num_threads(nthreads) if (nthreads > 1)")
     for (int64_t k0 = 0; k0 < n; k0 += kcmax) {
         const int64_t kc = n - k0 < kcmax ? n - k0 : kcmax;
-        /* the k-block in slivers of 6 columns, pa[ib][k][r] = X[k0 + k, 6 ib + r], and in
-           panels of 32, pb[p][k][c] = X[k0 + k, 32 p + c], zero-padded; row by row, so X
-           streams in order (a sliver at a time, column strips of X ran 20% slower when X
-           came from memory) */
+        /* the k-block in panels of 32 columns, pb[p][k][c] = X[k0 + k, 32 p + c],
+           zero-padded; row by row, so X streams in order (column strips of X ran 20% slower
+           when X came from memory) */
         _Pragma("omp for schedule(static)")
         for (int64_t k = 0; k < kc; ++k) {
             const double* x = X + (k0 + k) * ldx;
-            for (int64_t ib = 0; ib < nblk; ++ib) {
-                const int64_t i0 = ib * 6, w = F - i0 < 6 ? F - i0 : 6;
-                _mm512_mask_storeu_pd(pa + (ib * kc + k) * 6, 0x3f,
-                                      _mm512_maskz_loadu_pd((__mmask8)((1u << w) - 1u), x + i0));
-            }
             for (int64_t p = 0; p < npan; ++p) {
                 const int64_t j0 = p * 32, w = F - j0 < 32 ? F - j0 : 32;
                 const __mmask32 all = w == 32 ? 0xffffffffu : ((1u << w) - 1u);
@@ -453,7 +451,12 @@ int esn_gram_f64(int64_t n, int64_t F, const double* X, int64_t ldx, double* S, 
             for (int64_t ib = blo > j0 / 6 ? blo : j0 / 6; ib < bhi; ++ib) {
                 const int64_t i0 = ib * 6;
                 const int rows = F - i0 < 6 ? (int)(F - i0) : 6;
-                gram_tile(kc, pa + ib * 6 * kc, pb + p * 32 * kc, S + i0 * lds + j0, lds, rows, m);
+                const double* ar[6]; /* rows past F (the last sliver's) repeat row i0 */
+                for (int r = 0; r < 6; ++r) {
+                    const int64_t i = i0 + r < F ? i0 + r : i0;
+                    ar[r] = pb + (i / 32) * 32 * kc + i % 32;
+                }
+                gram_tile(kc, ar, pb + p * 32 * kc, S + i0 * lds + j0, lds, rows, m);
             }
         }
     }
@@ -708,9 +711,10 @@ def gram(xx: Tensor, x: Tensor, threads: int = 1) -> bool:
     done nothing, where the kernel cannot run: no library or no AVX-512, not both float64 CPU
     tensors, or ``xx``'s rows not contiguous. ``x`` with gapped columns is copied first.
 
-    The packed copies of ``x`` (``2 x 512 x F`` float64: 8 MB at 1,002 features, 41 MB at
-    5,002) are kept by the calling thread from call to call: fresh ones for every chunk cost
-    30% more time (new pages) or about 20 MB more resident memory (glibc's heap).
+    The packed copy of ``x`` (``512 x F`` float64 in 32-column panels: 4 MB at 1,002
+    features, 20 MB at 5,002) is kept by the calling thread from call to call: fresh ones for
+    every chunk cost 30% more time (new pages) or about 20 MB more resident memory (glibc's
+    heap).
 
     Measured on AMD EPYC Zen 5 (2-core VM shared with other jobs, wall-clock best of 8,
     ``x`` of 1,024 x 1,002 / 1,024 x 5,002, counting the ``n F (F + 1)`` flops of the lower
@@ -720,7 +724,10 @@ def gram(xx: Tensor, x: Tensor, threads: int = 1) -> bool:
     ``addmm`` (its 52-58 GFLOP/s of full-product flops); two threads 165-173 / 182-184
     GFLOP/s (6.2 / 139 ms) against 75-89 / 80 (11.6 / 318 ms). A 9,900 x 1,002 stream in
     1,024-row chunks (the 1000-unit benchmark's sums) takes 0.12-0.14 s against 0.24 s on
-    one thread, 0.063 s against 0.130 s on two.
+    one thread, 0.063 s against 0.130 s on two. Since the tile reads its rows from the panels
+    (no second packed copy): 11.0 ms at 1,002 features and 285 ms at 5,002 on one thread, 5.3-5.6
+    and 138-145 ms on two; the 9,900-row stream at 1,000 features 97-103 ms of process time
+    against 111-113 before.
 
     Args:
         xx: ``(F, F)`` float64 sums, rows contiguous (``xx.stride(1) == 1``).
