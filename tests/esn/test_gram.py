@@ -43,6 +43,57 @@ def test_lower_triangle_equals_torch_and_threads_agree(F, n):
 
 
 @needs_kernel
+@pytest.mark.parametrize("threads", [1, 2])
+def test_subtract(threads):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(96, 301, generator=g, dtype=torch.float64)
+    s0 = torch.randn(301, 301, generator=g, dtype=torch.float64)
+    s = s0.clone()
+    assert _kernel.gram(s, x, threads=threads, subtract=True)
+    _tril_close(s, s0 - x.T @ x)
+
+
+@pytest.mark.parametrize("n", [1, 40, 300, 777, 1000])
+def test_blocked_cholesky_equals_lapack(n):
+    """``cholesky_lower_``: blocks of 96 (and a short last one) above 256 features, LAPACK
+    below; the upper triangle is not read; ``None`` for a matrix that is not positive
+    definite; float32 goes to LAPACK whole."""
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(n + 50, n, generator=g, dtype=torch.float64)
+    a = x.T @ x / (n + 50) + 1e-3 * torch.eye(n, dtype=torch.float64)
+    work = a.tril() + torch.triu(torch.full_like(a, float("nan")), 1)  # upper: not read
+    factor = readout_mod.cholesky_lower_(work)
+    ref = torch.linalg.cholesky(a)
+    torch.testing.assert_close(factor.tril(), ref, rtol=1e-12, atol=1e-13)
+    bad = a.clone()
+    bad[n // 2, n // 2] = -1.0
+    assert readout_mod.cholesky_lower_(bad) is None
+    f32 = readout_mod.cholesky_lower_(a.float())
+    torch.testing.assert_close(f32.tril(), ref.float(), rtol=1e-4, atol=1e-5)
+
+
+def test_wide_ridge_solve_equals_lstsq():
+    """A readout of 400 features (the blocked factorisation) against least squares; and with
+    a duplicated feature and no ridge (not positive definite), the fallback."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(900, 400, generator=g, dtype=torch.float64)
+    y = x[:, :3] @ torch.randn(3, 2, generator=g, dtype=torch.float64) + 0.1
+    r = RidgeReadout(400, 2, ridge=1e-2)
+    r.accumulate(x, y)
+    r.solve()
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    a = torch.cat([xc, 0.1 * torch.eye(400, dtype=torch.float64)])
+    b = torch.cat([yc, torch.zeros(400, 2, dtype=torch.float64)])
+    torch.testing.assert_close(r.weight, torch.linalg.lstsq(a, b).solution.T, rtol=1e-8, atol=1e-10)
+    x[:, 1] = x[:, 0]
+    y = x[:, :3] @ torch.randn(3, 2, generator=g, dtype=torch.float64) + 0.1
+    r = RidgeReadout(400, 2, ridge=0.0)
+    r.accumulate(x, y)
+    r.solve()
+    torch.testing.assert_close(r(x), y, rtol=1e-6, atol=1e-6)
+
+
+@needs_kernel
 def test_strided_operands():
     g = torch.Generator().manual_seed(1)
     big = torch.randn(300, 140, generator=g, dtype=torch.float64)

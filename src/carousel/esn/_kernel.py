@@ -363,7 +363,7 @@ int esn_gram_avx512(void) {
    its panel, whose rows are 32 apart), b holds kc rows of 32 (columns j0..); the first `rows`
    rows and the columns under `m` are added to s. */
 static void gram_tile(int64_t kc, const double* const* ar, const double* b, double* s,
-                      int64_t lds, int rows, const __mmask8* m) {
+                      int64_t lds, int rows, const __mmask8* m, int subtract) {
     const double *a0 = ar[0], *a1 = ar[1], *a2 = ar[2], *a3 = ar[3], *a4 = ar[4], *a5 = ar[5];
     __m512d c[6][4];
     for (int r = 0; r < 6; ++r)
@@ -388,19 +388,21 @@ static void gram_tile(int64_t kc, const double* const* ar, const double* b, doub
         for (int q = 0; q < 4; ++q) {
             if (!m[q]) continue;
             __m512d v = _mm512_maskz_loadu_pd(m[q], row + 8 * q);
-            _mm512_mask_storeu_pd(row + 8 * q, m[q], _mm512_add_pd(v, c[r][q]));
+            v = subtract ? _mm512_sub_pd(v, c[r][q]) : _mm512_add_pd(v, c[r][q]);
+            _mm512_mask_storeu_pd(row + 8 * q, m[q], v);
         }
     }
 }
 #endif
 
 /* S += X^T X on and below the diagonal (S row-major F x F, row stride lds; X row-major n x F,
-   row stride ldx). Returns 1 when done, 0 if not built with AVX-512 (nothing done), -1 if out
+   row stride ldx); S -= X^T X with `subtract` (the trailing update of a blocked Cholesky
+   factorisation). Returns 1 when done, 0 if not built with AVX-512 (nothing done), -1 if out
    of memory (nothing done). */
 int esn_gram_f64(int64_t n, int64_t F, const double* X, int64_t ldx, double* S, int64_t lds,
-                 int nthreads) {
+                 int nthreads, int subtract) {
 #ifndef __AVX512F__
-    (void)n; (void)F; (void)X; (void)ldx; (void)S; (void)lds; (void)nthreads;
+    (void)n; (void)F; (void)X; (void)ldx; (void)S; (void)lds; (void)nthreads; (void)subtract;
     return 0;
 #else
     const int64_t kcmax = n < GRAM_KC ? n : GRAM_KC;
@@ -456,7 +458,7 @@ int esn_gram_f64(int64_t n, int64_t F, const double* X, int64_t ldx, double* S, 
                     const int64_t i = i0 + r < F ? i0 + r : i0;
                     ar[r] = pb + (i / 32) * 32 * kc + i % 32;
                 }
-                gram_tile(kc, ar, pb + p * 32 * kc, S + i0 * lds + j0, lds, rows, m);
+                gram_tile(kc, ar, pb + p * 32 * kc, S + i0 * lds + j0, lds, rows, m, subtract);
             }
         }
     }
@@ -550,7 +552,7 @@ def _build(compiler: str) -> ctypes.CDLL | None:
         lib.esn_tanh_f64.restype = None
     lib.esn_gram_avx512.argtypes = []
     lib.esn_gram_avx512.restype = i32
-    lib.esn_gram_f64.argtypes = [i64, i64, ptr, i64, ptr, i64, i32]
+    lib.esn_gram_f64.argtypes = [i64, i64, ptr, i64, ptr, i64, i32, i32]
     lib.esn_gram_f64.restype = i32
     return lib
 
@@ -705,9 +707,10 @@ def gram_available() -> bool:
     return lib is not None and bool(lib.esn_gram_avx512())
 
 
-def gram(xx: Tensor, x: Tensor, threads: int = 1) -> bool:
-    r"""``xx += x^T x`` on and below the diagonal with the library's AVX-512 float64 kernel;
-    what lies above the diagonal is left undefined (partly added to). Returns ``False``, having
+def gram(xx: Tensor, x: Tensor, threads: int = 1, subtract: bool = False) -> bool:
+    r"""``xx += x^T x`` (``xx -= x^T x`` with ``subtract``) on and below the diagonal with the
+    library's AVX-512 float64 kernel; what lies above the diagonal is left undefined (partly
+    added to). Returns ``False``, having
     done nothing, where the kernel cannot run: no library or no AVX-512, not both float64 CPU
     tensors, or ``xx``'s rows not contiguous. ``x`` with gapped columns is copied first.
 
@@ -733,6 +736,8 @@ def gram(xx: Tensor, x: Tensor, threads: int = 1) -> bool:
         xx: ``(F, F)`` float64 sums, rows contiguous (``xx.stride(1) == 1``).
         x: ``(N, F)`` float64 rows.
         threads: OpenMP threads (where the library was built with OpenMP).
+        subtract: subtract the products instead of adding them (the trailing updates of
+            :func:`carousel.esn.readout.cholesky_lower_`).
 
     Returns:
         Whether the sums were added.
@@ -757,7 +762,9 @@ def gram(xx: Tensor, x: Tensor, threads: int = 1) -> bool:
     ldx = x.stride(0) if n > 1 else F
     lds = xx.stride(0) if F > 1 else 1
     lib = load(quiet=True)
-    done = lib.esn_gram_f64(n, F, x.data_ptr(), ldx, xx.data_ptr(), lds, int(threads))
+    done = lib.esn_gram_f64(
+        n, F, x.data_ptr(), ldx, xx.data_ptr(), lds, int(threads), int(bool(subtract))
+    )
     if done < 0:
         raise MemoryError("carousel.esn: the Gram kernel could not allocate its packed blocks")
     return done == 1
