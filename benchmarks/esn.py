@@ -81,7 +81,7 @@ class PeakRSS:
 
 
 def repeats(units: int) -> int:
-    """Timings are the minimum of this many runs (the first run's memory is reported)."""
+    """Timings are the minimum of this many runs (the memory comes from a run of its own)."""
     return 3 if units <= 1000 else 2
 
 

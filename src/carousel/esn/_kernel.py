@@ -12,11 +12,12 @@ Each step computes the row products (CSR rows with 16-bit column indices up to 6
 where the compiler targets AVX-512, 8 entries of the state at a time loaded one by one and
 packed into a vector, with the 16-bit indices taken four from a load; elsewhere gathered 8
 lanes at a time in float32 and in four scalar chains in float64; dense rows as
-vectorised dot products), then the leaky tanh update in one vectorised pass (glibc's vector
-tanh where libmvec has it); with ``threads > 1`` (OpenMP) every step's rows are split between
-the threads, which meet at a barrier after each step. The results agree with the torch path to
-rounding (the sums run in a different order, tanh comes from libm) and do not depend on the
-number of threads.
+vectorised dot products; a matrix larger than most of the last-level cache is prefetched
+ahead), then the leaky tanh update in one vectorised pass (in float64 with AVX-512 the
+library's own tanh, within 2 ulp; elsewhere glibc's vector tanh where libmvec has it); with
+``threads > 1`` (OpenMP) every step's rows are split between the threads, which meet at a
+barrier after each step. The results agree with the torch path to rounding (the sums run in a
+different order, tanh is not torch's) and do not depend on the number of threads.
 
 The same library holds the ridge readout's Gram sums ``S += X^T X`` in float64 (:func:`gram`),
 an AVX-512 kernel built where ``-march=native`` gives AVX-512: on AMD Zen 5 MKL and OpenBLAS
@@ -172,8 +173,8 @@ static void share(int64_t H, const int32_t* crow, int me, int n, int64_t* lo, in
 
 /* The whole loop: one step's row products plus the drive into s, then s = (1 - a) h +
    a tanh(s) over the same rows (float64 by tanh8_f64 where AVX-512 is there, else libmvec's
-   vector tanh where it is there), then a barrier. With
-   nthreads > 1 one parallel region spans all steps, each thread owning a block of rows. Row t
+   vector tanh where it is there), then a barrier. With nthreads > 1 one parallel region
+   spans all steps, each thread owning a block of rows. Row t
    of the drive is at drive + t * ldd and the state of step t at out + t * ldo: the states can
    go to the first H columns of a wider buffer (the readout's features), and out may be the
    drive itself (each entry of the drive is read before its row is written). `prefetch`
@@ -710,9 +711,9 @@ def gram_available() -> bool:
 def gram(xx: Tensor, x: Tensor, threads: int = 1, subtract: bool = False) -> bool:
     r"""``xx += x^T x`` (``xx -= x^T x`` with ``subtract``) on and below the diagonal with the
     library's AVX-512 float64 kernel; what lies above the diagonal is left undefined (partly
-    added to). Returns ``False``, having
-    done nothing, where the kernel cannot run: no library or no AVX-512, not both float64 CPU
-    tensors, or ``xx``'s rows not contiguous. ``x`` with gapped columns is copied first.
+    added to). Returns ``False``, having done nothing, where the kernel cannot run: no library
+    or no AVX-512, not both float64 CPU tensors, or ``xx``'s rows not contiguous. ``x`` with
+    gapped columns is copied first.
 
     The packed copy of ``x`` (``512 x F`` float64 in 32-column panels: 4 MB at 1,002
     features, 20 MB at 5,002) is kept by the calling thread from call to call: fresh ones for
