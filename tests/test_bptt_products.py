@@ -120,6 +120,38 @@ def test_small_products_stay_on_torch_mm(monkeypatch):
     _products._available.cache_clear()
 
 
+def test_packed_threshold_per_thread(monkeypatch):
+    """A time loop's per-step products (packed weight) go to oneDNN from MIN_PACKED_MACS per
+    thread, never later than the unpacked MIN_MACS; unpacked products keep MIN_MACS."""
+    monkeypatch.setenv("CAROUSEL_ONEDNN_PRODUCTS", "1")
+    _products._available.cache_clear()
+    calls = []
+    real = _products._dnn
+
+    def spy(*args):
+        calls.append(args[0].shape)
+        return real(*args)
+
+    monkeypatch.setattr(_products, "_dnn", spy)
+    threads = torch.get_num_threads()
+    try:
+        x, w = torch.randn(32, 128), torch.randn(384, 128)  # 1.57 million multiply-adds
+        for n, expect in ((1, 1 << 20), (2, 1 << 21), (64, _products.MIN_MACS)):
+            torch.set_num_threads(n)
+            assert _products.packed_threshold() == expect
+        torch.set_num_threads(1)
+        _close(_products.acc_fn(w, 32)(torch.zeros(32, 384), x), x @ w.t())
+        assert len(calls) == 1  # above one thread's threshold
+        _close(_products.linear(x, w), x @ w.t())
+        assert len(calls) == 1  # unpacked: below MIN_MACS
+        torch.set_num_threads(2)
+        _close(_products.into_fn(w, 32)(torch.empty(32, 384), x), x @ w.t())
+        assert len(calls) == 1  # below two threads' threshold
+    finally:
+        torch.set_num_threads(threads)
+        _products._available.cache_clear()
+
+
 VARIANTS = carousel.LSTM_VARIANTS
 CELLS = {
     "rnn_tanh": lambda: carousel.RNNCell(I, H),

@@ -5,19 +5,26 @@ processors MKL takes its AVX2 code even where the core has AVX-512; oneDNN picks
 from the instruction set alone. Measured on an AMD EPYC (Zen 5, AVX-512), torch 2.13, float32,
 one thread: ``torch.mm`` 78-89 GFLOP/s, oneDNN's matrix product 138-200 GFLOP/s from about 30
 million multiply-adds; oneDNN costs about 15-20 us more per call, so it is slower below about
-2 million multiply-adds and 1.2-2.4x faster above 4 million (``benchmarks/products.py``).
+2 million multiply-adds and 1.2-2.4x faster above 4 million (``benchmarks/products.py``). A
+time loop's per-step products use a weight packed once into oneDNN's layout, which cuts that
+cost, so they go to oneDNN from :data:`MIN_PACKED_MACS` multiply-adds per thread. Measured
+per step (``out += x W^T``, ``x`` ``32 x K``): on one thread oneDNN is 1.07-1.10x faster at 1
+million multiply-adds, 1.13-1.28x at 1.6 million and 1.4-1.6x at 2.1 million (the first
+issue-2 shape's ``32 x 128`` by ``128 x 512``: 29-31 against 43-46 us); on two threads
+0.78-0.96x at 1 million, 0.87-1.06x at 1.6 million and 1.15-1.29x at 2.1 million.
 
-So, for float32 tensors on such a CPU, every product of at least :data:`MIN_MACS`
-multiply-adds goes to oneDNN (``torch.ops.mkldnn._linear_pointwise``, the operator that torch's
-own compiler emits for a linear layer), every other one to torch's ``mm``; the compiled kernels
-(:mod:`carousel.kernels`) send their products over all steps to oneDNN likewise, from C++.
-An operand with gaps between its rows (a slice of a wider buffer) also stays on ``mm``: oneDNN
-runs such a weight on its reference kernel. On Intel processors MKL runs its AVX-512 code, so
-``mm`` is kept there (unmeasured: no Intel machine at hand). ``CAROUSEL_ONEDNN_PRODUCTS=1``
-takes oneDNN on any CPU whose torch has it, ``=0`` never, and neither does
+So, for float32 tensors on such a CPU, every product of at least :data:`MIN_MACS` multiply-adds
+(the per-step products of :func:`acc_fn` and :func:`into_fn`: see :func:`packed_threshold`) goes
+to oneDNN (``torch.ops.mkldnn._linear_pointwise``, the operator that torch's own compiler emits
+for a linear layer), every other one to torch's ``mm``; the compiled kernels
+(:mod:`carousel.kernels`) send their products over all steps to oneDNN likewise, from C++. An
+operand with gaps between its rows (a slice of a wider buffer) also stays on ``mm``: oneDNN runs
+such a weight on its reference kernel. On Intel processors MKL runs its AVX-512 code, so ``mm``
+is kept there (unmeasured: no Intel machine at hand). ``CAROUSEL_ONEDNN_PRODUCTS=1`` takes
+oneDNN on any CPU whose torch has it, ``=0`` never, and neither does
 ``torch.backends.mkldnn.flags(enabled=False)``. float64 always takes ``mm`` (oneDNN has no
-float64 product), so the float64 tests of the hand-written passes against autograd do not
-reach this choice; float32 results differ from ``mm``'s by rounding only
+float64 product), so the float64 tests of the hand-written passes against autograd do not reach
+this choice; float32 results differ from ``mm``'s by rounding only
 (``tests/test_bptt_products.py``).
 """
 
@@ -30,10 +37,23 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["MIN_MACS", "acc_fn", "enabled", "into_fn", "linear", "mm", "mm_acc"]
+__all__ = [
+    "MIN_MACS",
+    "MIN_PACKED_MACS",
+    "acc_fn",
+    "enabled",
+    "into_fn",
+    "linear",
+    "mm",
+    "mm_acc",
+    "packed_threshold",
+]
 
 #: Products with fewer multiply-adds than this stay on ``torch.mm`` (oneDNN's per-call cost).
 MIN_MACS = 1 << 22
+#: The same for a time loop's per-step products, whose weight is packed once (:func:`acc_fn`),
+#: per thread of torch's (see :func:`packed_threshold`).
+MIN_PACKED_MACS = 1 << 20
 
 
 def _vendor() -> str:
@@ -79,10 +99,12 @@ def _dense(t: Tensor) -> bool:
     return t.is_contiguous() or t.t().is_contiguous()
 
 
-def _onednn(macs: int, t: Tensor, *dense: Tensor) -> bool:
+def _onednn(macs: int, t: Tensor, *dense: Tensor, least: int | None = None) -> bool:
     """Whether a product of ``macs`` multiply-adds on tensors of ``t``'s kind goes to oneDNN;
-    the operands ``dense`` must be :func:`_dense`."""
-    return macs >= MIN_MACS and enabled(t) and all(_dense(u) for u in dense)
+    the operands ``dense`` must be :func:`_dense`; ``least``: the threshold (default
+    :data:`MIN_MACS`)."""
+    least = MIN_MACS if least is None else least
+    return macs >= least and enabled(t) and all(_dense(u) for u in dense)
 
 
 def _dnn(x: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -119,6 +141,14 @@ def mm_acc(out: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return out.add_(_dnn_mm(a, b)) if _mm_onednn(a, b) else out.addmm_(a, b)
 
 
+def packed_threshold() -> int:
+    """The fewest multiply-adds of a per-step product that goes to oneDNN with a packed weight:
+    :data:`MIN_PACKED_MACS` per thread of torch's, at most :data:`MIN_MACS`. torch's ``mm``
+    gains more from a second thread at these sizes than oneDNN does (module docstring); more
+    than two threads are unmeasured here and keep to the unpacked threshold."""
+    return min(MIN_PACKED_MACS * max(1, torch.get_num_threads()), MIN_MACS)
+
+
 def _packed(w: Tensor, rows: int) -> Tensor:
     """``w`` (``(N, K)``) in oneDNN's own layout for products with ``rows``-row inputs, or
     ``w`` made contiguous where this torch cannot pack. A plain weight is reordered into that
@@ -134,7 +164,7 @@ def _packed(w: Tensor, rows: int) -> Tensor:
 def acc_fn(w: Tensor, rows: int) -> Callable[[Tensor, Tensor], Tensor]:
     """``f(out, x)``: ``out += x @ w.T`` for the ``rows x K`` inputs of a time loop, with the
     library chosen once (``w`` ``(N, K)``; on oneDNN, packed once)."""
-    if _onednn(rows * w.numel(), w):
+    if _onednn(rows * w.numel(), w, least=packed_threshold()):
         wp = _packed(w, rows)
         return lambda out, x: out.add_(_dnn(x, wp))
     wt = w.t()
@@ -143,7 +173,7 @@ def acc_fn(w: Tensor, rows: int) -> Callable[[Tensor, Tensor], Tensor]:
 
 def into_fn(w: Tensor, rows: int, bias: Tensor | None = None) -> Callable[[Tensor, Tensor], Tensor]:
     """``f(out, x)``: ``out = x @ w.T (+ bias)``, like :func:`acc_fn`."""
-    if _onednn(rows * w.numel(), w):
+    if _onednn(rows * w.numel(), w, least=packed_threshold()):
         wp = _packed(w, rows)
         return lambda out, x: out.copy_(_dnn(x, wp, bias))
     wt = w.t()
