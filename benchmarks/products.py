@@ -1,13 +1,13 @@
 """Matrix products of the BPTT passes: torch's ``mm`` (MKL on the CPU) against oneDNN.
 
-For each of the issue-2 layer shapes, every product the hand-written LSTM passes make, in
-both libraries, one process, interleaved, median of the rounds: the per-step products
-(``B x H`` by ``H x 4H`` forward, ``B x 4H`` by ``4H x H`` backward) and the all-step ones
-(input projection, input gradient, weight gradients), plus a sweep of small per-step sizes
-that locates the crossover behind ``carousel.bptt._products.MIN_MACS``. Prints microseconds
-and the ratio ``mm / oneDNN`` (above 1: oneDNN faster); for the per-step products also oneDNN
-with the weight packed once into its own layout (``_products.acc_fn``), which a time loop can
-do, and its ratio.
+For each of the issue-2 layer shapes, every product the hand-written LSTM passes make, in both
+libraries, one process, interleaved, median of the rounds: the per-step products (``B x H`` by
+``H x 4H`` forward, ``B x 4H`` by ``4H x H`` backward) and the all-step ones (input projection,
+input gradient, weight gradients), plus a sweep of small per-step sizes that locates the
+crossovers behind ``carousel.bptt._products.MIN_MACS`` and ``packed_threshold()`` (the last
+column: the library ``acc_fn`` takes at that size). Prints microseconds and the ratio ``mm /
+oneDNN`` (above 1: oneDNN faster); for the per-step products also oneDNN with the weight packed
+once into its own layout (``_products.acc_fn``), which a time loop can do, and its ratio.
 
     python benchmarks/products.py --threads 1
     python benchmarks/products.py            # torch's default threads
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from carousel.bptt._products import _dnn
+from carousel.bptt._products import _dnn, packed_threshold
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from layers import machine
@@ -104,25 +104,33 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {name} | {macs / 1e6:.1f} | {t['mm']:.1f} | {t['dnn']:.1f} | "
                   f"{t['mm'] / t['dnn']:.2f}x |{pk}")  # fmt: skip
         print()
+    least = packed_threshold()
     print("## per-step sizes (out += x W^T, x: M x K, W: N x K)\n")
-    print("| M | K | N | M-adds | mm (us) | oneDNN (us) | ratio | packed (us) | ratio |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for M in (8, 32):
-        for K, N in ((32, 128), (128, 512), (256, 1024), (512, 2048)):
-            x, w, out = torch.randn(M, K), torch.randn(N, K), torch.zeros(M, N)
-            wp = _packed(w, M)
-            t = _time(
-                {
-                    "mm": lambda x=x, w=w, out=out: out.addmm_(x, w.t()),
-                    "dnn": lambda x=x, w=w, out=out: out.add_(_dnn(x, w)),
-                    "pk": lambda x=x, wp=wp, out=out: out.add_(_dnn(x, wp)),
-                },
-                args.rounds,
-                max(1, int(2e7 // (M * K * N))),
-            )
-            print(f"| {M} | {K} | {N} | {M * K * N / 1e6:.1f} | {t['mm']:.1f} | "
-                  f"{t['dnn']:.1f} | {t['mm'] / t['dnn']:.2f}x | {t['pk']:.1f} | "
-                  f"{t['mm'] / t['pk']:.2f}x |")  # fmt: skip
+    print(
+        f"`_products.acc_fn` takes oneDNN (packed) from {least / 1e6:.2f} M multiply-adds on "
+        f"{torch.get_num_threads()} thread(s) (`packed_threshold()`, the `acc_fn` column).\n"
+    )
+    print("| M | K | N | M-adds | mm (us) | oneDNN (us) | ratio | packed (us) | ratio | acc_fn |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    squares = ((32, 128), (128, 512), (256, 1024), (512, 2048))
+    sizes = [(M, K, N) for M in (8, 32) for K, N in squares]
+    sizes += [(32, 128, 256), (32, 256, 128), (32, 128, 384), (32, 384, 128)]  # 1.05 M, 1.57 M
+    for M, K, N in sizes:
+        x, w, out = torch.randn(M, K), torch.randn(N, K), torch.zeros(M, N)
+        wp = _packed(w, M)
+        t = _time(
+            {
+                "mm": lambda x=x, w=w, out=out: out.addmm_(x, w.t()),
+                "dnn": lambda x=x, w=w, out=out: out.add_(_dnn(x, w)),
+                "pk": lambda x=x, wp=wp, out=out: out.add_(_dnn(x, wp)),
+            },
+            args.rounds,
+            max(1, int(2e7 // (M * K * N))),
+        )
+        lib = "oneDNN" if M * K * N >= least else "mm"
+        print(f"| {M} | {K} | {N} | {M * K * N / 1e6:.2f} | {t['mm']:.1f} | "
+              f"{t['dnn']:.1f} | {t['mm'] / t['dnn']:.2f}x | {t['pk']:.1f} | "
+              f"{t['mm'] / t['pk']:.2f}x | {lib} |")  # fmt: skip
     return 0
 
 
