@@ -11,7 +11,7 @@ cost, so they go to oneDNN from :data:`MIN_PACKED_MACS` multiply-adds per thread
 per step (``out += x W^T``, ``x`` ``32 x K``): on one thread oneDNN is 1.07-1.10x faster at 1
 million multiply-adds, 1.13-1.32x at 1.6 million and 1.4-1.6x at 2.1 million (the first
 issue-2 shape's ``32 x 128`` by ``128 x 512``: 29-32 against 43-46 us); on two threads
-0.72-0.96x at 1 million, 0.83-1.06x at 1.6 million and 1.14-1.29x at 2.1 million.
+0.72-0.96x at 1 million, 0.87-1.06x at 1.6 million and 1.14-1.29x at 2.1 million.
 
 So, for float32 tensors on such a CPU, every product of at least :data:`MIN_MACS` multiply-adds
 (the per-step products of :func:`acc_fn` and :func:`into_fn`: see :func:`packed_threshold`) goes
