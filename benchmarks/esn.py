@@ -12,10 +12,12 @@ out), wall clock; reservoir construction is reported apart (``init``: carousel's
 is the largest growth of the process' resident memory during fit + predict (sampled every
 2 ms from /proc/self/statm by a second thread), from a run of its own after the timed runs:
 the sampling thread wakes 500 times a second, and on a 2-core machine it took a core from
-the timed code (10-25% slower two-thread fits at 1000 units). Times are the minimum of 3 runs
-up to 1000 units (2 runs above), which filters out other jobs on a shared machine: at 5000
-units a single float64 fit moved by 1.5x from one process to the next (its steps stream 25 MB
-of matrix from memory each).
+the timed code (10-25% slower two-thread fits at 1000 units). Times are the minimum of 5 runs
+up to 1000 units (2 runs above; ``--repeats N`` sets it), which filters out other jobs on a
+shared machine: at 5000 units a single float64 fit moved by 1.5x from one process to the next
+(its steps stream 25 MB of matrix from memory each), and at 1000 units, where the one-thread
+ratios lie near 2x, the minimum of 3 runs (the setting before 2026-12-05's stop 21) put 3 of
+30 ratios (fit and predict of 15 runs) at 1.97-1.99x, the others at 2.03-2.40x.
 
 Each thread setting runs in a fresh child process with ``OMP/MKL/OPENBLAS_NUM_THREADS`` set
 before numpy/torch load; both libraries run in that one process, their timed runs in turn
@@ -80,13 +82,21 @@ class PeakRSS:
         self.mib = (self.peak - self.base) / 2**20
 
 
-def repeats(units: int) -> int:
-    """Timings are the minimum of this many runs (the memory comes from a run of its own)."""
-    return 3 if units <= 1000 else 2
+def repeats(units: int, override: int = 0) -> int:
+    """Timings are the minimum of this many runs (the memory comes from a run of its own):
+    ``override`` where given (``--repeats``), else 5 up to 1000 units and 2 above."""
+    if override > 0:
+        return override
+    return 5 if units <= 1000 else 2
 
 
 def run_child(
-    units_list: list[int], train: int, test: int, rpy_init: bool, impls: list[str]
+    units_list: list[int],
+    train: int,
+    test: int,
+    rpy_init: bool,
+    impls: list[str],
+    n_repeats: int = 0,
 ) -> list[dict]:
     import torch
 
@@ -119,7 +129,7 @@ def run_child(
         # ------------------------------------------------ timed runs, the libraries in turn
         # (each repeat runs every model once, so a change in the machine's load falls on all)
         best = {key: [float("inf"), float("inf")] for key, _ in runs}
-        for _ in range(repeats(units)):
+        for _ in range(repeats(units, n_repeats)):
             for key, run in runs:
                 fit_s, predict_s, _ = run()
                 best[key] = [min(best[key][0], fit_s), min(best[key][1], predict_s)]
@@ -244,10 +254,16 @@ def main() -> int:
         default=["torch", "compiled", "torch-float32"],
         help="carousel variants to time: impl, optionally with -float32 (default float64)",
     )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=0,
+        help="timed runs of each library, the minimum kept (0: 5 up to 1000 units, 2 above)",
+    )
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        rows = run_child(args.units, args.train, args.test, args.rpy_init, args.impls)
+        rows = run_child(args.units, args.train, args.test, args.rpy_init, args.impls, args.repeats)
         print(json.dumps(rows))
         return 0
     rows = []
@@ -264,6 +280,8 @@ def main() -> int:
             str(args.test),
             "--units",
             *map(str, args.units),
+            "--repeats",
+            str(args.repeats),
         ]
         if args.rpy_init:
             cmd.append("--rpy-init")
