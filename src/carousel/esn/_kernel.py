@@ -639,23 +639,25 @@ def recur(
     if lib is None or not available(weight):
         return None
     T, H = drive.shape
-    if _row_stride(drive) is None:
+    ldd = _row_stride(drive)
+    if ldd is None:
         drive = drive.contiguous()
+        ldd = _row_stride(drive)
     state = state.contiguous()
     if out is None:
         out = torch.empty_like(drive)
-    elif (
+    ldo = _row_stride(out)
+    if (
         out.shape != drive.shape
         or out.dtype != drive.dtype
         or out.device != drive.device
-        or _row_stride(out) is None
+        or ldo is None
     ):
         raise ValueError(
             f"carousel.esn._kernel.recur: expected out of shape {tuple(drive.shape)}, "
             f"{drive.dtype} on {drive.device}, with contiguous rows, got shape "
             f"{tuple(out.shape)}, {out.dtype} on {out.device}, strides {out.stride()}"
         )
-    ldd, ldo = _row_stride(drive), _row_stride(out)
     suffix = "f64" if weight.dtype == torch.float64 else "f32"
     if weight.layout == torch.strided and _mostly_zero(weight):
         # a dense matrix that is mostly zeros (the reservoir's connectivity, e.g. 10%): the
