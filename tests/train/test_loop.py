@@ -1,6 +1,7 @@
 """The training loop: exact resume, truncated BPTT, clipping, NaN handling, metrics files."""
 
 import json
+import logging
 import math
 from typing import ClassVar
 
@@ -12,6 +13,7 @@ from carousel.train import (
     NonFiniteError,
     ResumeError,
     evaluate_checkpoint,
+    latest_checkpoint,
     load_checkpoint,
     load_config,
     read_metrics,
@@ -287,6 +289,25 @@ def test_other_config_refuses_to_resume_and_restart_starts_over(make_config):
     assert done.checkpoint == again.checkpoint and done.evaluation == again.evaluation
     evals = [r for r in read_metrics(done.run_dir) if r["kind"] == "eval"]
     assert len(evals) == 3  # one final evaluation per split, not repeated
+
+
+def test_a_checkpoint_older_than_a_config_key_resumes_at_its_default(make_config, caplog):
+    over = ["train.checkpoint_every=2", "train.keep_checkpoints=0"]
+    full = train(make_config(*over, "train.steps=4", run="full"))
+    train(make_config(*over, "train.steps=2", run="old"))
+    # as written by a carousel without train.clip_norm and the [model.init] table
+    doc_path = latest_checkpoint(full.run_dir.parent / "old") / "checkpoint.json"
+    doc = json.loads(doc_path.read_text())
+    del doc["config"]["train"]["clip_norm"], doc["config"]["model"]["init"]
+    doc_path.write_text(json.dumps(doc))
+    with pytest.raises(ResumeError, match=r"train\.clip_norm: not in the checkpoint.*0\.5 now"):
+        train(make_config(*over, "train.steps=4", "train.clip_norm=0.5", run="old"))
+    with caplog.at_level(logging.WARNING, logger="carousel.train"):
+        resumed = train(make_config(*over, "train.steps=4", run="old"))
+    assert resumed.resumed_from == 2 and resumed.step == 4
+    assert "predates the config keys" in caplog.text and "train.clip_norm = None" in caplog.text
+    assert "model.init = {" in caplog.text
+    assert_same_weights(weights(full.checkpoint), weights(resumed.checkpoint))
 
 
 def test_lbfgs_through_the_closure(make_config, monkeypatch):

@@ -759,24 +759,56 @@ def _save(run: _Run, step: int) -> None:
     distributed.barrier(info)
 
 
-def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+class _Unset:
+    """A key one side of :func:`_diff` lacks."""
+
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+_UNSET = _Unset()
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(key, old value, new value)`` for every dotted key whose values differ (``_UNSET``
+    where a side lacks the key); ``*options`` tables compare whole."""
     out = []
     for k in sorted(set(old) | set(new)):
         key = f"{prefix}{k}"
-        a, b = old.get(k, "<unset>"), new.get(k, "<unset>")
+        a, b = old.get(k, _UNSET), new.get(k, _UNSET)
         if isinstance(a, dict) and isinstance(b, dict) and not key.endswith("options"):
             out.extend(_diff(a, b, key + "."))
         elif a != b:
-            out.append(f"{key}: {a!r} in the checkpoint, {b!r} now")
+            out.append((key, a, b))
     return out
 
 
+def _added_keys(saved: dict[str, Any]) -> dict[str, Any]:
+    """The config keys a checkpoint's config lacks (written before carousel had them), with
+    the defaults :func:`config_from_dict` gives them; ``{}`` if this carousel cannot read the
+    config (then :func:`_diff` names the keys it does not know)."""
+    try:
+        filled = config_to_dict(config_from_dict(saved))
+    except ConfigError:
+        return {}
+    return {key: b for key, a, b in _diff(saved, filled) if a is _UNSET}
+
+
 def _restore(run: _Run, ckpt: Checkpoint) -> None:
-    changes = [
-        d
-        for d in _diff(ckpt.config, config_to_dict(run.config))
-        if not d.startswith(RESUMABLE_CHANGES)
-    ]
+    # a key added to carousel after the checkpoint was written resumes at its default: a key
+    # is added with a default that keeps the behaviour of the runs made before it
+    added = _added_keys(ckpt.config)
+    changes = []
+    for key, a, b in _diff(ckpt.config, config_to_dict(run.config)):
+        if key.startswith(RESUMABLE_CHANGES) or (a is _UNSET and key in added and added[key] == b):
+            continue
+        if a is _UNSET and key in added:
+            changes.append(
+                f"{key}: not in the checkpoint, which predates this key (such runs resume at "
+                f"its default, {added[key]!r}), {b!r} now"
+            )
+        else:
+            changes.append(f"{key}: {a!r} in the checkpoint, {b!r} now")
     if changes:
         raise ResumeError(
             [
@@ -786,6 +818,12 @@ def _restore(run: _Run, ckpt: Checkpoint) -> None:
                 "or choose another directory with --set log.dir=DIR",
             ],
             str(ckpt.path),
+        )
+    if added:
+        log.warning(
+            "%s predates the config keys %s; resuming with their defaults",
+            ckpt.path,
+            ", ".join(f"{k} = {v!r}" for k, v in added.items()),
         )
     try:
         run.model.load_state_dict(ckpt.model)
