@@ -12,6 +12,7 @@ from carousel.train import (
     config_from_dict,
     config_to_dict,
     config_to_toml,
+    fill_added_keys,
     load_config,
 )
 
@@ -136,3 +137,20 @@ def test_direct_construction_checks_section_types():
     cfg = Config(task="binary-addition")
     assert cfg.data == BinaryAdditionConfig()
     assert dataclasses.replace(cfg, seed=3).seed == 3
+
+
+def test_keys_added_since_a_saved_config_take_the_values_of_the_runs_before_them():
+    saved = config_to_dict(load_config("speech-words"))  # (its task sets clip_norm = 1.0)
+    del saved["data"]["l2"], saved["data"]["flite"], saved["train"]["clip_norm"]
+    filled, added = fill_added_keys(saved)
+    # l2's default is 0.3 for speech-words, but the runs before it had none: the task says 0.0
+    assert added == {"data.l2": 0.0, "data.flite": 0.0, "train.clip_norm": None}
+    assert filled["data"] == {**config_to_dict(load_config("speech-words"))["data"], "l2": 0.0}
+    config_from_dict(filled)  # valid
+    whole = config_to_dict(load_config("binary-addition"))
+    del whole["data"]
+    filled, added = fill_added_keys(whole)  # a section older than every key in it
+    assert added == {"data": filled["data"]} and filled["data"]["stream_bits"] == 0
+    assert fill_added_keys(config_to_dict(load_config("binary-addition")))[1] == {}
+    for unreadable in ({"task": "no-such-task"}, {"model": {}}, {**whole, "train": {"steps": -1}}):
+        assert fill_added_keys(unreadable) == (unreadable, {})

@@ -299,14 +299,18 @@ def test_a_checkpoint_older_than_a_config_key_resumes_at_its_default(make_config
     doc_path = latest_checkpoint(full.run_dir.parent / "old") / "checkpoint.json"
     doc = json.loads(doc_path.read_text())
     del doc["config"]["train"]["clip_norm"], doc["config"]["model"]["init"]
+    del doc["config"]["data"]["stream_bits"]  # older than the task's streams of short sums
     doc_path.write_text(json.dumps(doc))
     with pytest.raises(ResumeError, match=r"train\.clip_norm: not in the checkpoint.*0\.5 now"):
         train(make_config(*over, "train.steps=4", "train.clip_norm=0.5", run="old"))
+    # runs before data.stream_bits streamed one endless sum: 0, where its default is 8
+    with pytest.raises(ResumeError, match=r"data\.stream_bits: not in .*with 0\), 8 now"):
+        train(make_config(*over, "train.steps=4", run="old"))
     with caplog.at_level(logging.WARNING, logger="carousel.train"):
-        resumed = train(make_config(*over, "train.steps=4", run="old"))
+        resumed = train(make_config(*over, "train.steps=4", "data.stream_bits=0", run="old"))
     assert resumed.resumed_from == 2 and resumed.step == 4
     assert "predates the config keys" in caplog.text and "train.clip_norm = None" in caplog.text
-    assert "model.init = {" in caplog.text
+    assert "model.init = {" in caplog.text and "data.stream_bits = 0" in caplog.text
     assert_same_weights(weights(full.checkpoint), weights(resumed.checkpoint))
 
 

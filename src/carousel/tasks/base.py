@@ -162,6 +162,11 @@ class Task:
         defaults: task-specific defaults for the other tables, e.g.
             ``{"model": {"cell": "rnn"}, "optim": {"lr": 0.01}, "train": {"steps": 1000}}``;
             a config file and ``--set`` override them.
+        predating: for config keys added to carousel after runs of this task were made, where
+            the key's default does not keep those runs' behaviour, the value that does, e.g.
+            ``{"data": {"l2": 0.0}}``. A checkpoint without such a key is read with this
+            value (:func:`carousel.train.fill_added_keys`); keys not listed are added
+            with a default that keeps the earlier behaviour.
         eval_splits: the held-out splits :meth:`evaluate` knows, the first being the one
             evaluated during training.
         primary_metric: the metric shown in the progress bar and summaries.
@@ -171,6 +176,7 @@ class Task:
     Config: ClassVar[type] = NoOptions
     ModelConfig: ClassVar[type] = ModelConfig
     defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    predating: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     eval_splits: ClassVar[tuple[str, ...]] = ("valid",)
     primary_metric: ClassVar[str] = "accuracy"
     #: the matching loss of :mod:`carousel.optim` (``"cross_entropy"``, ``"mse"``,

@@ -27,6 +27,7 @@ from carousel.train.config import (
     config_from_dict,
     config_to_dict,
     config_to_toml,
+    fill_added_keys,
     load_config,
 )
 from carousel.train.loop import (
@@ -69,6 +70,7 @@ __all__ = [
     "derive_seed",
     "evaluate_checkpoint",
     "evaluate_trained",
+    "fill_added_keys",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",

@@ -63,6 +63,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "config_to_toml",
+    "fill_added_keys",
     "load_config",
 ]
 
@@ -637,6 +638,45 @@ def config_from_dict(data: Mapping[str, Any], where: str = "config") -> Config:
     if errors:
         raise ConfigError(errors, where)
     return config
+
+
+def fill_added_keys(data: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A saved config (a checkpoint's) with the keys added to carousel since it was written.
+
+    Each missing key takes the value that keeps the behaviour of the runs made before it: the
+    task's :attr:`~carousel.tasks.Task.predating` value where it has one, else the key's
+    default (a key is added with a default that keeps the earlier behaviour).
+
+    Returns:
+        ``(filled, added)``: the config data with every key, and the dotted keys filled in
+        with their values. Where this carousel cannot read ``data`` (an unknown task or key, an
+        invalid value), ``(data, {})``, and :func:`config_from_dict` says why.
+    """
+    from carousel.tasks import get_task
+
+    try:
+        predating = get_task(data["task"]).cls.predating
+    except (KeyError, TypeError, ValueError):
+        return dict(data), {}
+    given = {k: dict(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+    for section, values in predating.items():
+        if isinstance(given.get(section, {}), dict):
+            given[section] = {**values, **given.get(section, {})}
+    try:
+        filled = config_to_dict(config_from_dict(given))
+    except ConfigError:
+        return dict(data), {}
+    return filled, dict(_absent(data, filled))
+
+
+def _absent(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = ""):
+    """``(dotted key, value)`` of ``new`` for every key ``old`` lacks (``*options`` whole)."""
+    for k, v in new.items():
+        key = f"{prefix}{k}"
+        if k not in old:
+            yield key, v
+        elif isinstance(v, dict) and isinstance(old[k], Mapping) and not key.endswith("options"):
+            yield from _absent(old[k], v, key + ".")
 
 
 def _toml_value(v: Any) -> str:

@@ -52,7 +52,13 @@ from carousel.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from carousel.train.config import Config, config_from_dict, config_to_dict, config_to_toml
+from carousel.train.config import (
+    Config,
+    config_from_dict,
+    config_to_dict,
+    config_to_toml,
+    fill_added_keys,
+)
 from carousel.train.metrics import MetricsLogger, plot_metrics, read_metrics
 from carousel.train.optim import build_optimizer, momentum_at, set_schedules
 from carousel.train.penalties import vanishing_gradient_penalty
@@ -783,29 +789,18 @@ def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[tu
     return out
 
 
-def _added_keys(saved: dict[str, Any]) -> dict[str, Any]:
-    """The config keys a checkpoint's config lacks (written before carousel had them), with
-    the defaults :func:`config_from_dict` gives them; ``{}`` if this carousel cannot read the
-    config (then :func:`_diff` names the keys it does not know)."""
-    try:
-        filled = config_to_dict(config_from_dict(saved))
-    except ConfigError:
-        return {}
-    return {key: b for key, a, b in _diff(saved, filled) if a is _UNSET}
-
-
 def _restore(run: _Run, ckpt: Checkpoint) -> None:
-    # a key added to carousel after the checkpoint was written resumes at its default: a key
-    # is added with a default that keeps the behaviour of the runs made before it
-    added = _added_keys(ckpt.config)
+    # a key added to carousel after the checkpoint was written resumes at the value that keeps
+    # the behaviour of the runs made before it (config.fill_added_keys)
+    added = fill_added_keys(ckpt.config)[1]
     changes = []
     for key, a, b in _diff(ckpt.config, config_to_dict(run.config)):
         if key.startswith(RESUMABLE_CHANGES) or (a is _UNSET and key in added and added[key] == b):
             continue
         if a is _UNSET and key in added:
             changes.append(
-                f"{key}: not in the checkpoint, which predates this key (such runs resume at "
-                f"its default, {added[key]!r}), {b!r} now"
+                f"{key}: not in the checkpoint, which predates this key (such runs resume "
+                f"with {added[key]!r}), {b!r} now"
             )
         else:
             changes.append(f"{key}: {a!r} in the checkpoint, {b!r} now")
@@ -821,7 +816,8 @@ def _restore(run: _Run, ckpt: Checkpoint) -> None:
         )
     if added:
         log.warning(
-            "%s predates the config keys %s; resuming with their defaults",
+            "%s predates the config keys %s; resuming with these values, which keep the "
+            "behaviour of the runs made before them",
             ckpt.path,
             ", ".join(f"{k} = {v!r}" for k, v in added.items()),
         )
@@ -899,7 +895,7 @@ def load_trained(
         ConfigError: a checkpoint whose config this carousel cannot read.
     """
     ckpt = load_checkpoint(path)
-    config = config_from_dict(ckpt.config, where=str(ckpt.path))
+    config = config_from_dict(fill_added_keys(ckpt.config)[0], where=str(ckpt.path))
     dev = resolve_device(device)
     dtype = getattr(torch, config.train.dtype)
     task = make_task(config.task, config.data)
