@@ -465,6 +465,10 @@ def test_cache_dir_keyed_by_torch_and_source(monkeypatch, tmp_path):
     d = kernels.cache_dir()
     assert d.parent == tmp_path
     assert torch.__version__.replace("+", "_") in d.name
+    # another environment's torch (its own header paths) builds in a directory of its own
+    monkeypatch.setattr(torch, "__file__", str(tmp_path / "venv2" / "torch" / "__init__.py"))
+    other = kernels.cache_dir()
+    assert other.parent == tmp_path and other != d
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,9 @@ The extension is built on first use with :func:`torch.utils.cpp_extension.load` 
 compiler and ``ninja``: ``pip install carousel-rnn[compiled]``) and cached under
 ``$CAROUSEL_KERNEL_DIR`` or ``$XDG_CACHE_HOME/carousel/kernels`` (default
 ``~/.cache/carousel/kernels``), in a directory keyed by the torch version and a hash of the
-source, so it is built once per machine and torch version; a message is logged (logger
+source, the flags, the CPU and the torch installation, so it is built once per torch
+installation (each virtual environment: torch's builder compiles against that
+installation's headers, and rebuilds when their path changes); a message is logged (logger
 ``carousel.kernels``, level WARNING) while it builds. Where no compiler or ``ninja`` is
 present, the build fails, or ``CAROUSEL_NO_COMPILE=1`` is set, :func:`available` is False and
 ``impl="compiled"`` runs the pure-PyTorch path :mod:`carousel.bptt` instead. Where torch's
@@ -104,7 +106,10 @@ def cache_dir(flags: list[str] | None = None) -> Path:
 
     ``$CAROUSEL_KERNEL_DIR`` if set, else ``$XDG_CACHE_HOME/carousel/kernels`` (default
     ``~/.cache/carousel/kernels``), then a subdirectory keyed by the torch version and the
-    hash of the source, the compiler flags and the CPU.
+    hash of the source, the compiler flags, the CPU and the torch installation's directory.
+    torch's builder writes that directory's header paths into its build file and rebuilds
+    when they change, so two environments sharing one build directory would rebuild it, without
+    a word, every time the other had used it (about 20 s each).
 
     Args:
         flags: the compiler flags of the build (default: those :func:`load` tries first).
@@ -120,6 +125,7 @@ def cache_dir(flags: list[str] | None = None) -> Path:
     h = hashlib.sha256(_SOURCE.read_bytes())
     h.update(" ".join(flags).encode())
     h.update(cpu_id().encode())  # -march=native: one build per kind of CPU
+    h.update(str(Path(torch.__file__).resolve().parent).encode())  # one per installation
     digest = h.hexdigest()[:12]
     tv = torch.__version__.replace("+", "_")
     return base / f"torch{tv}-{digest}"
