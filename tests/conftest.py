@@ -18,9 +18,10 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_sessionstart(session):
-    # Build (once per machine, cached) or load the compiled kernels before any test, so that
-    # tests running carousel in a subprocess find them built instead of building them under
-    # their own timeouts. A no-op with CAROUSEL_NO_COMPILE=1; falls back when it cannot build.
+    # Build (once per torch installation, cached) or load the compiled kernels before any
+    # test, so that tests running carousel in a subprocess find them built instead of building
+    # them under their own timeouts. A no-op with CAROUSEL_NO_COMPILE=1; falls back when it
+    # cannot build.
     from carousel import kernels
 
     kernels.load()

@@ -9,7 +9,8 @@ them, alone and combined with the other switches); through the layers with two l
 both directions and lengths; ``gradcheck`` on each Function. In float32 against the
 pure-PyTorch path at a larger size. The fallback (``CAROUSEL_NO_COMPILE=1``, a failed build)
 is tested without the build. The compiled tests skip when the extension cannot be built (no
-compiler or ninja); the build happens once per machine (cached) and in this process only.
+compiler or ninja); the build happens once per torch installation (cached) and in this process
+only.
 """
 
 from __future__ import annotations

@@ -157,7 +157,7 @@ def _build(cpp_extension, flags: list[str]) -> None:
     if not any(build.glob("*.so")):
         _log.warning(
             "carousel: building the compiled recurrent kernels in %s (once per "
-            "machine and torch version; takes a minute or two) ...",
+            "torch installation; takes up to a minute or two) ...",
             build,
         )
     cpp_extension.load(
