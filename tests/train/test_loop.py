@@ -291,7 +291,7 @@ def test_other_config_refuses_to_resume_and_restart_starts_over(make_config):
     assert len(evals) == 3  # one final evaluation per split, not repeated
 
 
-def test_a_checkpoint_older_than_a_config_key_resumes_at_its_default(make_config, caplog):
+def test_a_checkpoint_older_than_a_config_key_resumes_as_the_runs_before_it(make_config, caplog):
     over = ["train.checkpoint_every=2", "train.keep_checkpoints=0"]
     full = train(make_config(*over, "train.steps=4", run="full"))
     train(make_config(*over, "train.steps=2", run="old"))

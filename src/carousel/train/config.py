@@ -666,17 +666,33 @@ def fill_added_keys(data: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, 
         filled = config_to_dict(config_from_dict(given))
     except ConfigError:
         return dict(data), {}
-    return filled, dict(_absent(data, filled))
+    return filled, {key: b for key, a, b in config_diff(data, filled) if a is UNSET}
 
 
-def _absent(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = ""):
-    """``(dotted key, value)`` of ``new`` for every key ``old`` lacks (``*options`` whole)."""
-    for k, v in new.items():
+class _Unset:
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+#: What :func:`config_diff` gives for a key one side lacks.
+UNSET: Any = _Unset()
+
+
+def config_diff(
+    old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = ""
+) -> list[tuple[str, Any, Any]]:
+    """``(dotted key, old value, new value)`` for every key whose values differ between two
+    configs as plain data (:data:`UNSET` where a side lacks the key); ``*options`` tables are
+    compared whole, a table one side lacks is one key."""
+    out = []
+    for k in sorted(set(old) | set(new)):
         key = f"{prefix}{k}"
-        if k not in old:
-            yield key, v
-        elif isinstance(v, dict) and isinstance(old[k], Mapping) and not key.endswith("options"):
-            yield from _absent(old[k], v, key + ".")
+        a, b = old.get(k, UNSET), new.get(k, UNSET)
+        if isinstance(a, Mapping) and isinstance(b, Mapping) and not key.endswith("options"):
+            out.extend(config_diff(a, b, key + "."))
+        elif a != b:
+            out.append((key, a, b))
+    return out
 
 
 def _toml_value(v: Any) -> str:

@@ -53,7 +53,9 @@ from carousel.train.checkpoint import (
     save_checkpoint,
 )
 from carousel.train.config import (
+    UNSET,
     Config,
+    config_diff,
     config_from_dict,
     config_to_dict,
     config_to_toml,
@@ -765,39 +767,15 @@ def _save(run: _Run, step: int) -> None:
     distributed.barrier(info)
 
 
-class _Unset:
-    """A key one side of :func:`_diff` lacks."""
-
-    def __repr__(self) -> str:
-        return "<unset>"
-
-
-_UNSET = _Unset()
-
-
-def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """``(key, old value, new value)`` for every dotted key whose values differ (``_UNSET``
-    where a side lacks the key); ``*options`` tables compare whole."""
-    out = []
-    for k in sorted(set(old) | set(new)):
-        key = f"{prefix}{k}"
-        a, b = old.get(k, _UNSET), new.get(k, _UNSET)
-        if isinstance(a, dict) and isinstance(b, dict) and not key.endswith("options"):
-            out.extend(_diff(a, b, key + "."))
-        elif a != b:
-            out.append((key, a, b))
-    return out
-
-
 def _restore(run: _Run, ckpt: Checkpoint) -> None:
     # a key added to carousel after the checkpoint was written resumes at the value that keeps
     # the behaviour of the runs made before it (config.fill_added_keys)
     added = fill_added_keys(ckpt.config)[1]
     changes = []
-    for key, a, b in _diff(ckpt.config, config_to_dict(run.config)):
-        if key.startswith(RESUMABLE_CHANGES) or (a is _UNSET and key in added and added[key] == b):
+    for key, a, b in config_diff(ckpt.config, config_to_dict(run.config)):
+        if key.startswith(RESUMABLE_CHANGES) or (a is UNSET and key in added and added[key] == b):
             continue
-        if a is _UNSET and key in added:
+        if a is UNSET and key in added:
             changes.append(
                 f"{key}: not in the checkpoint, which predates this key (such runs resume "
                 f"with {added[key]!r}), {b!r} now"
