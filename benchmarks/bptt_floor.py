@@ -45,12 +45,16 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 import carousel
 from carousel._malloc import keep_freed_memory
 from carousel.bptt import _products as products
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from layers import train_step  # the benchmarks folder is on sys.path
 
 FIRST = (32, 100, 64, 128)  # (B, T, I, H)
 SECOND = (32, 100, 128, 512)
@@ -166,17 +170,6 @@ class Skeleton:
         dA2.sum(0)  # grad bias
         if fgr:  # grad W_gg
             products.mm(dA2[B:, : 3 * H].t(), gates[:-1, :, : 3 * H].reshape(-1, 3 * H))
-
-
-def train_step(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
-    params = list(model.parameters())
-
-    def step() -> None:
-        for p in params:
-            p.grad = None
-        model(x)[0].sum().backward()
-
-    return step
 
 
 def medians(steps: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
