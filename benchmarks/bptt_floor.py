@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -54,7 +53,7 @@ from carousel._malloc import keep_freed_memory
 from carousel.bptt import _products as products
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from layers import train_step  # the benchmarks folder is on sys.path
+from layers import interleaved_medians, train_step  # the benchmarks folder is on sys.path
 
 FIRST = (32, 100, 64, 128)  # (B, T, I, H)
 SECOND = (32, 100, 128, 512)
@@ -172,19 +171,6 @@ class Skeleton:
             products.mm(dA2[B:, : 3 * H].t(), gates[:-1, :, : 3 * H].reshape(-1, 3 * H))
 
 
-def medians(steps: dict[str, Callable[[], None]], rounds: int) -> dict[str, float]:
-    """Median seconds of each step over ``rounds`` interleaved rounds (after one warm-up)."""
-    for step in steps.values():
-        step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(rounds):
-        for name, step in steps.items():
-            t0 = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
-
-
 def best_rate(m: int, k: int, n: int, repeats: int = 5) -> tuple[float, str]:
     """The faster library's float32 GFLOP/s for an ``(m, k) x (k, n)`` product (best of
     ``repeats``), and its name."""
@@ -244,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         steps[f"{v} skeleton"] = lambda skeleton=skeleton: skeleton.step(x)
         for impl in ("bptt", "reference"):
             steps[f"{v} carousel {impl}"] = train_step(carousel.LSTM(I, H, variant=v, impl=impl), x)
-    med = medians(steps, args.rounds)
+    med = interleaved_medians(steps, args.rounds)
     nn_s = med["torch.nn.LSTM"]
     print(f"\n## 1. The skeleton at {FIRST} (median of {args.rounds} rounds)\n")
     print("| row | ms / step | vs torch.nn | vs reference |")
@@ -264,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     B2, T2, I2, H2 = SECOND
     x2 = torch.randn(T2, B2, I2, generator=gen)
     nn2 = train_step(torch.nn.LSTM(I2, H2), x2)
-    nn2_s = medians({"nn": nn2}, max(3, args.rounds // 2))["nn"]
+    nn2_s = interleaved_medians({"nn": nn2}, max(3, args.rounds // 2))["nn"]
     rate, lib = best_rate(T2 * B2, 3 * H2, 3 * H2)
     print(f"\n## 2. FGR's arithmetic ({SECOND}, and {FIRST} for comparison)\n")
     print(

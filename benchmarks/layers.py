@@ -138,6 +138,23 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def interleaved_medians(
+    cases: dict[str, Callable[[], object]], rounds: int, reps: int = 1
+) -> dict[str, float]:
+    """Median wall seconds per call of each case: one untimed call each, then ``rounds``
+    rounds that time ``reps`` calls of every case in turn (a burst of load falls on all)."""
+    for f in cases.values():
+        f()
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, f in cases.items():
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                f()
+            times[name].append((time.perf_counter() - t0) / reps)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def measure(
     cases: list[Case], x: torch.Tensor, rounds: int, warmup: int, clock: Callable[[], float]
 ) -> dict[str, float]:

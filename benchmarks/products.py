@@ -16,9 +16,7 @@ once into its own layout (``_products.acc_fn``), which a time loop can do, and i
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -26,7 +24,7 @@ import torch
 from carousel.bptt._products import _dnn, packed_threshold
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from layers import machine
+from layers import interleaved_medians, machine
 
 SHAPES = [(32, 100, 64, 128), (32, 100, 128, 512), (8, 200, 16, 32)]
 
@@ -38,16 +36,8 @@ def _packed(w, rows):
 
 
 def _time(cases: dict, rounds: int, reps: int) -> dict[str, float]:
-    for f in cases.values():
-        f()
-    times: dict[str, list[float]] = {k: [] for k in cases}
-    for _ in range(rounds):
-        for k, f in cases.items():
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                f()
-            times[k].append((time.perf_counter() - t0) / reps)
-    return {k: statistics.median(v) * 1e6 for k, v in times.items()}
+    """Median microseconds per call (:func:`layers.interleaved_medians`)."""
+    return {k: t * 1e6 for k, t in interleaved_medians(cases, rounds, reps).items()}
 
 
 def products(B: int, T: int, I: int, H: int) -> dict[str, tuple]:
