@@ -229,3 +229,14 @@ def test_errors():
         EchoStateNetwork(10, input_size=1)
     with pytest.raises(ValueError, match="units must be >= 1"):
         EchoStateNetwork(0)
+
+
+def test_a_failed_build_leaves_the_network_unbuilt():
+    # rls_alpha is checked by the readout when the first fit builds the network: the error
+    # must not leave a reservoir without a readout (the next fit raised AttributeError)
+    esn = EchoStateNetwork(10, readout="rls", rls_alpha=-1.0)
+    u = torch.zeros(20, 1, dtype=torch.float64)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="alpha must be a float > 0"):
+            esn.fit(u, u)
+        assert not esn.is_built and esn.readout is None

@@ -193,7 +193,7 @@ class EchoStateNetwork(nn.Module):
                 "reservoir otherwise)"
             )
         kw = {"device": self.device_, "dtype": self.dtype_}
-        self.reservoir = Reservoir(
+        reservoir = Reservoir(
             input_size,
             self.units,
             feedback_size=output_size if self.feedback else 0,
@@ -201,16 +201,20 @@ class EchoStateNetwork(nn.Module):
             **kw,
         )
         features = self.units + (input_size if self.input_to_readout else 0)
+        readout: RidgeReadout | RLSReadout
         if self.readout_kind == "ridge":
-            self.readout = RidgeReadout(features, output_size, ridge=self.ridge, **kw)
+            readout = RidgeReadout(features, output_size, ridge=self.ridge, **kw)
         else:
-            self.readout = RLSReadout(
+            readout = RLSReadout(
                 features,
                 output_size,
                 alpha=self.rls_alpha,
                 forgetting=self.rls_forgetting,
                 **kw,
             )
+        # all or nothing: a readout that rejects its arguments (rls_alpha, rls_forgetting are
+        # checked here) leaves the network unbuilt, not with a reservoir and no readout
+        self.reservoir, self.readout = reservoir, readout
         self.input_size, self.output_size = input_size, output_size
 
     def _require_built(self, what: str) -> None:
