@@ -88,6 +88,8 @@ def test_drive_and_recur_out_errors():
         res.drive(torch.randn(5, 3, 2, dtype=torch.float64), out=batch_major)
     with pytest.raises(TypeError, match=r"out must be a torch.Tensor, got list"):
         res.drive(u, out=[])
+    with pytest.raises(ValueError, match=r"expected inputs with 2 features, got None"):
+        res.drive(None, steps=5)
 
 
 @pytest.mark.parametrize("sparse", [False, True])

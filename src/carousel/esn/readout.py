@@ -169,6 +169,15 @@ class RidgeReadout(nn.Module):
           :meth:`forward`).
     """
 
+    # buffers registered in __init__: the fitted weights and the accumulated sums
+    weight: Tensor
+    bias: Tensor
+    xx: Tensor
+    xy: Tensor
+    x_sum: Tensor
+    y_sum: Tensor
+    count: Tensor
+
     def __init__(
         self,
         in_features: int,
@@ -188,12 +197,10 @@ class RidgeReadout(nn.Module):
         dtype = torch.float64 if dtype is None else dtype
         self.register_buffer("weight", torch.zeros(O, F, device=device, dtype=dtype))
         self.register_buffer("bias", torch.zeros(O, device=device, dtype=dtype))
-        acc = {"device": device, "dtype": accumulate_dtype}
-        self.register_buffer("xx", torch.zeros(F, F, **acc), persistent=False)
-        self.register_buffer("xy", torch.zeros(F, O, **acc), persistent=False)
-        self.register_buffer("x_sum", torch.zeros(F, **acc), persistent=False)
-        self.register_buffer("y_sum", torch.zeros(O, **acc), persistent=False)
-        self.register_buffer("count", torch.zeros((), **acc), persistent=False)
+        sums = {"xx": (F, F), "xy": (F, O), "x_sum": (F,), "y_sum": (O,), "count": ()}
+        for name, shape in sums.items():
+            zeros = torch.zeros(shape, device=device, dtype=accumulate_dtype)
+            self.register_buffer(name, zeros, persistent=False)
 
     def reset(self) -> None:
         """Zero the accumulated sums."""
@@ -326,6 +333,10 @@ class RLSReadout(nn.Module):
         device, dtype: of the buffers (float64 by default; RLS is sensitive to rounding).
     """
 
+    # buffers registered in __init__: [W, b] and P
+    weight_aug: Tensor
+    precision: Tensor
+
     def __init__(
         self,
         in_features: int,
@@ -351,9 +362,10 @@ class RLSReadout(nn.Module):
         self.forgetting = float(forgetting)
         dtype = torch.float64 if dtype is None else dtype
         F1 = in_features + 1
-        kw = {"device": device, "dtype": dtype}
-        self.register_buffer("weight_aug", torch.zeros(out_features, F1, **kw))
-        self.register_buffer("precision", torch.eye(F1, **kw) / self.alpha)
+        self.register_buffer(
+            "weight_aug", torch.zeros(out_features, F1, device=device, dtype=dtype)
+        )
+        self.register_buffer("precision", torch.eye(F1, device=device, dtype=dtype) / self.alpha)
 
     @property
     def weight(self) -> Tensor:

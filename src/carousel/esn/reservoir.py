@@ -3,6 +3,7 @@ r"""The reservoir: a fixed random recurrent network of leaky-integrator tanh uni
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -114,6 +115,12 @@ class Reservoir(nn.Module):
         (torch.Size([20, 50]), torch.Size([50]))
     """
 
+    # the frozen weights, registered as buffers in __init__
+    weight_hh: Tensor
+    weight_ih: Tensor
+    bias: Tensor
+    weight_fb: Tensor
+
     def __init__(
         self,
         input_size: int,
@@ -191,11 +198,14 @@ class Reservoir(nn.Module):
         w_fb = random_matrix(
             H, max(O, 1), distribution="uniform", generator=random_stream(seed, "feedback")
         )[:, :O]
-        kw = {"device": device, "dtype": dtype}
-        self.register_buffer("weight_hh", w.to(**kw))
-        self.register_buffer("weight_ih", (w_in * self.input_scaling).to(**kw))
-        self.register_buffer("bias", (bias * self.bias_scaling).to(**kw))
-        self.register_buffer("weight_fb", (w_fb * self.feedback_scaling).to(**kw))
+
+        def place(t: Tensor) -> Tensor:
+            return t.to(device=device, dtype=dtype)
+
+        self.register_buffer("weight_hh", place(w))
+        self.register_buffer("weight_ih", place(w_in * self.input_scaling))
+        self.register_buffer("bias", place(bias * self.bias_scaling))
+        self.register_buffer("weight_fb", place(w_fb * self.feedback_scaling))
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -258,6 +268,10 @@ class Reservoir(nn.Module):
             self._check_out("out", out, (T, B, self.units))
             out.copy_(self.bias.expand(T, B, self.units))
         if self.input_size:
+            if inputs is None:
+                raise ValueError(
+                    f"Reservoir: expected inputs with {self.input_size} features, got None"
+                )
             out.view(T * B, -1).addmm_(inputs.reshape(T * B, -1), self.weight_ih.T)
         if feedback is not None and self.feedback_size:
             out.view(T * B, -1).addmm_(feedback.reshape(T * B, -1), self.weight_fb.T)
@@ -327,12 +341,13 @@ class Reservoir(nn.Module):
             )
         )
         if compiled:
-            outs = [None] * B if out is None else out.unbind(1)
+            outs: Sequence[Tensor | None] = [None] * B if out is None else out.unbind(1)
             runs = [_kernel.recur(W, drive[:, b], state[b], a, threads, outs[b]) for b in range(B)]
-            if all(r is not None for r in runs):
+            done = [r for r in runs if r is not None]
+            if len(done) == B:
                 if out is not None:
                     return out
-                return runs[0].unsqueeze(1) if B == 1 else torch.stack(runs, 1)
+                return done[0].unsqueeze(1) if B == 1 else torch.stack(done, 1)
         states = torch.empty_like(drive) if out is None else out
         if T == 0:
             return states
@@ -430,14 +445,15 @@ class Reservoir(nn.Module):
             inputs = None if inputs is None else inputs.unsqueeze(1)
             feedback = None if feedback is None else feedback.unsqueeze(1)
             state = None if state is None else state.unsqueeze(0)
-        T = B = None
+        T: int | None = None
+        B: int | None = None
         if inputs is not None:
             self._check_seq("inputs", inputs, self.input_size, None, None)
             T, B = inputs.shape[0], inputs.shape[1]
         if feedback is not None:
             self._check_seq("feedback", feedback, self.feedback_size, T, B)
             T, B = feedback.shape[0], feedback.shape[1]
-        if T is None:
+        if T is None or B is None:  # both None or both set
             if steps is None:
                 raise ValueError("Reservoir: give steps when there are no inputs or feedback")
             T = check_positive_int("Reservoir", "steps", steps, minimum=0)
