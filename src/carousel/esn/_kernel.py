@@ -771,6 +771,7 @@ def gram(xx: Tensor, x: Tensor, threads: int = 1, subtract: bool = False) -> boo
     ldx = x.stride(0) if n > 1 else F
     lds = xx.stride(0) if F > 1 else 1
     lib = load(quiet=True)
+    assert lib is not None  # gram_available() above loaded it
     done = lib.esn_gram_f64(
         n, F, x.data_ptr(), ldx, xx.data_ptr(), lds, int(threads), int(bool(subtract))
     )

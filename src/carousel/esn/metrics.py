@@ -47,13 +47,13 @@ def nrmse(prediction, target, *, normalization: str | float = "std") -> float:
     p, t = _pair("nrmse", prediction, target)
     if isinstance(normalization, str):
         check_choice("nrmse", "normalization", normalization, ("std", "var", "range", "mean"))
-        s = {
+        scale = {
             "std": lambda: t.std(unbiased=False),
             "var": lambda: t.var(unbiased=False),
             "range": lambda: t.max() - t.min(),
             "mean": lambda: t.mean(),
         }[normalization]()
-        s = float(s)
+        s = float(scale)
     else:
         s = float(normalization)
     if s == 0:
