@@ -2,7 +2,7 @@ r"""The echo state network: a reservoir, a trained linear readout, open- and clo
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, TypedDict
 
 import torch
 from torch import Tensor, nn
@@ -16,6 +16,22 @@ __all__ = ["READOUTS", "ESNOutput", "ESNState", "EchoStateNetwork"]
 
 #: Readout training rules: closed-form ridge, teacher-forced RLS, FORCE (RLS on own feedback).
 READOUTS = ("ridge", "rls", "force")
+
+
+class _ReservoirKwargs(TypedDict):
+    """The :class:`Reservoir` arguments an :class:`EchoStateNetwork` keeps until it builds."""
+
+    spectral_radius: float
+    leak_rate: float
+    connectivity: float
+    input_scaling: float
+    input_connectivity: float
+    bias_scaling: float
+    feedback_scaling: float
+    noise: float
+    sparse: bool | None
+    impl: str
+    seed: int
 
 
 class ESNState(NamedTuple):
@@ -147,7 +163,7 @@ class EchoStateNetwork(nn.Module):
         self.seed = seed
         self.device_ = torch.device(device) if device is not None else torch.device("cpu")
         self.dtype_ = torch.float64 if dtype is None else dtype
-        self._reservoir_kwargs = {
+        self._reservoir_kwargs: _ReservoirKwargs = {
             "spectral_radius": spectral_radius,
             "leak_rate": leak_rate,
             "connectivity": connectivity,
@@ -167,14 +183,19 @@ class EchoStateNetwork(nn.Module):
         self._noise_generator: torch.Generator | None = None
         if (input_size is None) != (output_size is None):
             raise ValueError(f"{owner}: give both input_size and output_size, or neither")
-        if input_size is not None:
+        if input_size is not None and output_size is not None:
             self.build(input_size, output_size)
         else:
             # Validate the reservoir hyperparameters now rather than at the first fit.
             check_probability(owner, "connectivity", connectivity)
             if connectivity == 0:
                 raise ValueError(f"{owner}: connectivity must be > 0")
-            Reservoir(1, 1, **{**self._reservoir_kwargs, "sparse": False, "connectivity": 1.0})
+            probe: _ReservoirKwargs = {
+                **self._reservoir_kwargs,
+                "sparse": False,
+                "connectivity": 1.0,
+            }
+            Reservoir(1, 1, **probe)
 
     # ------------------------------------------------------------------ construction
     @property
@@ -192,37 +213,49 @@ class EchoStateNetwork(nn.Module):
                 f"{owner}: input_size=0 needs feedback=True (nothing drives the "
                 "reservoir otherwise)"
             )
-        kw = {"device": self.device_, "dtype": self.dtype_}
+        device, dtype = self.device_, self.dtype_
         reservoir = Reservoir(
             input_size,
             self.units,
             feedback_size=output_size if self.feedback else 0,
             **self._reservoir_kwargs,
-            **kw,
+            device=device,
+            dtype=dtype,
         )
         features = self.units + (input_size if self.input_to_readout else 0)
         readout: RidgeReadout | RLSReadout
         if self.readout_kind == "ridge":
-            readout = RidgeReadout(features, output_size, ridge=self.ridge, **kw)
+            readout = RidgeReadout(
+                features, output_size, ridge=self.ridge, device=device, dtype=dtype
+            )
         else:
             readout = RLSReadout(
                 features,
                 output_size,
                 alpha=self.rls_alpha,
                 forgetting=self.rls_forgetting,
-                **kw,
+                device=device,
+                dtype=dtype,
             )
         # all or nothing: a readout that rejects its arguments (rls_alpha, rls_forgetting are
         # checked here) leaves the network unbuilt, not with a reservoir and no readout
         self.reservoir, self.readout = reservoir, readout
         self.input_size, self.output_size = input_size, output_size
 
-    def _require_built(self, what: str) -> None:
-        if self.reservoir is None:
+    def _require_built(self, what: str) -> tuple[Reservoir, RidgeReadout | RLSReadout]:
+        """The reservoir and readout; a RuntimeError naming ``what`` before the first fit."""
+        if self.reservoir is None or self.readout is None:
             raise RuntimeError(
                 f"EchoStateNetwork.{what}: call fit() first (the network is "
                 "built from the training data's sizes)"
             )
+        return self.reservoir, self.readout
+
+    def _parts(self) -> tuple[Reservoir, RidgeReadout | RLSReadout]:
+        """The reservoir and readout, for the steps that run after the public method that
+        calls them has built the network or checked that it is built."""
+        assert self.reservoir is not None and self.readout is not None, "not built"
+        return self.reservoir, self.readout
 
     # ------------------------------------------------------------------ data handling
     def _as_seq(self, name: str, x, size: int | None) -> tuple[Tensor, bool]:
@@ -267,7 +300,7 @@ class EchoStateNetwork(nn.Module):
         return y.transpose(0, 1) if self.batch_first else y
 
     def _state_in(self, state: ESNState | None, B: int, batched: bool) -> ESNState:
-        res = self.reservoir
+        res, _ = self._parts()
         if state is None:
             zeros_y = torch.zeros(B, self.output_size, device=res.device, dtype=res.dtype)
             return ESNState(res.initial_state(B), zeros_y)
@@ -290,6 +323,7 @@ class EchoStateNetwork(nn.Module):
 
     def _features(self, h: Tensor, u: Tensor | None) -> Tensor:
         if self.input_to_readout and self.input_size:
+            assert u is not None, "a network with inputs is run on inputs"
             return torch.cat([h, u], -1)
         return h
 
@@ -362,19 +396,20 @@ class EchoStateNetwork(nn.Module):
                 leaves no data.
         """
         u, y, batched = self._prepare_fit(inputs, targets, washout)
+        res, readout = self._parts()
         st = self._state_in(state, y.shape[1], batched)
-        self._noise_generator = random_stream(self.seed, "noise") if self.reservoir.noise else None
-        if self.readout_kind == "ridge":
-            self.readout.reset()
-            st = self._accumulate(u, y, washout, st)
+        self._noise_generator = random_stream(self.seed, "noise") if res.noise else None
+        if isinstance(readout, RidgeReadout):  # readout="ridge"
+            readout.reset()
+            st = self._accumulate(readout, u, y, washout, st)
             if distributed:
-                self.readout.all_reduce(group)
-            self.readout.solve()
+                readout.all_reduce(group)
+            readout.solve()
         else:
             if distributed:
                 raise ValueError("EchoStateNetwork: distributed=True needs readout='ridge'")
-            self.readout.reset()
-            st = self._fit_online(u, y, washout, st)
+            readout.reset()
+            st = self._fit_online(readout, u, y, washout, st)
         self.last_state = self._state_out(st, batched)
         return self
 
@@ -394,10 +429,11 @@ class EchoStateNetwork(nn.Module):
             raise ValueError("EchoStateNetwork.partial_fit: needs readout='ridge'")
         u, y, batched = self._prepare_fit(inputs, targets)
         washout = check_positive_int("EchoStateNetwork", "washout", washout, minimum=0)
+        readout = self._ridge_readout("partial_fit")
         st = self._state_in(state, y.shape[1], batched)
-        if self._noise_generator is None and self.reservoir.noise:
+        if self._noise_generator is None and self._parts()[0].noise:
             self._noise_generator = random_stream(self.seed, "noise")
-        st = self._accumulate(u, y, washout, st)
+        st = self._accumulate(readout, u, y, washout, st)
         out = self._state_out(st, batched)
         self.last_state = out
         return out
@@ -405,11 +441,16 @@ class EchoStateNetwork(nn.Module):
     def solve(self, ridge: float | None = None) -> EchoStateNetwork:
         """Solve the ridge readout from the sums accumulated by :meth:`partial_fit` (or refit
         with another ``ridge`` after :meth:`fit`). Returns ``self``."""
-        self._require_built("solve")
-        if self.readout_kind != "ridge":
-            raise ValueError("EchoStateNetwork.solve: needs readout='ridge'")
-        self.readout.solve(ridge)
+        self._ridge_readout("solve").solve(ridge)
         return self
+
+    def _ridge_readout(self, what: str) -> RidgeReadout:
+        """The ridge readout; a RuntimeError before the first fit, a ValueError naming ``what``
+        for the online readouts."""
+        _, readout = self._require_built(what)
+        if not isinstance(readout, RidgeReadout):
+            raise ValueError(f"EchoStateNetwork.{what}: needs readout='ridge'")
+        return readout
 
     def _teacher_feedback(self, y: Tensor, y_prev: Tensor) -> Tensor:
         """Feedback rows ``y_{t-1}``: the previous state's output, then the targets."""
@@ -418,17 +459,21 @@ class EchoStateNetwork(nn.Module):
     def _small_call(self, batch_size: int):
         """One torch thread for a whole call whose chunks are small (see
         :func:`~carousel.esn.matrices.small_step_threads`)."""
-        features = self.readout.in_features
+        features = self._parts()[1].in_features
         work = self.chunk_size * batch_size * features * features
         return small_step_threads(work, limit=SMALL_CHUNK_WORK)
 
     @torch.no_grad()
-    def _accumulate(self, u: Tensor | None, y: Tensor, washout: int, st: ESNState) -> ESNState:
+    def _accumulate(
+        self, readout: RidgeReadout, u: Tensor | None, y: Tensor, washout: int, st: ESNState
+    ) -> ESNState:
         with self._small_call(y.shape[1]):
-            return self._accumulate_chunks(u, y, washout, st)
+            return self._accumulate_chunks(readout, u, y, washout, st)
 
-    def _accumulate_chunks(self, u, y, washout, st) -> ESNState:
-        res = self.reservoir
+    def _accumulate_chunks(
+        self, readout: RidgeReadout, u: Tensor | None, y: Tensor, washout: int, st: ESNState
+    ) -> ESNState:
+        res, _ = self._parts()
         T, B = y.shape[0], y.shape[1]
         h, y_prev = st
         fb_all = self._teacher_feedback(y, y_prev) if self.feedback else None
@@ -437,9 +482,9 @@ class EchoStateNetwork(nn.Module):
         # inputs (no concatenation). Fresh buffers for each chunk faulted 16-24 MB of new pages
         # in at 1000 units under glibc's default thresholds: 5-20% of a one-thread fit.
         n = min(T, self.chunk_size)
-        feats_buf = torch.empty(n, B, self.readout.in_features, dtype=res.dtype, device=res.device)
+        feats_buf = torch.empty(n, B, readout.in_features, dtype=res.dtype, device=res.device)
         # a float32 reservoir's features are summed in float64: converted into a buffer too
-        acc_dtype = self.readout.accumulate_dtype
+        acc_dtype = readout.accumulate_dtype
         conv_buf = None if acc_dtype == res.dtype else torch.empty_like(feats_buf, dtype=acc_dtype)
         for start in range(0, T, self.chunk_size):
             stop = min(T, start + self.chunk_size)
@@ -456,6 +501,7 @@ class EchoStateNetwork(nn.Module):
             )
             states = res.recur(drive, h, out=drive)  # (t, B, H), in place
             if feats.shape[-1] > res.units:  # the inputs go to the readout too
+                assert uc is not None, "a network with inputs is trained on inputs"
                 feats[..., res.units :].copy_(uc)
             h = states[-1].clone()
             skip = max(0, washout - start)
@@ -463,14 +509,16 @@ class EchoStateNetwork(nn.Module):
                 x = feats[skip:]
                 if conv_buf is not None:
                     x = conv_buf[skip : stop - start].copy_(x)
-                self.readout.accumulate(
+                readout.accumulate(
                     x.reshape(-1, x.shape[-1]), y[start + skip : stop].reshape(-1, y.shape[2])
                 )
         return ESNState(h, y[-1].clone())
 
     @torch.no_grad()
-    def _fit_online(self, u: Tensor | None, y: Tensor, washout: int, st: ESNState) -> ESNState:
-        res, readout = self.reservoir, self.readout
+    def _fit_online(
+        self, readout: RLSReadout, u: Tensor | None, y: Tensor, washout: int, st: ESNState
+    ) -> ESNState:
+        res, _ = self._parts()
         T, B = y.shape[0], y.shape[1]
         h, y_prev = st
         force = self.readout_kind == "force"
@@ -485,10 +533,10 @@ class EchoStateNetwork(nn.Module):
             return ESNState(states[-1].clone(), y[-1].clone())
         base = res.drive(u, None, steps=T, batch_size=B, noise_generator=self._noise_generator)
         with small_step_threads(res.step_work(B)):
-            return self._force_loop(u, y, washout, base, h, y_prev)
+            return self._force_loop(readout, u, y, washout, base, h, y_prev)
 
-    def _force_loop(self, u, y, washout, base, h, y_prev) -> ESNState:
-        res, readout = self.reservoir, self.readout
+    def _force_loop(self, readout: RLSReadout, u, y, washout, base, h, y_prev) -> ESNState:
+        res, _ = self._parts()
         T = y.shape[0]
         out = y_prev
         for t in range(T):
@@ -532,7 +580,8 @@ class EchoStateNetwork(nn.Module):
                     "EchoStateNetwork: inputs and teacher must have the same time and batch sizes"
                 )
             batched = batched_t
-        if u is None and t_seq is None:
+        ref = u if u is not None else t_seq
+        if ref is None:
             raise ValueError(
                 "EchoStateNetwork: expected inputs (or a teacher for a "
                 "feedback-only network), got None"
@@ -541,12 +590,11 @@ class EchoStateNetwork(nn.Module):
             raise ValueError(
                 f"EchoStateNetwork: expected inputs with {self.input_size} features, got None"
             )
-        ref = u if u is not None else t_seq
         with self._small_call(ref.shape[1]):
             return self._forward(u, t_seq, state, batched)
 
     def _forward(self, u, t_seq, state, batched) -> ESNOutput:
-        res = self.reservoir
+        res, readout = self._parts()
         ref = u if u is not None else t_seq
         T, B = ref.shape[0], ref.shape[1]
         st = self._state_in(state, B, batched)
@@ -558,7 +606,7 @@ class EchoStateNetwork(nn.Module):
             )
             drive = res.drive(u, fb, steps=T, batch_size=B)
             states = res.recur(drive, st.h, out=drive)  # in place: no second (T, B, H) buffer
-            out = self.readout(self._features(states, u))
+            out = readout(self._features(states, u))
             h = states[-1] if T else st.h
             y_last = (t_seq[-1] if t_seq is not None else out[-1]) if T else st.y
             return ESNOutput(
@@ -573,11 +621,11 @@ class EchoStateNetwork(nn.Module):
 
     def _loop(self, steps: int, st: ESNState, u: Tensor | None, autoregressive: bool = False):
         """Step by step with the own output fed back (and as next input if autoregressive)."""
-        with small_step_threads(self.reservoir.step_work(st.h.shape[0])):
+        with small_step_threads(self._parts()[0].step_work(st.h.shape[0])):
             return self._loop_steps(steps, st, u, autoregressive)
 
     def _loop_steps(self, steps, st, u, autoregressive):
-        res = self.reservoir
+        res, readout = self._parts()
         h, y = st
         B = h.shape[0]
         outs = torch.empty(steps, B, self.output_size, dtype=h.dtype, device=h.device)
@@ -596,7 +644,7 @@ class EchoStateNetwork(nn.Module):
                 d = torch.addmm(d, y, w_prev.T)
             h = res.step(d, h)
             u_t = y if autoregressive else (None if u is None else u[t])
-            y = self.readout(self._features(h, u_t))
+            y = readout(self._features(h, u_t))
             outs[t] = y
         return outs, ESNState(h, y)
 
