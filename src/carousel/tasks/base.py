@@ -177,7 +177,7 @@ class Task:
     ModelConfig: ClassVar[type] = ModelConfig
     defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     predating: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
-    eval_splits: ClassVar[tuple[str, ...]] = ("valid",)
+    eval_splits: tuple[str, ...] = ("valid",)  # not a ClassVar: an instance may narrow it
     primary_metric: ClassVar[str] = "accuracy"
     #: the matching loss of :mod:`carousel.optim` (``"cross_entropy"``, ``"mse"``,
     #: ``"binary_cross_entropy"``) that equals :meth:`loss` on :meth:`curvature_outputs`, for
@@ -191,7 +191,7 @@ class Task:
                 f"{type(self).__name__}: config must be a {self.Config.__name__}, "
                 f"got {type(config).__name__}"
             )
-        self.config = config
+        self.config: Any = config  # an instance of the subclass's Config
 
     # -------------------------------------------------------------- model and objective
     def make_model(

@@ -265,11 +265,16 @@ class BinaryAddition(Task):
             return super().evaluate(model, split, generator=generator, device=device, dtype=dtype)
         was_training = model.training
         model.eval()
-        state, outs, chunks = None, [], []
+        state = None
+        outs: list[Tensor] = []
+        chunks: list[Batch] = []
+        masks: list[Tensor] = []
         try:
             stream = self.stream(split, _STREAM_B, _STREAM_CHUNK, generator=generator)
             for _ in range(_STREAM_CHUNKS):
                 chunk = next(stream).to(device, dtype)
+                assert chunk.mask is not None  # stream() masks every chunk
+                masks.append(chunk.mask)
                 out = self.forward(model, chunk, state)
                 state = out.state
                 outs.append(out.output)
@@ -277,22 +282,21 @@ class BinaryAddition(Task):
         finally:
             model.train(was_training)
         logits = torch.cat(outs).squeeze(-1)  # (T, B)
+        mask = torch.cat(masks)
         batch = Batch(
-            torch.cat([c.inputs for c in chunks]),
-            torch.cat([c.targets for c in chunks]),
-            torch.cat([c.mask for c in chunks]),
+            torch.cat([c.inputs for c in chunks]), torch.cat([c.targets for c in chunks]), mask
         )
         loss = float(self.loss(ModelOutput(logits.unsqueeze(-1)), batch))
-        right = ((logits > 0).to(batch.targets.dtype) == batch.targets) | ~batch.mask  # (T, B)
+        right = ((logits > 0).to(batch.targets.dtype) == batch.targets) | ~mask  # (T, B)
         delay, period = self.config.delay, self.config.stream_bits + 1
         T = right.shape[0]
         numbers = (T - delay) // period  # complete additions whose sum bits are all out
         per_number = right[delay : delay + numbers * period].reshape(numbers, period, -1)
-        scored = batch.mask.sum().clamp(min=1)
+        scored = mask.sum().clamp(min=1)
         return {
             "loss": loss,
             "accuracy": float(per_number.all(1).float().mean()),
-            "bit_accuracy": float((right & batch.mask).sum() / scored),
+            "bit_accuracy": float((right & mask).sum() / scored),
         }
 
     # ------------------------------------------------------------------ objective

@@ -524,8 +524,8 @@ class HochreiterTemporalOrder(LongLagTask):
     )
     tolerance: ClassVar[float] = 0.3
 
-    @property  # type: ignore[override]
-    def name(self) -> str:
+    @property
+    def name(self) -> str:  # type: ignore[override]  # per instance: 6a and 6b share this class
         return "temporal-order-1997" if self.num_relevant == 2 else "temporal-order-3-1997"
 
     def __post_init__(self) -> None:
@@ -978,7 +978,12 @@ def make_task(name: str, **kwargs) -> LongLagTask:
 from carousel._config import Checks  # noqa: E402
 from carousel.models import ModelConfig, ModelOutput, SequenceModel  # noqa: E402
 from carousel.tasks.base import Batch, Task  # noqa: E402
-from carousel.tasks.pathological import PATHOLOGICAL_TASKS, make_pathological  # noqa: E402
+from carousel.tasks.pathological import (  # noqa: E402
+    PATHOLOGICAL_TASKS,
+    PathologicalBatch,
+    PathologicalTask,
+    make_pathological,
+)
 from carousel.tasks.registry import register_task  # noqa: E402
 
 
@@ -1032,6 +1037,7 @@ class LongLagEngineTask(Task):
 
     def __init__(self, config=None) -> None:
         super().__init__(config)
+        self.task: LongLagTask | PathologicalTask
         if self.longlag_name in PATHOLOGICAL_TASKS:
             self.task = make_pathological(self.longlag_name, self.config.T)
             return
@@ -1046,7 +1052,7 @@ class LongLagEngineTask(Task):
             device=device, dtype=dtype,
         )  # fmt: skip
 
-    def _to_batch(self, b: LongLagBatch) -> Batch:
+    def _to_batch(self, b: LongLagBatch | PathologicalBatch) -> Batch:
         per_step = self.task.readout == "all"
         return Batch(
             b.inputs, b.targets, mask=b.mask if per_step else None, lengths=b.lengths,
@@ -1055,6 +1061,11 @@ class LongLagEngineTask(Task):
 
     def _from_batch(self, batch: Batch) -> LongLagBatch:
         lengths = batch.lengths
+        if lengths is None:
+            raise ValueError(
+                f"{type(self).__name__}: the batch has no lengths; expected one of this task's "
+                "batch() or eval_batches()"
+            )
         mask = batch.mask if batch.mask is not None else _last_mask(lengths.cpu(), batch.num_steps)
         return LongLagBatch(batch.inputs, batch.targets, lengths, mask.to(lengths.device))
 
@@ -1067,7 +1078,10 @@ class LongLagEngineTask(Task):
             yield self._to_batch(self.task.sample(min(_EVAL_CHUNK, n - i), generator=generator))
 
     def loss(self, output: ModelOutput, batch: Batch) -> Tensor:
-        return self.task.loss(output.output, self._from_batch(batch))
+        t, b = self.task, self._from_batch(batch)
+        if isinstance(t, PathologicalTask):
+            return t.loss(output.output, PathologicalBatch(*b))
+        return t.loss(output.output, b)
 
     @property
     def curvature_loss(self) -> str:  # type: ignore[override]
@@ -1076,11 +1090,19 @@ class LongLagEngineTask(Task):
 
     def curvature_outputs(self, output: ModelOutput, batch: Batch) -> Tensor:
         """The scored outputs :meth:`loss` averages over (see :meth:`Task.curvature_outputs`)."""
-        return self.task.rows(output.output, self._from_batch(batch))
+        t, b = self.task, self._from_batch(batch)
+        if isinstance(t, PathologicalTask):
+            return t.rows(output.output, PathologicalBatch(*b))
+        return t.rows(output.output, b)
 
     @torch.no_grad()
     def metrics(self, output: ModelOutput, batch: Batch) -> dict[str, float]:
-        ok = self.task.correct(output.output, self._from_batch(batch)).float().mean().item()
+        t, b = self.task, self._from_batch(batch)
+        if isinstance(t, PathologicalTask):
+            correct = t.correct(output.output, PathologicalBatch(*b))
+        else:
+            correct = t.correct(output.output, b)
+        ok = correct.float().mean().item()
         return {"accuracy": ok, "error": 1.0 - ok}
 
 

@@ -405,6 +405,11 @@ class SpeechTask(Task):
 
     def loss(self, output: ModelOutput, batch: Batch) -> torch.Tensor:
         """CTC loss (mean over the batch of each sequence's loss per target label)."""
+        if output.lengths is None:
+            raise ValueError(
+                f"{self.name}: the model's output has no lengths (frames per sequence); "
+                "expected the output of a CTCRecognizer"
+            )
         return ctc_loss(
             output.output,
             batch.targets,
