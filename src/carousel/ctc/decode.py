@@ -93,12 +93,12 @@ def greedy_decode(
     """
     lp, lens = _check_log_probs("greedy_decode", log_probs, lengths, batched=True)
     best, arg = lp.max(dim=-1)  # (T, B)
-    arg, best = arg.t().cpu().tolist(), best.t().double().cpu()
+    arg_rows, best = arg.t().cpu().tolist(), best.t().double().cpu()
     out = []
     for b, n in enumerate(lens):
         tokens, steps, prev = [], [], blank
         for t in range(n):
-            k = arg[b][t]
+            k = arg_rows[b][t]
             if k != blank and k != prev:
                 tokens.append(k)
                 steps.append(t)
@@ -199,7 +199,7 @@ def prefix_beam_search(
     frames = lp.double().cpu()
     lm_cache: dict[tuple[int, ...], Sequence[float]] = {}
 
-    def lm_next(prefix: tuple[int, ...], beam: _Beam) -> Sequence[float]:
+    def lm_next(scorer: CharScorer, prefix: tuple[int, ...], beam: _Beam) -> Sequence[float]:
         got = lm_cache.get(prefix)
         if got is None:
             got = scorer.next_log_probs(beam.lm_state)
@@ -214,12 +214,12 @@ def prefix_beam_search(
         root.lm_state = scorer.initial_state()
     beams: dict[tuple[int, ...], _Beam] = {(): root}
     for t in range(T):
-        row = frames[t]
-        best_label = int(row.argmax())
-        cand = (row >= prune_log_prob).nonzero().flatten().tolist()
+        frame = frames[t]
+        best_label = int(frame.argmax())
+        cand = (frame >= prune_log_prob).nonzero().flatten().tolist()
         if best_label not in cand:
             cand.append(best_label)
-        row = row.tolist()
+        row = frame.tolist()
         nxt: dict[tuple[int, ...], _Beam] = {}
 
         def add(
@@ -235,7 +235,7 @@ def prefix_beam_search(
             if b is None:
                 b = _Beam(lm_state=parent.lm_state, lm_score=parent.lm_score)
                 if c is not None and scorer is not None:
-                    b.lm_score = parent.lm_score + lm_next(prefix[:-1], parent)[c]
+                    b.lm_score = parent.lm_score + lm_next(scorer, prefix[:-1], parent)[c]
                     b.lm_state = scorer.advance(parent.lm_state, c)
                 nxt[prefix] = b
             if ends_blank:

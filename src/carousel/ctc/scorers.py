@@ -98,6 +98,7 @@ class NGramCharScorer:
                 not a positive integer.
         """
         n = self.order
+        pairs: Iterable[tuple[Sequence[int], int]]
         if weights is None:
             pairs = ((seq, 1) for seq in sequences)
         else:

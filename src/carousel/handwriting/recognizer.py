@@ -135,8 +135,11 @@ def _to_jsonable(config: RecognizerTrainConfig) -> dict[str, Any]:
 
 
 def _from_jsonable(d: dict[str, Any]) -> RecognizerTrainConfig:
-    data = d.get("data", {})
-    data = HandwritingConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+    # JSON has lists where the config has tuples
+    fields: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in d.get("data", {}).items()
+    }
+    data = HandwritingConfig(**fields)
     return RecognizerTrainConfig(**{**d, "data": data})
 
 
@@ -428,7 +431,8 @@ def train_recognizer(
     last_eval = -1
     step, best, metrics = 0, math.inf, {}
     logf = (out / "metrics.jsonl").open("a", encoding="utf-8")
-    running, nonfinite = [], 0
+    running: list[float] = []
+    nonfinite = 0
     data_cpu: dict[int, float] = {}
 
     def evaluate_and_save():

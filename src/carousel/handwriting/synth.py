@@ -171,16 +171,17 @@ def write_word(
             pen_x += g.advance * style.aspect + style.letter_spacing
             letters.append([])
             continue
-        strokes = [st.copy() for st in g.strokes]
-        if len(strokes) > 1 and rng.random() < style.reorder_prob:
-            strokes = [strokes[i] for i in rng.permutation(len(strokes))]
-        strokes = [
-            st[::-1].copy() if len(strokes) > 1 and rng.random() < style.reverse_prob else st
-            for st in strokes
+        letter_strokes = [st.copy() for st in g.strokes]
+        if len(letter_strokes) > 1 and rng.random() < style.reorder_prob:
+            letter_strokes = [letter_strokes[i] for i in rng.permutation(len(letter_strokes))]
+        letter_strokes = [
+            st[::-1].copy() if len(letter_strokes) > 1 and rng.random() < style.reverse_prob else st
+            for st in letter_strokes
         ]
-        strokes = _distort_letter(strokes, style, rng) if style.affine or style.elastic else strokes
+        if style.affine or style.elastic:
+            letter_strokes = _distort_letter(letter_strokes, style, rng)
         placed = []
-        for st in strokes:
+        for st in letter_strokes:
             p = st.copy()
             p[:, 0] = p[:, 0] * style.aspect + pen_x
             placed.append(p)

@@ -26,10 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from carousel.speech.synth import EspeakNotFoundError, prepare_corpus
     from carousel.tasks import make_task
+    from carousel.tasks.speech import SpeechTask
     from carousel.train import load_config
 
     config = load_config(args.task, None, args.set)
     task = make_task(config.task, config.data)
+    assert isinstance(task, SpeechTask)  # the choices of the task argument are speech tasks
     t0 = time.perf_counter()
     try:
         folder = prepare_corpus(

@@ -216,6 +216,7 @@ def perturb(phoneme_text: str, accent: Accent, rng: np.random.Generator) -> str:
     words = []
     for word in phoneme_text.split():
         pause = _PAUSE.search(word)
+        assert pause is not None  # (_:?)*$ matches every string, if only emptily at its end
         core, tail = word[: pause.start()], word[pause.start() :]
         for rules in rewrites:
             if rng.random() < accent.strength:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -183,9 +184,15 @@ def evaluate_decoders(
     Returns:
         ``{split: {"greedy_cer", "greedy_wer", "beam_cer", "beam_wer", "utterances"}}``.
     """
+    from carousel.tasks.speech import SpeechTask
     from carousel.train import load_trained
 
-    model, task, _, _ = load_trained(path, device="cpu")
+    model, task, _, _ = load_trained(Path(path), device="cpu")
+    if not isinstance(task, SpeechTask):
+        raise ValueError(
+            f"evaluate_decoders: {os.fspath(path)!r} holds a {task.name!r} model; expected a "
+            "speech or speech-words checkpoint"
+        )
     scorer = task_char_lm(task, order=lm_order, texts=lm_texts)
     out = {}
     for split in splits or task.eval_splits:

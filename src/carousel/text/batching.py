@@ -32,7 +32,9 @@ class StreamBatch(NamedTuple):
 
     inputs: Tensor
     targets: Tensor
-    index: int
+    # typeshed types tuple.index as a method; a NamedTuple field of that name is legal and is
+    # what ``batch.index`` reads at runtime (a public name, kept)
+    index: int  # type: ignore[assignment]
 
 
 def stream_rows(ids: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:

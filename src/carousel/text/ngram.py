@@ -125,13 +125,12 @@ class KneserNeyLM:
         gids: list[np.ndarray] = []  # gid[i] for positions i >= k-1, else -1
         raw: list[np.ndarray] = []
         firsts: list[np.ndarray] = []
-        prev = None
         for k in range(1, order + 1):
             gid = np.full(N, -1, dtype=np.int64)
             if k == 1:
                 key = tok.copy()
             else:
-                key = prev[k - 2 : N - 1] * V + tok[k - 1 :]
+                key = gids[k - 2][k - 2 : N - 1] * V + tok[k - 1 :]
             if key.size == 0:
                 break  # the corpus is shorter than the order
             ukeys, first, inverse, counts = np.unique(
@@ -142,7 +141,6 @@ class KneserNeyLM:
             gids.append(gid)
             raw.append(counts.astype(np.int64))
             firsts.append(first + (k - 1))  # a position where each distinct k-gram ends
-            prev = gid
         self._levels_raw: list[_Level] = []
         self._levels_cont: list[_Level] = []
         for k in range(1, len(self._keys) + 1):
@@ -243,18 +241,16 @@ class KneserNeyLM:
             raise ValueError(f"KneserNeyLM.evaluate: expected at least 2 tokens, got {M}")
         K = len(self._keys)
         # vgid[k-1][i]: number of the k-gram ending at i (-1: unseen or i < k-1)
-        vgid = []
-        prev = None
+        vgid: list[np.ndarray] = []
         for k in range(1, K + 1):
             g = np.full(M, -1, dtype=np.int64)
             if k == 1:
                 g = self._lookup(1, tok)
             elif M >= k:
-                p_ = prev[k - 2 : M - 1]
+                p_ = vgid[k - 2][k - 2 : M - 1]
                 keys = np.where(p_ >= 0, p_, 0) * V + tok[k - 1 :]
                 g[k - 1 :] = np.where(p_ >= 0, self._lookup(k, keys), -1)
             vgid.append(g)
-            prev = g
         pos = np.arange(M)
         lower = np.full(M, 1.0 / V)
         out: dict[int, float] = {}
