@@ -145,7 +145,7 @@ def analyze_checkpoint(
         x = x.to(p.device, p.dtype) if x.is_floating_point() else x.to(p.device)
         if x.dim() == (2 if x.is_floating_point() else 1):
             x = x.unsqueeze(1)  # one sequence: (T, 1, ...)
-        target, inputs, kwargs = model, x, {}
+        target, inputs = model, x
         source = f"input file {Path(input_file).name}, shape {tuple(x.shape)}, default loss"
     else:
         names = list(task.eval_splits)
@@ -160,7 +160,7 @@ def analyze_checkpoint(
         batch = next(iter(task.eval_batches(split, generator=gen)))
         batch = batch.select(slice(0, batch_size)).to(p.device, p.dtype)
         target = TaskModel(model, task, batch)
-        inputs, kwargs = batch.inputs, {}
+        inputs = batch.inputs
 
         def loss_fn(out: Any) -> Tensor:
             return task.loss(out, batch)
@@ -180,7 +180,7 @@ def analyze_checkpoint(
         batch_index=batch_index,
         lyapunov_k=lyapunov_k,
         spectrum_steps=spectrum_steps,
-        forward_kwargs=kwargs,
+        forward_kwargs={},
         title=title,
         description=description,
         hdf5=hdf5,

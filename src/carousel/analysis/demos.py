@@ -16,6 +16,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +25,9 @@ from carousel.analysis.dynamics import lyapunov_exponents
 from carousel.analysis.gradients import gradient_norms_through_time
 from carousel.analysis.record import record
 from carousel.analysis.saliency import saliency
+
+if TYPE_CHECKING:
+    from carousel.layers import GRU, LSTM
 
 __all__ = [
     "GATE_INITS",
@@ -45,7 +49,7 @@ def _orthogonal(n: int, generator: torch.Generator, dtype) -> Tensor:
     return (q * torch.sign(torch.diagonal(r))).to(dtype)
 
 
-def _chrono(layer: nn.Module, family: str, t_max: int, generator: torch.Generator) -> None:
+def _chrono(layer: GRU | LSTM, family: str, t_max: int, generator: torch.Generator) -> None:
     r"""Chrono initialisation (Tallec & Ollivier 2018, "Can recurrent neural networks warp
     time?", Sec. 4): the keep-gate bias :math:`b \sim \log U(1, T_{max} - 1)`, so the units'
     memory time scales spread up to :math:`T_{max}`. LSTM: forget bias ``b``, input bias
@@ -54,7 +58,7 @@ def _chrono(layer: nn.Module, family: str, t_max: int, generator: torch.Generato
     b = torch.empty(H, dtype=torch.float64).uniform_(1.0, max(t_max - 1.0, 1.0 + 1e-6),
                                                      generator=generator).log()  # fmt: skip
     with torch.no_grad():
-        bih, bhh = layer.bias_ih_l0, layer.bias_hh_l0
+        bih, bhh = layer.get_parameter("bias_ih_l0"), layer.get_parameter("bias_hh_l0")
         b = b.to(bih)
         if family == "lstm":  # rows i, f, g, o
             bih[H : 2 * H] = b
@@ -185,19 +189,19 @@ def vanishing_gradients(
             torch.manual_seed(seed + i)
             rnn = RNN(1, H, dtype=dtype)
             with torch.no_grad():
-                rnn.weight_hh_l0.copy_(s * _orthogonal(H, seeded(1), dtype))
+                rnn.get_parameter("weight_hh_l0").copy_(s * _orthogonal(H, seeded(1), dtype))
             models[f"tanh RNN, W_hh = {s:g} x orthogonal"] = (rnn, ("h",))
         inits = ("default", "chrono") if gate_init == "both" else (gate_init,)
         for init in inits:
             for family, cls in (("gru", GRU), ("lstm", LSTM)):
                 torch.manual_seed(seed + 100)
-                layer = cls(1, H, dtype=dtype)
+                gated = cls(1, H, dtype=dtype)
                 if init == "chrono":
-                    _chrono(layer, family, length, seeded(2))
-                fields = ("h", "c") if family == "lstm" else ("h",)
+                    _chrono(gated, family, length, seeded(2))
+                gated_fields = ("h", "c") if family == "lstm" else ("h",)
                 label = family.upper() + (" (chrono gate init)" if init == "chrono" else
                                           " (torch.nn init)")  # fmt: skip
-                models[label] = (layer, fields)
+                models[label] = (gated, gated_fields)
         torch.manual_seed(seed + 200)
         head = nn.Linear(H, 1, dtype=dtype)
     curves, lyap, losses = {}, {}, {}

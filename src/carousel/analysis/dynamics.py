@@ -185,7 +185,9 @@ def _jacobians(F, x: Tensor, z: Tensor) -> Tensor:
 
 
 def _select_steps(owner: str, spectrum_steps: int | Sequence[int], valid_len: int) -> list[int]:
-    if isinstance(spectrum_steps, int) and not isinstance(spectrum_steps, bool):
+    if isinstance(spectrum_steps, bool):
+        raise TypeError(f"{owner}: spectrum_steps must be an int or a sequence of ints, got a bool")
+    if isinstance(spectrum_steps, int):
         if spectrum_steps < 0:
             raise ValueError(f"{owner}: spectrum_steps must be >= 0, got {spectrum_steps}")
         if spectrum_steps == 0:

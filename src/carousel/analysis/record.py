@@ -260,7 +260,7 @@ class _Recorder:
 
         if method == "step_with_params":
 
-            def wrapped(params, x, state):
+            def with_params(params, x, state):
                 y, new, gates = original(params, x, state)
                 call = calls[-1]
                 if call.step_fns[k] is None:
@@ -268,9 +268,10 @@ class _Recorder:
                 call.steps[k].append((x, state, new, gates))
                 return y, new, gates
 
+            self._patch(cell, method, with_params)
         elif method == "step_with_gates":
 
-            def wrapped(x, state):
+            def with_gates(x, state):
                 y, new, gates = original(x, state)
                 call = calls[-1]
                 if call.step_fns[k] is None:
@@ -278,13 +279,14 @@ class _Recorder:
                 call.steps[k].append((x, state, new, gates))
                 return y, new, gates
 
+            self._patch(cell, method, with_gates)
         else:
 
             def plain_step(x, state):
                 y, new = original(x, state)
                 return y, new, {}
 
-            def wrapped(x, state):
+            def plain(x, state):
                 y, new = original(x, state)
                 call = calls[-1]
                 if call.step_fns[k] is None:
@@ -292,7 +294,7 @@ class _Recorder:
                 call.steps[k].append((x, state, new, {}))
                 return y, new
 
-        self._patch(cell, method, wrapped)
+            self._patch(cell, method, plain)
 
 
 def _track_name(module_name: str, layer: int, direction: int) -> str:

@@ -207,7 +207,8 @@ def analyze(
             p = out / "jacobians.png"
             plots.plot_jacobian_spectrum(spec, lyap, path=p)
             images["jacobians"] = p
-            rows, nums = [], {}
+            rows = []
+            nums: dict[str, object] = {}  # per track a dict; then two summary entries
             for track, s in spec.sigma_max.items():
                 valid = s[:, 0][~torch.isnan(s[:, 0])]
                 lam = lyap.exponents[track].mean(0)

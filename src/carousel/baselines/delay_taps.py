@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -101,7 +103,8 @@ class DelayTapNet(nn.Module):
             ValueError: if ``x`` is not ``(T, B, input_size)``.
         """
         check_shape("DelayTapNet", "input", x, (None, None, self.input_size), ("T", "B"))
-        check_floating("DelayTapNet", "input", x, self.net[0].weight.dtype)
+        first = cast(nn.Linear, self.net[0])  # __init__ puts a Linear first
+        check_floating("DelayTapNet", "input", x, first.weight.dtype)
         return self.net(delay_taps(x, self.window))
 
     def extra_repr(self) -> str:

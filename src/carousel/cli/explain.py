@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
             )
             print(demo.table())
         else:
-            demo = demos.memory_cell(
+            cell = demos.memory_cell(
                 args.steps,
                 read_step=args.read_step,
                 forget_step=args.forget_step,
@@ -136,8 +136,8 @@ def run(args: argparse.Namespace) -> int:
                 seed=args.seed,
             )
             path = args.out / "memory_cell.png"
-            demos.plot_memory_cell(demo, path)
-            print(demo.report())
+            demos.plot_memory_cell(cell, path)
+            print(cell.report())
     except ValueError as e:
         print(f"carousel explain: {e}", file=sys.stderr)
         return 2

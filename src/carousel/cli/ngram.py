@@ -49,7 +49,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from carousel.tasks import make_task
-    from carousel.tasks.charlm import ngram_baseline
+    from carousel.tasks.charlm import CharLMTask, ngram_baseline
     from carousel.train import ConfigError, load_config
 
     overrides = list(args.overrides)
@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = load_config("charlm", overrides=overrides)
         task = make_task("charlm", config.data)
+        assert isinstance(task, CharLMTask)  # the registry's "charlm"
         result = ngram_baseline(task, args.max_order)
     except (ConfigError, OSError, ValueError) as e:
         print(f"carousel ngram: {e}", file=sys.stderr)

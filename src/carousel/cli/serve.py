@@ -97,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         decode = {"beam_width": args.beam, "scorer": english_char_lm(), "lm_weight": 0.5}
     server = make_server(HandwritingApp(model, meta, **decode), args.host, args.port)
     host, port = server.server_address[:2]
+    assert isinstance(host, str)  # getsockname() of an AF_INET(6) socket; typeshed allows bytes
     print(f"handwriting demo: open http://{host}:{port}/  (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()

@@ -33,7 +33,9 @@ class RecurrentNet(nn.Module):
         - input ``(T, B, I)``; output ``(T, B, O)``.
     """
 
-    def __init__(self, rnn: nn.Module, output_size: int) -> None:
+    def __init__(
+        self, rnn: carousel.RNN | carousel.GRU | carousel.LSTM | nn.RNNBase, output_size: int
+    ) -> None:
         super().__init__()
         self.rnn = rnn
         self.head = nn.Linear(rnn.hidden_size, output_size)
@@ -105,6 +107,7 @@ class ModelSpec:
                 input_size, output_size, window=self.window, hidden_size=self.hidden_size
             )
         H = self.hidden_size
+        rnn: carousel.RNN | carousel.GRU | carousel.LSTM
         if self.family == "lstm":
             rnn = carousel.LSTM(input_size, H, variant=self.variant)
         elif self.family == "gru":

@@ -80,7 +80,7 @@ class StudyConfig:
 
     models: tuple[str, ...]
     tasks: tuple[str, ...]
-    lags: tuple[int | None, ...]
+    lags: tuple[int, ...]
     seeds: int = 3
     max_sequences: int = 100_000
     cell_seconds: float = math.inf

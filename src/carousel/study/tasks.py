@@ -30,6 +30,8 @@ def make_study_task(name: str, T: int | None):
     """The task ``name`` at lag ``T`` (``None`` for a task without one)."""
     _check(name)
     if name in PATHOLOGICAL_TASKS:
+        if T is None:
+            raise TypeError(f"study: task {name!r} takes a lag T (an int), got None")
         return make_pathological(name, T)
     return make_task(name, T=T)
 

@@ -153,7 +153,7 @@ def _handler_for(app: HandwritingApp):
                 return self._error(HTTPStatus.NOT_FOUND, f"no such page: {path}")
             if name == "index.html" and path.startswith("/static/"):
                 return self._error(HTTPStatus.NOT_FOUND, f"no such page: {path}")
-            body = resources.files("carousel.web").joinpath("static", name).read_bytes()
+            body = resources.files("carousel.web").joinpath("static").joinpath(name).read_bytes()
             self._send(HTTPStatus.OK, body, _STATIC[name])
 
         def do_POST(self) -> None:
