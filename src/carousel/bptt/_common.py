@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import gc
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeVar, overload
 
 import torch
 from torch import Tensor
@@ -33,6 +33,7 @@ from carousel.bptt import _products as products
 __all__ = [
     "MaskViews",
     "bias_grads",
+    "bias_sum",
     "gc_paused",
     "grad_with_prev",
     "masks",
@@ -125,6 +126,20 @@ def sum_rows(d: Tensor) -> Tensor:
     return d.reshape(-1, d.shape[-1]).sum(0)
 
 
+def bias_sum(bias_ih: Tensor | None, bias_hh: Tensor | None) -> Tensor | None:
+    """``b_ih + b_hh`` (a new tensor), or ``None`` for a cell without biases (``b_ih``
+    ``None``).
+
+    Raises:
+        TypeError: if ``b_ih`` is given without ``b_hh``.
+    """
+    if bias_ih is None:
+        return None
+    if bias_hh is None:
+        raise TypeError("bias_hh is None but bias_ih is given: a cell has both biases or neither")
+    return bias_ih + bias_hh
+
+
 def bias_grads(
     d: Tensor, has_bias: bool, need_ih: bool, need_hh: bool
 ) -> tuple[Tensor | None, Tensor | None]:
@@ -152,6 +167,12 @@ def sigmoid_tanh(numel: int, device: torch.device) -> bool:
     return device.type == "cpu" and numel >= _SIGMOID_TANH_MIN_NUMEL
 
 
+@overload
+def scale_rows(t: Tensor, start: int, stop: int, factor: float = 2.0) -> Tensor: ...
+@overload
+def scale_rows(t: None, start: int, stop: int, factor: float = 2.0) -> None: ...
+@overload
+def scale_rows(t: Tensor | None, start: int, stop: int, factor: float = 2.0) -> Tensor | None: ...
 def scale_rows(t: Tensor | None, start: int, stop: int, factor: float = 2.0) -> Tensor | None:
     """A copy of ``t`` with rows ``start:stop`` multiplied by ``factor`` (for the sigmoid
     identity of :func:`sigmoid_tanh`)."""

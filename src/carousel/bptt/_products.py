@@ -87,7 +87,7 @@ def enabled(t: Tensor) -> bool:
         t.dtype == torch.float32
         and t.device.type == "cpu"
         and not t.is_sparse
-        and torch.backends.mkldnn.enabled
+        and bool(torch.backends.mkldnn.enabled)  # a ContextProp to type checkers
         and _available(os.environ.get("CAROUSEL_ONEDNN_PRODUCTS", ""))
     )
 

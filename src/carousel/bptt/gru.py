@@ -41,6 +41,7 @@ from torch.autograd.function import once_differentiable
 from carousel.bptt import _products as products
 from carousel.bptt._common import (
     bias_grads,
+    bias_sum,
     gc_paused,
     grad_with_prev,
     masks,
@@ -87,8 +88,8 @@ class GRUFunction(torch.autograd.Function):
         elif reset_after:  # xbar_t = W_ih x_t + b_ih; b_hh stays with p_t (inside r * p)
             b_in = scale_rows(bias_ih, lo, hi) if sig_n else bias_ih
         else:  # all biases act outside r: xbar_t = W_ih x_t + b_ih + b_hh
-            b_in = bias_ih + bias_hh
-            if sig_n:
+            b_in = bias_sum(bias_ih, bias_hh)
+            if b_in is not None and sig_n:
                 b_in[lo:].mul_(2.0)
         g2 = products.linear(x2, w_ih, b_in)  # pre-activations, then activations r, z, n
         gates = g2.view(T, B, 3 * H)
@@ -120,8 +121,9 @@ class GRUFunction(torch.autograd.Function):
                 else:
                     n.tanh_()
                 h_t = lerp(n, h, z_s[t], out=h_s[t])  # h_t = (1 - z) n + z h_{t-1}
-                if m_steps[t] is not None:
-                    where(m_steps[t], h_t, h, out=h_t)  # frozen past the end
+                m_t = m_steps[t]
+                if m_t is not None:
+                    where(m_t, h_t, h, out=h_t)  # frozen past the end
                 h = h_t
             saved = hp[..., lo:]  # p_t (doubled with sig_n)
         else:
@@ -138,8 +140,9 @@ class GRUFunction(torch.autograd.Function):
                 else:
                     n.tanh_()
                 h_t = lerp(n, h, z_s[t], out=h_s[t])
-                if m_steps[t] is not None:
-                    where(m_steps[t], h_t, h, out=h_t)
+                m_t = m_steps[t]
+                if m_t is not None:
+                    where(m_t, h_t, h, out=h_t)
                 h = h_t
             saved = rh
         ctx.reset_after = reset_after
@@ -218,12 +221,12 @@ class GRUFunction(torch.autograd.Function):
                 dw_ih = torch.cat([products.mm(dRZ2.t(), x2), products.mm(dA_n.t(), x2)])
             dw_hh = grad_with_prev(dP, hs, h0) if needs[4] else None
             db_ih = db_hh = None
-            if ctx.has_bias:
-                db_hh = sum_rows(dP) if needs[6] or needs[5] else None
+            if ctx.has_bias and (needs[5] or needs[6]):
+                db_p = sum_rows(dP)  # b_hh's gradient; b_ih's in the r and z rows
                 if needs[5]:
-                    db_ih = torch.cat([db_hh[:lo], dA_n.sum(0)])
-                if not needs[6]:
-                    db_hh = None
+                    db_ih = torch.cat([db_p[:lo], dA_n.sum(0)])
+                if needs[6]:
+                    db_hh = db_p
         else:
             rh = saved
             k_zn = hs.new_empty(T, B, 2, H)  # [d z-hat, d n-hat] per unit of delta h_t

@@ -59,6 +59,7 @@ order. On the CPU ``g_t = tanh(a^g_t)`` is computed as ``2 sigmoid(2 a^g_t) - 1`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import overload
 
 import torch
 from torch import Tensor
@@ -67,6 +68,7 @@ from torch.autograd.function import once_differentiable
 from carousel.bptt import _products as products
 from carousel.bptt._common import (
     bias_grads,
+    bias_sum,
     gc_paused,
     grad_with_prev,
     masks,
@@ -82,6 +84,8 @@ _ln_backward = torch.ops.aten.native_layer_norm_backward
 #: The backward pass computes its local derivatives for blocks of steps of about this many
 #: bytes of gates each, just before the loop uses them (in the cache, not streamed from memory).
 _DERIVATIVE_BLOCK_BYTES = 1 << 20
+#: Per-step views of a ``(T, ...)`` buffer (``unbind(0)``); empty for an absent one.
+_Views = tuple[Tensor, ...]
 
 
 @dataclass(frozen=True)
@@ -162,8 +166,19 @@ def _inverse(perm: Tensor) -> Tensor:
     return inv
 
 
+@overload
+def _rows(t: Tensor, perm: Tensor | None) -> Tensor: ...
+@overload
+def _rows(t: Tensor | None, perm: Tensor | None) -> Tensor | None: ...
 def _rows(t: Tensor | None, perm: Tensor | None) -> Tensor | None:
     return t if t is None or perm is None else t.index_select(0, perm)
+
+
+def _need(t: Tensor | None, name: str) -> Tensor:
+    """``t``, which this cell's configuration needs (``name`` for the error)."""
+    if t is None:
+        raise TypeError(f"LSTMFunction: {name} is None, but this cell's configuration needs it")
+    return t
 
 
 class LSTMFunction(torch.autograd.Function):
@@ -221,7 +236,7 @@ class LSTMFunction(torch.autograd.Function):
         perm = spec.gate_perm(H, dev)
         w_ih = _rows(weight_ih, perm)
         w_hh = _rows(weight_hh, perm)
-        bias = None if bias_ih is None else _rows(bias_ih + bias_hh, perm)
+        bias = _rows(bias_sum(bias_ih, bias_hh), perm)
         gam_ih, gam_hh = _rows(ln_ih_weight, perm), _rows(ln_hh_weight, perm)
         # g_t = tanh(a^g_t) = 2 sigmoid(2 a^g_t) - 1: the forward pass uses copies whose g rows
         # are doubled (exact), so one sigmoid covers every gate (see _common.sigmoid_tanh)
@@ -240,8 +255,9 @@ class LSTMFunction(torch.autograd.Function):
         sperm = spec.state_perm(H, dev) if fgr else None
         w_gg = s_prev0 = None
         if fgr:
-            w_gg = weight_gg if sperm is None else weight_gg[sperm][:, sperm]
-            s_prev0 = s0 if sperm is None else s0.index_select(1, sperm)
+            w_gg, s_prev0 = _need(weight_gg, "weight_gg"), _need(s0, "s0")
+            if sperm is not None:
+                w_gg, s_prev0 = w_gg[sperm][:, sperm], s_prev0.index_select(1, sperm)
         minus_one = x.new_full((1,), -1.0)
         two = x.new_full((1,), 2.0)
         # --- input projections of all steps at once
@@ -270,7 +286,8 @@ class LSTMFunction(torch.autograd.Function):
         gam_c = ln_c_weight
         beta_c = ln_c_bias
         if ln and act_sig:
-            gam_c, beta_c = 2.0 * ln_c_weight, 2.0 * ln_c_bias
+            gam_c = 2.0 * _need(ln_c_weight, "ln_c_weight")
+            beta_c = 2.0 * _need(ln_c_bias, "ln_c_bias")
         # --- per-step views
         # the block that gets its sigmoid before c_t: every gate without peepholes, else
         # i, f (and g); o waits for c_t when it has a peephole
@@ -280,45 +297,51 @@ class LSTMFunction(torch.autograd.Function):
         blk_s = None
         if blk_hi > blk_lo:
             blk_s = a_s if blk_hi - blk_lo == GH else gates[..., blk_lo:blk_hi].unbind(0)
-        sig_s = gates[..., :SH].unbind(0) if fgr else None
-        pre3_s = cprev3_s = None
-        if peephole and n_pre:
+        # the views of an absent gate or buffer are empty: the loop reads them only where the
+        # configuration has them
+        sig_s = gates[..., :SH].unbind(0) if fgr else ()
+        pre3_s: tuple[Tensor, ...] | None = None
+        if w_pre is not None:  # peepholes on i and f
+            w_pre_t = w_pre
             pre3_s = gates[..., o_off:SH].unflatten(-1, (n_pre, H)).unbind(0)
             cprev3_s = [c0.unsqueeze(1), *cs.unsqueeze(2).unbind(0)[:-1]]  # c_{t-1}, (B, 1, H)
         g_s = gates[..., SH:].unbind(0)
-        o_s = gates[..., :H].unbind(0) if has_o else None
-        i_s = gates[..., o_off : o_off + H].unbind(0) if spec.has_i else None
-        f_s = gates[..., SH - H : SH].unbind(0) if spec.has_f else None
+        o_s = gates[..., :H].unbind(0) if has_o else ()
+        i_s = gates[..., o_off : o_off + H].unbind(0) if spec.has_i else ()
+        f_s = gates[..., SH - H : SH].unbind(0) if spec.has_f else ()
         c_s, h_s = cs.unbind(0), hs.unbind(0)
         act_s = acts.unbind(0) if acts is not cs else c_s
-        m_s = ms.unbind(0) if proj and has_o else None
-        z_s = zs.unbind(0) if ln else None
-        s_s = ss.unbind(0) if ss is not None else None
+        m_s = ms.unbind(0) if proj and has_o else ()
+        z_s = zs.unbind(0) if zs is not None else ()
+        s_s = ss.unbind(0) if ss is not None else ()
         mb_s = mv.bool3.unbind(0) if mv is not None else None
         update = spec.cell_update()
-        o_late = has_o and peephole
-        # per-step products, each on the faster library for its size (see _products)
-        hh_acc = products.acc_fn(fw_hh, B) if not ln else None
-        hh_into = products.into_fn(fw_hh, B) if ln else None
-        gg_acc = products.acc_fn(w_gg, B) if fgr else None
-        hr_into = products.into_fn(weight_hr, B) if proj else None
+        # o_t sees c_t (a peephole on the output gate)
+        co_late = _need(weight_co, "weight_co") if has_o and peephole else None
+        # per-step products, each on the faster library for its size (see _products):
+        # W_hh h_{t-1} into z_t with LN, else added to a_t
+        hh_prod = products.into_fn(fw_hh, B) if ln else products.acc_fn(fw_hh, B)
+        gg_acc = products.acc_fn(w_gg, B) if w_gg is not None else None  # FGR
+        hr_into = products.into_fn(_need(weight_hr, "weight_hr"), B) if proj else None
         mul, add, where, tanh = torch.mul, torch.add, torch.where, torch.tanh
         native_ln = torch.native_layer_norm
-        h, c, s = h0, c0, s_prev0
+        h, c = h0, c0
+        if s_prev0 is not None:
+            s = s_prev0  # FGR's s_{t-1}
         for t in range(T):
             a = a_s[t]  # (B, GH): a_t, then the activations in place
             if ln:
-                z = hh_into(z_s[t], h)
+                z = hh_prod(z_s[t], h)
                 zn, mu, rs = native_ln(z, [GH], fgam_hh, None, eps)
                 a.add_(zn)  # + LN(W_hh h_{t-1}) gamma_hh
                 mu_z.append(mu)
                 rs_z.append(rs)
             else:
-                hh_acc(a, h)  # + W_hh h_{t-1}
-            if fgr:
+                hh_prod(a, h)  # + W_hh h_{t-1}
+            if gg_acc is not None:
                 gg_acc(sig_s[t], s)  # + W_gg s_{t-1} on the sigmoid gates
             if pre3_s is not None:
-                pre3_s[t].addcmul_(cprev3_s[t], w_pre)  # + w_ci c_{t-1}, w_cf c_{t-1}
+                pre3_s[t].addcmul_(cprev3_s[t], w_pre_t)  # + w_ci c_{t-1}, w_cf c_{t-1}
             if blk_s is not None:
                 blk_s[t].sigmoid_()  # [o,] i, f [, sigmoid(2 a^g)]
             g = g_s[t]
@@ -335,8 +358,8 @@ class LSTMFunction(torch.autograd.Function):
                 torch.addcmul(g, f_s[t], c, out=c_new)
             else:
                 add(c, g, out=c_new)
-            if o_late:
-                o_s[t].addcmul_(c_new, weight_co).sigmoid_()  # o_t sees c_t
+            if co_late is not None:
+                o_s[t].addcmul_(c_new, co_late).sigmoid_()  # o_t sees c_t
             act = act_s[t]
             if ln:
                 cn, mu, rs = native_ln(c_new, [H], gam_c, beta_c, eps)  # LN(c_t) [times 2]
@@ -354,7 +377,7 @@ class LSTMFunction(torch.autograd.Function):
                 tanh(c_new, out=act)
             else:
                 act = c_new  # NOAF
-            if proj:
+            if hr_into is not None:  # proj
                 m_t = mul(o_s[t], act, out=m_s[t]) if has_o else act
                 h_new = hr_into(h_s[t], m_t)  # h_t = W_hr (o tanh c)
             elif has_o:
@@ -378,7 +401,7 @@ class LSTMFunction(torch.autograd.Function):
                 ss_out = s_int.index_select(-1, _inverse(sperm))
             else:
                 ss_out = s_int if ss is not None else s_int.clone()
-        ln_stats = ()
+        ln_stats: tuple[Tensor | None, ...] = ()
         if ln:
             ln_stats = (xz, mu_x, rs_x, zs, torch.stack(mu_z), torch.stack(rs_z),
                         torch.stack(mu_c), torch.stack(rs_c), gam_ih, gam_hh)  # fmt: skip
@@ -446,9 +469,12 @@ class LSTMFunction(torch.autograd.Function):
         o_peep = has_o and peephole and not (fold and not ln)
         c_prev = prev_states(c0, cs)
 
-        def local_derivatives(lo: int, hi: int):
+        def local_derivatives(
+            lo: int, hi: int
+        ) -> tuple[_Views | None, _Views, _Views, _Views | None, _Views]:
             """Per-step views of ``q``, ``k_o``, ``k_rest``, ``f_eff``, ``dsig_m`` for the steps
-            ``[lo, hi)`` (``None`` for the absent ones)."""
+            ``[lo, hi)`` (``None`` for an absent ``q`` or ``f_eff``, empty for an absent
+            ``k_o`` or ``dsig_m``)."""
             n = hi - lo
             gt, a_t, cp = gates[lo:hi], acts[lo:hi], c_prev[lo:hi]
             mf_t = mf[lo:hi] if mf is not None else None
@@ -460,11 +486,11 @@ class LSTMFunction(torch.autograd.Function):
             # q: d c_t (or d LN(c_t)) per unit of dm_t, o (1 - tanh^2), as o - (o tanh) tanh
             q = None
             if v.output_activation:
-                if has_o:
+                if o is not None:
                     q = torch.addcmul(o, ms[lo:hi] if proj else o * a_t, a_t, value=-1.0)
                 else:
                     q = torch.addcmul(one, a_t, a_t, value=-1.0)
-            elif has_o:
+            elif o is not None:
                 q = o
             if mf_t is not None:
                 q = mf_t.expand(n, B, H) if q is None else q * mf_t
@@ -498,10 +524,11 @@ class LSTMFunction(torch.autograd.Function):
             if update in ("std", "nig"):
                 f_eff = gt[..., SH - H : SH]
             elif update == "cifg":
+                assert i is not None  # CIFG has the input gate (LSTMVariant checks)
                 f_eff = 1.0 - i
             if f_eff is not None and mv is not None:
                 f_eff = torch.where(mv.bool3[lo:hi], f_eff, 1.0)
-            if fold and has_o and not ln:
+            if fold and not ln and q is not None and k_o is not None:  # both set: has_o
                 q = torch.addcmul(q, k_o, w_co)
             if fold and n_pre:
                 k_pre = k_rest[:, :, :n_pre]  # (n, B, nP, H), masked
@@ -515,34 +542,37 @@ class LSTMFunction(torch.autograd.Function):
             dsig_m = None
             if fgr:
                 dsig_m = dsig if mf_t is None else dsig * mf_t
-            return tuple(
-                None if u is None else u.unbind(0) for u in (q, k_o, k_rest, f_eff, dsig_m)
+            return (
+                None if q is None else q.unbind(0),
+                () if k_o is None else k_o.unbind(0),
+                k_rest.unbind(0),
+                None if f_eff is None else f_eff.unbind(0),
+                () if dsig_m is None else dsig_m.unbind(0),
             )
 
         # --- the backward loop
+        # (the views of an absent buffer are empty, as in the forward pass)
         dA = torch.zeros_like(gates) if fgr else torch.empty_like(gates)
-        dcn = torch.empty_like(cs) if ln else None
-        dms = torch.empty_like(cs) if proj else None
-        dZ = torch.empty_like(zs) if ln else None  # delta (W_hh h_{t-1}) before its LN
         dH_s, dC_s = dH.unbind(0), dC.unbind(0)
         dc3_s = dC.unsqueeze(2).unbind(0)
-        dS_s = dS.unbind(0) if fgr else None
+        dS_s = dS.unbind(0) if dS is not None else ()
         dA_s = dA.unbind(0)
-        dAsig_s = dA[..., :SH].unbind(0) if fgr else None
-        dAo_s = dA[..., :H].unbind(0) if has_o else None
+        dAsig_s = dA[..., :SH].unbind(0) if fgr else ()
+        dAo_s = dA[..., :H].unbind(0) if has_o else ()
         dArest_s = dA[..., o_off:].unflatten(-1, (n_pre + 1, H)).unbind(0)
         dApre_s = []
         if peephole and n_pre and not fold:
             dApre_s = [d.unbind(0) for d in dA[..., o_off:SH].unflatten(-1, (n_pre, H)).unbind(2)]
         w_pre_s = w_pre.unbind(0) if w_pre is not None else ()
         inv_s = mv.inv3.unbind(0) if mv is not None else None
-        dcn_s = dcn.unbind(0) if ln else None
-        dm_s = dms.unbind(0) if proj else None
+        dm_s = torch.empty_like(cs).unbind(0) if proj else ()  # delta m_t
         if ln:
+            dcn = torch.empty_like(cs)  # delta LN(c_t)
+            dZ = torch.empty_like(zs)  # delta (W_hh h_{t-1}) before its LN
+            dcn_s, dZ_s = dcn.unbind(0), dZ.unbind(0)
             c_s = cs.unbind(0)
             z_s, muz_s, rsz_s = zs.unbind(0), mu_z.unbind(0), rs_z.unbind(0)
             muc_s, rsc_s = mu_c.unbind(0), rs_c.unbind(0)
-            dZ_s = dZ.unbind(0)
         mul = torch.mul
         hh_acc = products.acc_fn(w_hh.t(), B)  # delta a_t W_hh
         gg_acc = products.acc_fn(w_gg.t(), B) if fgr else None
@@ -555,7 +585,7 @@ class LSTMFunction(torch.autograd.Function):
                 j = t - lo  # the step within the block
                 dh = dH_s[t + 1]  # delta h_t (complete: step t+1 has been peeled off)
                 dc = dC_s[t + 1]  # delta c_t so far
-                dm = hr_into(dm_s[t], dh) if proj else dh  # through W_hr
+                dm = hr_into(dm_s[t], dh) if hr_into is not None else dh  # through W_hr
                 if fgr:
                     mul(dS_s[t + 1], dsm_s[j], out=dAsig_s[t])  # s_t = the sigmoid gates
                     if has_o:
@@ -594,7 +624,7 @@ class LSTMFunction(torch.autograd.Function):
                     hh_acc(dH_s[t], dA_s[t])  # delta h_{t-1} += delta a_t W_hh
                 if inv_s is not None:
                     dH_s[t].addcmul_(dh, inv_s[t])  # a frozen state passes its gradient on
-                if fgr:
+                if gg_acc is not None:  # FGR
                     gg_acc(dS_s[t], dAsig_s[t])  # delta s_{t-1} += delta a^sigma_t W_gg
                     if inv_s is not None:
                         dS_s[t].addcmul_(dS_s[t + 1], inv_s[t])
@@ -629,7 +659,7 @@ class LSTMFunction(torch.autograd.Function):
             if has_o and needs[12]:
                 d_co = (dA[..., :H] * cs).sum((0, 1))
         dW_gg = ds0 = None
-        if fgr:
+        if dS is not None:  # FGR
             sinv = _inverse(sperm) if sperm is not None else None
             if needs[13]:
                 s_int = ss if ss is not None else gates[..., :SH]

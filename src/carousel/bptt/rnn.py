@@ -29,7 +29,14 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from carousel.bptt import _products as products
-from carousel.bptt._common import bias_grads, gc_paused, grad_with_prev, masks, sigmoid_tanh
+from carousel.bptt._common import (
+    bias_grads,
+    bias_sum,
+    gc_paused,
+    grad_with_prev,
+    masks,
+    sigmoid_tanh,
+)
 
 __all__ = ["RNNFunction"]
 
@@ -63,11 +70,9 @@ class RNNFunction(torch.autograd.Function):
         w_ih = weight_ih * scale if sig else weight_ih
         hh_acc = products.acc_fn(weight_hh * scale if sig else weight_hh, B)
         # input projections of all steps in one product: W_ih x_t + b_ih + b_hh
-        bias = None
-        if bias_ih is not None:
-            bias = bias_ih + bias_hh
-            if sig:
-                bias.mul_(scale)
+        bias = bias_sum(bias_ih, bias_hh)
+        if bias is not None and sig:
+            bias.mul_(scale)
         hs = products.linear(x2, w_ih, bias).view(T, B, H)
         steps = hs.unbind(0)
         mv = masks(mask, x.dtype)

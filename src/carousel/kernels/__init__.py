@@ -465,7 +465,7 @@ class LSTMKernelFunction(torch.autograd.Function):
             dW_hr = _mm(dH[1:].view(T * B, P).t(), ms.view(T * B, H))
         return (
             dx, dH[0] if needs[1] else None, dC[0] if needs[2] else None,
-            dS[0] if fgr and needs[3] else None, None, dW_ih, dW_hh, db_ih, db_hh,
+            dS[0] if dS is not None and needs[3] else None, None, dW_ih, dW_hh, db_ih, db_hh,
             d_ci, d_cf, d_co, dW_gg, g_ih, g_hh, g_c, b_c, dW_hr, None, None, None,
         )  # fmt: skip
 
@@ -664,7 +664,7 @@ def run_sequence(
     if fam is LSTMCell:
         offsets, flags = _lstm_layout(cell)
         fgr = cell.variant.full_gate_recurrence
-        args = (
+        lstm_args = (
             x, state0[0], state0[1], state0[2] if fgr else None, mask, params["weight_ih"],
             params["weight_hh"], params.get("bias_ih"), params.get("bias_hh"),
             params.get("weight_ci"), params.get("weight_cf"), params.get("weight_co"),
@@ -673,9 +673,9 @@ def run_sequence(
             offsets, flags, cell.ln_eps,
         )  # fmt: skip
         if grad:
-            hs, cs, ss, g = LSTMKernelFunction.apply(*args)
+            hs, cs, ss, g = LSTMKernelFunction.apply(*lstm_args)
         else:
-            hs, cs, ss, g = _lstm_forward(*args)[:4]
+            hs, cs, ss, g = _lstm_forward(*lstm_args)[:4]
         states = LSTMGateState(hs, cs, ss) if fgr else LSTMState(hs, cs)
         if return_gates:
             H = cell.hidden_size
@@ -687,21 +687,22 @@ def run_sequence(
                 elif name == "f" and cell.variant.coupled:
                     gates["f"] = 1.0 - blocks["i"]
     elif fam is GRUCell:
-        args = (x, state0, mask, params["weight_ih"], params["weight_hh"],
-                params.get("bias_ih"), params.get("bias_hh"))  # fmt: skip
+        gru_args = (x, state0, mask, params["weight_ih"], params["weight_hh"],
+                    params.get("bias_ih"), params.get("bias_hh"))  # fmt: skip
+        fn: type[GRUKernelFunction | GRUChoKernelFunction]
         if cell.reset_after:
             fn, fwd = GRUKernelFunction, _gru_forward
         else:
             fn, fwd = GRUChoKernelFunction, _gru_cho_forward
-        hs, g = fn.apply(*args) if grad else fwd(*args)[3:5]
+        hs, g = fn.apply(*gru_args) if grad else fwd(*gru_args)[3:5]
         states = hs
         if return_gates:
             gates = dict(zip(("r", "z", "n"), g.chunk(3, dim=-1)))
     else:
         relu = cell.nonlinearity == "relu"
-        args = (x, state0, mask, params["weight_ih"], params["weight_hh"],
-                params.get("bias_ih"), params.get("bias_hh"), relu)  # fmt: skip
-        hs = RNNKernelFunction.apply(*args) if grad else _rnn_forward(*args)[3]
+        rnn_args = (x, state0, mask, params["weight_ih"], params["weight_hh"],
+                    params.get("bias_ih"), params.get("bias_hh"), relu)  # fmt: skip
+        hs = RNNKernelFunction.apply(*rnn_args) if grad else _rnn_forward(*rnn_args)[3]
         states = hs
     if mask is None:
         output = hs
