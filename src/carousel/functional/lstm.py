@@ -233,6 +233,7 @@ def lstm_step(
     H = c_prev.shape[-1]
     if variant.layer_norm:
         assert ln is not None
+        ln_c_weight, ln_c_bias = ln["ln_c_weight"], ln["ln_c_bias"]  # for c_t, below
         a = _layer_norm(F.linear(x, weight_ih), ln["ln_ih_weight"], None, ln_eps)
         a = a + _layer_norm(F.linear(h_prev, weight_hh), ln["ln_hh_weight"], None, ln_eps)
         if bias_ih is not None:
@@ -283,7 +284,7 @@ def lstm_step(
         gates["o"] = o
     else:
         o = None
-    c_out = _layer_norm(c, ln["ln_c_weight"], ln["ln_c_bias"], ln_eps) if variant.layer_norm else c
+    c_out = _layer_norm(c, ln_c_weight, ln_c_bias, ln_eps) if variant.layer_norm else c
     act = torch.tanh(c_out) if variant.output_activation else c_out
     h = act if o is None else o * act
     if weight_hr is not None:

@@ -4,7 +4,7 @@ and the choice of implementation path, for any cell."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -164,11 +164,17 @@ class RecurrentBase(nn.Module):
         if not names:
             return None
         if self._torch_names:
-            own = self._parameters
+            own = self._own_parameters()
             suffix = self._suffix(k)
             return {n: own[n + suffix] for n in names}
         cell = self.cells[k]
         return {n: getattr(cell, n) for n in names}
+
+    def _own_parameters(self) -> dict[str, Tensor]:
+        """The parameters registered on the layer itself, by name. Every one is a tensor (the
+        cells' weights with torch.nn's names, the learned initial states); the ``None`` that
+        ``nn.Module._parameters`` admits is never registered here."""
+        return cast("dict[str, Tensor]", self._parameters)
 
     def _weight(self) -> Tensor:
         # a parameter of the layer, for its dtype and device (the layer's own first, cheaply)
@@ -356,10 +362,10 @@ class RecurrentBase(nn.Module):
         for f, t, shp in zip(fields, given, self._state_spec[0][2]):
             if not isinstance(t, Tensor):
                 raise TypeError(f"{name}: hx.{f} must be a Tensor, got {type(t).__name__}")
-            want = (n, B, *shp)
-            if tuple(t.shape) != want:
+            want_shape = (n, B, *shp)
+            if tuple(t.shape) != want_shape:
                 raise ValueError(
-                    f"{name}: expected hx.{f} of shape {shape_str(want)} "
+                    f"{name}: expected hx.{f} of shape {shape_str(want_shape)} "
                     f"(num_layers*num_directions, B, ...), got {shape_str(tuple(t.shape))}"
                 )
             if t.dtype != x.dtype:
@@ -404,14 +410,15 @@ class RecurrentBase(nn.Module):
             TypeError: wrong types or dtypes.
         """
         name = type(self).__name__
-        packed = isinstance(input, PackedSequence)
-        if packed:
+        if isinstance(input, PackedSequence):
+            packed = True
             if lengths is not None:
                 raise ValueError(f"{name}: a PackedSequence carries its lengths; pass lengths=None")
             sorted_indices, unsorted_indices = input.sorted_indices, input.unsorted_indices
             x, lengths = pad_packed_sequence(input, batch_first=False)
             batch_first = False
         else:
+            packed = False
             x = input
             batch_first = self.batch_first
         unbatched = isinstance(x, Tensor) and x.dim() == 2
@@ -451,6 +458,7 @@ class RecurrentBase(nn.Module):
             if seq_gates is not None:
                 seq_gates = {k: v.transpose(1, 2) for k, v in seq_gates.items()}
         if packed:
+            assert lengths is not None  # the PackedSequence's, set above
             output = _repack(output, lengths, sorted_indices, unsorted_indices)
         if unbatched:
             output = output.squeeze(1 if not batch_first else 0)
@@ -476,7 +484,9 @@ class RecurrentBase(nn.Module):
                 # index that reverses each sequence within its own length
                 rev = torch.where(mask, lengths.unsqueeze(0) - 1 - steps, steps)  # (T, B)
         cells = self._all_cells()
-        finals, all_states, all_gates = [], [], []
+        finals: list[Any] = []
+        all_states: list[Any] = []
+        all_gates: list[dict[str, Tensor]] = []  # with return_gates (then every run's)
         layer_input = x
         for layer in range(self.num_layers):
             outs = []
@@ -497,7 +507,8 @@ class RecurrentBase(nn.Module):
                 outs.append(out)
                 finals.append(res.state)
                 all_states.append(seq_states)
-                all_gates.append(seq_gates)
+                if seq_gates is not None:
+                    all_gates.append(seq_gates)
             layer_input = outs[0] if D == 1 else torch.cat(outs, dim=-1)  # (T, B, D*O)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
@@ -611,12 +622,12 @@ class Recurrent(RecurrentBase):
             flat.extend(group)
         D = 2 if bidirectional else 1
         for l in range(1, len(cells)):
-            want = D * _output_size(flat[(l - 1) * D])
+            width = D * _output_size(flat[(l - 1) * D])
             for c in flat[l * D : (l + 1) * D]:
-                if c.input_size != want:
+                if c.input_size != width:
                     raise ValueError(
                         f"Recurrent: layer {l}'s cell takes input_size={c.input_size}, "
-                        f"but layer {l - 1} outputs {want}"
+                        f"but layer {l - 1} outputs {width}"
                     )
         check_positive_int("Recurrent", "num_layers", len(cells))
         self._setup(

@@ -4,7 +4,7 @@ torch.nn lacks."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from torch import Tensor
@@ -39,7 +39,7 @@ class _Standard(RecurrentBase):
         return True
 
     def _flat_weights(self) -> list[Tensor]:
-        own = self._parameters
+        own = self._own_parameters()
         return [own[key] for key in self._flat_keys]
 
     def _hx_for_vf(self, states0: list[Any]) -> Any:
@@ -65,7 +65,25 @@ class _Standard(RecurrentBase):
         return out, self._state_from_vf(_index_state(h if len(h) > 1 else h[0], inv))
 
 
-def _index_state(hx: Any, idx: Tensor) -> Any:
+class _LSTMSwitches(TypedDict):
+    """The variant keywords :class:`LSTM` passes on to each :class:`~carousel.cells.LSTMCell`."""
+
+    variant: str | LSTMVariant | None
+    peephole: bool | None
+    input_gate: bool | None
+    forget_gate: bool | None
+    output_gate: bool | None
+    input_activation: bool | None
+    output_activation: bool | None
+    coupled: bool | None
+    full_gate_recurrence: bool | None
+    layer_norm: bool | None
+
+
+def _index_state(hx: Any, idx: Tensor | None) -> Any:
+    """``hx`` with its rows (dim 1) in the order ``idx`` (``None``: as they are)."""
+    if idx is None:
+        return hx
     if isinstance(hx, Tensor):
         return hx.index_select(1, idx)
     return (
@@ -291,7 +309,7 @@ class LSTM(_Standard):
         self.input_size, self.hidden_size = input_size, hidden_size
         self.proj_size = check_positive_int("LSTM", "proj_size", proj_size, minimum=0)
         self.bias = bool(bias)
-        switches = dict(
+        switches = _LSTMSwitches(
             variant=variant, peephole=peephole, input_gate=input_gate, forget_gate=forget_gate,
             output_gate=output_gate, input_activation=input_activation,
             output_activation=output_activation, coupled=coupled,

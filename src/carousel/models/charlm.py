@@ -137,9 +137,8 @@ class CharLM(nn.Module):
                 "CharLM: a language model cannot be bidirectional (it would see the token it "
                 "predicts); remove bidirectional from layer_options"
             )
-        kw = {"device": device, "dtype": dtype}
         if embedding_size:
-            self.embedding = nn.Embedding(vocab_size, embedding_size, **kw)
+            self.embedding = nn.Embedding(vocab_size, embedding_size, device=device, dtype=dtype)
             input_size = embedding_size
         else:
             self.register_module("embedding", None)
@@ -151,12 +150,13 @@ class CharLM(nn.Module):
                 num_layers,
                 dropout=dropout if num_layers > 1 else 0.0,
                 **self.layer_options,
-                **kw,
+                device=device,
+                dtype=dtype,
             )
         except TypeError as e:
             raise ValueError(f"CharLM: invalid layer_options for cell={cell!r}: {e}") from None
         out_size = getattr(self.rnn, "proj_size", 0) or hidden_size
-        self.decoder = nn.Linear(out_size, vocab_size, **kw)
+        self.decoder = nn.Linear(out_size, vocab_size, device=device, dtype=dtype)
 
     @classmethod
     def from_config(
@@ -340,8 +340,10 @@ class Stepper:
         with torch.no_grad():
             ids = torch.arange(m.vocab_size, device=m.decoder.weight.device)
             x = m.embed(ids)  # (V, E)
-            self._w_hh = []
-            self._b = []
+            self._w_ih: dict[int, Tensor] = {}  # layers 1, 2, ... (layer 0 reads the table)
+            self._w_hh: list[Tensor] = []
+            self._b: list[Tensor] = []  # b_ih, with b_hh merged in but for the GRU
+            self._b_hh: list[Tensor] = []  # the GRU's b_hh (inside r * (W_hn h + b_hn))
             for layer in range(rnn.num_layers):
                 w_ih = getattr(rnn, f"weight_ih_l{layer}")
                 w_hh = getattr(rnn, f"weight_hh_l{layer}")
@@ -355,14 +357,13 @@ class Stepper:
                 merged_b = b_ih if self._kind == "gru" else b_ih + b_hh
                 if layer == 0:
                     self._table = F.linear(x, w_ih, merged_b)  # (V, G*H)
-                    self._w_ih = [None]
                 else:
                     # transposed once, so each step's products read (in, G*H) weights
-                    self._w_ih.append(w_ih.t().contiguous() if self._kind == "lstm" else w_ih)
+                    self._w_ih[layer] = w_ih.t().contiguous() if self._kind == "lstm" else w_ih
                 self._b.append(merged_b)
                 self._w_hh.append(w_hh.t().contiguous() if self._kind == "lstm" else w_hh)
                 if self._kind == "gru":
-                    self._b[-1] = (b_ih, b_hh)
+                    self._b_hh.append(b_hh)
 
     @torch.no_grad()
     def _lstm_step(self, tokens: Tensor) -> Tensor:
@@ -394,13 +395,15 @@ class Stepper:
             return self._lstm_step(tokens)
         st = self.state
         hs = st
-        new_h = []
-        inp = None
+        new_h: list[Tensor] = []  # new_h[-1]: the next layer's input (layer 0 reads the table)
         for layer in range(m.num_layers):
             h = hs[layer]  # (B, H)
             if kind == "gru":
-                b_ih, b_hh = self._b[layer]
-                gx = self._table[tokens] if layer == 0 else F.linear(inp, self._w_ih[layer], b_ih)
+                b_ih, b_hh = self._b[layer], self._b_hh[layer]
+                if layer == 0:
+                    gx = self._table[tokens]
+                else:
+                    gx = F.linear(new_h[-1], self._w_ih[layer], b_ih)
                 gh = F.linear(h, self._w_hh[layer], b_hh)  # (B, 3H)
                 x_r, x_z, x_n = gx.chunk(3, 1)
                 h_r, h_z, h_n = gh.chunk(3, 1)
@@ -412,13 +415,12 @@ class Stepper:
                 if layer == 0:
                     gx = self._table[tokens]
                 else:
-                    gx = F.linear(inp, self._w_ih[layer], self._b[layer])
+                    gx = F.linear(new_h[-1], self._w_ih[layer], self._b[layer])
                 a = torch.addmm(gx, h, self._w_hh[layer].t())
                 h = torch.tanh(a) if m.rnn.nonlinearity == "tanh" else torch.relu(a)
             new_h.append(h)
-            inp = h
         self.state = torch.stack(new_h)
-        return m.decoder(inp)  # (B, V)
+        return m.decoder(new_h[-1])  # (B, V)
 
     def step(self, tokens: Tensor) -> Tensor:
         """Feed one token per row and return the scores of the next.
