@@ -319,7 +319,8 @@ class GaussNewton:
         self._shapes = [p.shape for p in self.params.values()]
         self._numels = [p.numel() for p in self.params.values()]
         with torch.enable_grad():
-            (outputs, hidden), self._vjp_fn = vjp(fn, self.params)
+            # [:2]: torch types the results with and without has_aux as one union
+            (outputs, hidden), self._vjp_fn = vjp(fn, self.params)[:2]
         _check_outputs(owner, loss, outputs)
         self.outputs = outputs.detach()  # (..., O)
         self.hidden = tuple(h.detach() for h in hidden)
@@ -348,7 +349,7 @@ class GaussNewton:
     def jacobian_vector_product(self, v: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
         """``(J v, J_S v)``: the change of the outputs and hidden states along ``v``."""
         with torch.enable_grad():
-            _, (dz, dh) = jvp(self.fn, (self.params,), (self.unflatten(v),))
+            _, (dz, dh) = jvp(self.fn, (self.params,), (self.unflatten(v),))[:2]  # as in __init__
         return dz, dh
 
     def _transpose(self, cz: Tensor, ch: tuple[Tensor, ...]) -> Tensor:

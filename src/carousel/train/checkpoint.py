@@ -325,7 +325,7 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return resolve_checkpoint(last)
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
+def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
     """The checkpoint directory ``path`` names: a ``step-*`` directory, a ``last`` link or
     file, or a run directory (its ``last``).
 
@@ -375,7 +375,7 @@ def _load_tensors(path: Path) -> dict[str, Tensor]:
         raise CheckpointError(f"{path} is damaged or not a safetensors file: {e}") from None
 
 
-def load_checkpoint(path: str | Path, *, verify: bool = True) -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike[str], *, verify: bool = True) -> Checkpoint:
     """Load a checkpoint (tensors on the CPU).
 
     Args:

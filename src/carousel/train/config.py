@@ -361,7 +361,7 @@ def _convert(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
         if len(inner) == 1:
             return _convert(value, inner[0], path, errors)
         return value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):  # a dataclass, not an instance
         if not isinstance(value, Mapping):
             errors.append(f"{path}: expected a table, got {_describe(value)}")
             return None
@@ -490,7 +490,7 @@ def _resolve(path: list[str], task: str) -> tuple[Any, str | None]:
     for i, key in enumerate(path):
         if typing.get_origin(cls) is dict or cls is dict:
             return Any, None  # free-form table (optim.options)
-        if not dataclasses.is_dataclass(cls):
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
             return None, f"{'.'.join(done)} is not a table"
         names = [f.name for f in dataclasses.fields(cls)]
         if key not in names:

@@ -29,12 +29,13 @@ import hashlib
 import importlib
 import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import torch
 from torch import Tensor, nn
@@ -64,6 +65,9 @@ from carousel.train.config import (
 from carousel.train.metrics import MetricsLogger, plot_metrics, read_metrics
 from carousel.train.optim import build_optimizer, momentum_at, set_schedules
 from carousel.train.penalties import vanishing_gradient_penalty
+
+if TYPE_CHECKING:
+    from carousel.optim import HessianFree
 
 __all__ = [
     "NonFiniteError",
@@ -345,7 +349,7 @@ def _train(config: Config, info: distributed.DistInfo, *, resume: bool, restart:
     ckpt_path = latest_checkpoint(run_dir) if resume else None
     if ckpt_path is not None:
         _restore(run, load_checkpoint(ckpt_path))
-    fwd = _Forward(model, task, tc.vanishing_penalty)
+    fwd: nn.Module = _Forward(model, task, tc.vanishing_penalty)
     if info.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -532,7 +536,7 @@ def _grads(model: nn.Module) -> list[tuple[str, Tensor]]:
     return [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
 
 
-def _is_hessian_free(optimizer: torch.optim.Optimizer) -> bool:
+def _is_hessian_free(optimizer: torch.optim.Optimizer) -> TypeGuard[HessianFree]:
     from carousel.optim import HessianFree
 
     return isinstance(optimizer, HessianFree)
@@ -604,12 +608,14 @@ def _update(run: _Run, step: int, batch: Batch) -> tuple[_Context, bool, dict[st
             torch.nn.utils.clip_grad_value_(params, tc.clip_value)
         return total
 
-    hessian_free = _is_hessian_free(run.optimizer)
-    if hessian_free:
+    hf = run.optimizer if _is_hessian_free(run.optimizer) else None
+    hessian_free = hf is not None
+    if hf is not None:
         # the Gauss-Newton products go through this batch's scored outputs
-        run.optimizer.output_fn = functools.partial(run.task.curvature_outputs, batch=window)
+        hf.output_fn = functools.partial(run.task.curvature_outputs, batch=window)
     try:
-        run.optimizer.step(closure)
+        # torch types a closure as returning a float; its optimizers take the loss tensor
+        run.optimizer.step(closure)  # type: ignore[arg-type]
     except _Skip as e:
         return _nonfinite(run, step, ctx, e, window=window, split_at=split_at)
     run.skipped_in_a_row = 0
@@ -857,7 +863,7 @@ def _restore(run: _Run, ckpt: Checkpoint) -> None:
 
 
 def load_trained(
-    path: str | Path, *, device: str = "auto"
+    path: str | os.PathLike[str], *, device: str = "auto"
 ) -> tuple[nn.Module, Task, Config, Checkpoint]:
     """The trained model of a checkpoint, with its task and config.
 

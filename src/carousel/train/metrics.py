@@ -21,7 +21,7 @@ import csv
 import json
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +154,7 @@ def _series(records: Iterable[Mapping[str, Any]], key: str, **match: Any):
 
 
 def plot_metrics(
-    records: list[Mapping[str, Any]],
+    records: Sequence[Mapping[str, Any]],
     path: str | Path,
     *,
     title: str = "",

@@ -30,7 +30,9 @@ __all__ = [
     "set_schedules",
 ]
 
-OptimizerFactory = Callable[[Iterable[torch.nn.Parameter], OptimConfig], torch.optim.Optimizer]
+#: Called as ``factory(params, config)``, with ``model=`` and ``task=`` added where the factory
+#: takes them (:func:`build_optimizer` reads its signature), hence the open argument list.
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
 
 def _sgd(params, c: OptimConfig):

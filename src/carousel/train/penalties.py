@@ -35,7 +35,7 @@ Departures from the paper, and why:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +43,10 @@ from torch import Tensor, nn
 
 from carousel.layers.sequence import map_state, state_fields
 from carousel.models import ModelOutput
+
+if TYPE_CHECKING:
+    from carousel.layers.recurrent import RecurrentBase
+    from carousel.models.sequence import SequenceModel
 
 __all__ = ["PenalisedLoss", "vanishing_gradient_penalty"]
 
@@ -101,9 +105,12 @@ def vanishing_gradient_penalty(
             "vanishing_gradient_penalty: needs a carousel.models.SequenceModel (features, a "
             f"carousel recurrent layer in .rnn, decode); got {type(model).__name__}"
         )
+    # as checked above: a SequenceModel's interface around a carousel recurrent layer
+    seq = cast("SequenceModel", model)
+    rnn = cast("RecurrentBase", rnn)
     if rnn.bidirectional:
         raise ValueError("vanishing_gradient_penalty: the regulariser needs a unidirectional core")
-    x = model.features(inputs)  # (T, B, I)
+    x = seq.features(inputs)  # (T, B, I)
     T, B = x.shape[0], x.shape[1]
     states0 = rnn._initial_states(state, B, x)
     mask = None
@@ -136,13 +143,13 @@ def vanishing_gradient_penalty(
         if rnn.dropout > 0 and rnn.training and l < rnn.num_layers - 1:
             layer_input = F.dropout(layer_input, rnn.dropout, training=True)
     final = map_state(lambda *fs: torch.stack(fs), *finals)  # fields (L, B, *)
-    output = ModelOutput(model.decode(layer_input, final), final)
+    output = ModelOutput(seq.decode(layer_input, final), final)
     loss = loss_fn(output)
 
     # total derivatives dE/dx_k through the probes (constants for Omega, eq. 10)
     all_probes = [f for layer in per_layer for z in layer[5] for f in state_fields(z)]
-    grads = torch.autograd.grad(loss, all_probes, retain_graph=True, allow_unused=True)
-    grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, all_probes)]
+    found = torch.autograd.grad(loss, all_probes, retain_graph=True, allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g for g, p in zip(found, all_probes)]
     n_fields = len(state_fields(per_layer[0][5][0]))
     terms = []
     offset = 0
