@@ -155,6 +155,22 @@ def test_variant_errors():
         carousel.RNNCell(2, 3, nonlinearity="sigmoid")
 
 
+def test_functional_lstm_step_names_missing_weights():
+    """The functional step, called directly, says which weights or state a variant lacks."""
+    from carousel.functional import LSTMGateState, LSTMState, lstm_step
+
+    x, h = torch.randn(2, 3), torch.zeros(2, 4)
+    state = LSTMState(h, h)
+    w_ih, w_hh = torch.randn(16, 3), torch.randn(16, 4)
+    with pytest.raises(TypeError, match="layer_norm variant needs ln="):
+        lstm_step(x, state, w_ih, w_hh, variant=LSTMVariant(layer_norm=True))
+    fgr = LSTMVariant(full_gate_recurrence=True)
+    with pytest.raises(TypeError, match="full_gate_recurrence variant needs weight_gg"):
+        lstm_step(x, LSTMGateState(h, h, torch.zeros(2, 12)), w_ih, w_hh, variant=fgr)
+    with pytest.raises(TypeError, match=r"needs state=LSTMGateState.*got LSTMState"):
+        lstm_step(x, state, w_ih, w_hh, variant=fgr, weight_gg=torch.randn(12, 12))
+
+
 def test_cell_input_errors():
     cell = carousel.LSTMCell(3, 5)
     with pytest.raises(ValueError, match=r"expected x of shape \(B, 3\), got \(4, 2\)"):

@@ -231,8 +231,17 @@ def lstm_step(
     """
     h_prev, c_prev = state[0], state[1]
     H = c_prev.shape[-1]
-    if variant.layer_norm:
-        assert ln is not None
+    if variant.layer_norm and ln is None:
+        raise TypeError("lstm_step: a layer_norm variant needs ln= (its four weights), got None")
+    if variant.full_gate_recurrence:
+        if weight_gg is None:
+            raise TypeError("lstm_step: a full_gate_recurrence variant needs weight_gg, got None")
+        if not isinstance(state, LSTMGateState):
+            raise TypeError(
+                "lstm_step: a full_gate_recurrence variant needs state=LSTMGateState(h, c, "
+                f"gates), got {type(state).__name__}"
+            )
+    if variant.layer_norm and ln is not None:  # (checked above)
         ln_c_weight, ln_c_bias = ln["ln_c_weight"], ln["ln_c_bias"]  # for c_t, below
         a = _layer_norm(F.linear(x, weight_ih), ln["ln_ih_weight"], None, ln_eps)
         a = a + _layer_norm(F.linear(h_prev, weight_hh), ln["ln_hh_weight"], None, ln_eps)
@@ -244,8 +253,7 @@ def lstm_step(
         a = F.linear(x, weight_ih, bias_ih) + F.linear(h_prev, weight_hh, bias_hh)
     names = variant.gate_names()
     blocks = dict(zip(names, a.split(H, dim=-1)))
-    if variant.full_gate_recurrence:
-        assert weight_gg is not None and isinstance(state, LSTMGateState)
+    if variant.full_gate_recurrence and isinstance(state, LSTMGateState) and weight_gg is not None:
         rec = F.linear(state.gates, weight_gg).split(H, dim=-1)
         for name, r in zip(variant.recurrent_gate_names(), rec):
             blocks[name] = blocks[name] + r
