@@ -21,6 +21,7 @@ test: install  ## the default (fast) test suite
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: install
 	$(BIN)/ruff format .
