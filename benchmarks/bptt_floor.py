@@ -6,8 +6,8 @@ reference autograd loop and 0.6x ``torch.nn.LSTM`` at (B=32, T=100, I=64, H=128)
 least 0.6x ``torch.nn.LSTM`` at (32, 100, 128, 512). This script measures two lower bounds
 next to ``torch.nn.LSTM``, in one process:
 
-1. **The skeleton** (first shape). A training step of the standard cell made of only the
-   operations no such pass can do without:
+1. **The skeleton** (the first shape, or ``--shape``). A training step of the standard cell
+   made of only the operations no such pass can do without:
 
    - forward, per step: one product ``a_t += h_{t-1} W_hh^T`` (on the library and with the
      packed weight that carousel's path takes, :func:`carousel.bptt._products.acc_fn`) and
@@ -35,6 +35,7 @@ Usage::
 
     python benchmarks/bptt_floor.py               # all cores, 9 rounds (about a minute)
     python benchmarks/bptt_floor.py --threads 1
+    python benchmarks/bptt_floor.py --shape 32,100,128,512   # part 1 at the second shape
 """
 
 from __future__ import annotations
@@ -207,11 +208,22 @@ def main(argv: list[str] | None = None) -> int:
         default="NP,LN,FGR",
         help="comma-separated skeletons among NP (the standard cell), LN and FGR",
     )
+    parser.add_argument(
+        "--shape",
+        default=",".join(map(str, FIRST)),
+        help="B,T,I,H of part 1 (default: the first shape, %(default)s); part 2 keeps its own",
+    )
     args = parser.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",")]
     for v in variants:
         if v not in ("NP", "LN", "FGR"):
             parser.error(f"--variants: expected NP, LN or FGR, got {v!r}")
+    try:
+        shape = tuple(int(n) for n in args.shape.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 4 or min(shape) < 1:
+        parser.error(f"--shape: expected four positive integers B,T,I,H, got {args.shape!r}")
     keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -222,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
 
     gen = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)
-    B, T, I, H = FIRST
+    B, T, I, H = shape
     x = torch.randn(T, B, I, generator=gen)
     steps = {"torch.nn.LSTM": train_step(torch.nn.LSTM(I, H), x)}
     for v in variants:
@@ -232,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             steps[f"{v} carousel {impl}"] = train_step(carousel.LSTM(I, H, variant=v, impl=impl), x)
     med = interleaved_medians(steps, args.rounds)
     nn_s = med["torch.nn.LSTM"]
-    print(f"\n## 1. The skeleton at {FIRST} (median of {args.rounds} rounds)\n")
+    print(f"\n## 1. The skeleton at {shape} (median of {args.rounds} rounds)\n")
     print("| row | ms / step | vs torch.nn | vs reference |")
     print("|---|---:|---:|---:|")
     for name, sec in med.items():
@@ -251,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     x2 = torch.randn(T2, B2, I2, generator=gen)
     nn2 = train_step(torch.nn.LSTM(I2, H2), x2)
     nn2_s = interleaved_medians({"nn": nn2}, max(3, args.rounds // 2))["nn"]
+    if shape != FIRST:  # part 2 compares with torch.nn.LSTM at the first shape too
+        x1 = torch.randn(FIRST[1], FIRST[0], FIRST[2], generator=gen)
+        nn1 = train_step(torch.nn.LSTM(FIRST[2], FIRST[3]), x1)
+        nn_s = interleaved_medians({"nn": nn1}, max(3, args.rounds // 2))["nn"]
     rate, lib = best_rate(T2 * B2, 3 * H2, 3 * H2)
     print(f"\n## 2. FGR's arithmetic ({SECOND}, and {FIRST} for comparison)\n")
     print(
