@@ -133,6 +133,7 @@ def test_packed_threshold_per_thread(monkeypatch):
         return real(*args)
 
     monkeypatch.setattr(_products, "_dnn", spy)
+    monkeypatch.setattr(_products, "_half_width_avx512", lambda: False)
     threads = torch.get_num_threads()
     try:
         x, w = torch.randn(32, 128), torch.randn(384, 128)  # 1.57 million multiply-adds
@@ -215,3 +216,22 @@ def test_layer_at_a_size_past_the_threshold(monkeypatch):
     for u, v in zip(ga, gb, strict=True):
         torch.testing.assert_close(u, v, rtol=1e-3, atol=1e-5)
     _products._available.cache_clear()
+
+
+def test_zen4_keeps_per_step_products_on_mm_below_min_macs(monkeypatch):
+    """On Zen 4 (AVX-512 on 256-bit units) the per-step threshold is MIN_MACS at any thread
+    count; the CPU is read from /proc/cpuinfo's vendor and family."""
+    detect = _products._half_width_avx512.__wrapped__  # without its cache
+    monkeypatch.setattr(_products, "_half_width_avx512", lambda: True)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            assert _products.packed_threshold() == _products.MIN_MACS
+    finally:
+        torch.set_num_threads(threads)
+    fields = {"vendor_id": "AuthenticAMD", "cpu family": "25"}
+    monkeypatch.setattr(_products, "_cpu_field", fields.get)
+    assert detect()
+    fields["cpu family"] = "26"  # Zen 5: full-width AVX-512
+    assert not detect()

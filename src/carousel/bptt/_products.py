@@ -11,7 +11,12 @@ cost, so they go to oneDNN from :data:`MIN_PACKED_MACS` multiply-adds per thread
 per step (``out += x W^T``, ``x`` ``32 x K``): on one thread oneDNN is 1.07-1.10x faster at 1
 million multiply-adds, 1.13-1.32x at 1.6 million and 1.4-1.6x at 2.1 million (the first
 issue-2 shape's ``32 x 128`` by ``128 x 512``: 29-32 against 43-46 us); on two threads
-0.72-0.96x at 1 million, 0.87-1.06x at 1.6 million and 1.14-1.29x at 2.1 million.
+0.72-0.96x at 1 million, 0.87-1.06x at 1.6 million and 1.14-1.29x at 2.1 million. On an AMD
+EPYC of the previous generation (Zen 4, family 25, whose AVX-512 runs on 256-bit units) the
+packed products lose up to about 4 million multiply-adds: at ``32 x K`` rows, 0.68-0.74x at 1
+million, 0.73-0.83x at 1.6 million and 0.84x at 2.1 million on one thread, 0.79x at 2.1
+million on two, and 1.12-1.14x at 8.4 million on either; so there they keep to
+:data:`MIN_MACS` (:func:`packed_threshold`).
 
 So, for float32 tensors on such a CPU, every product of at least :data:`MIN_MACS` multiply-adds
 (the per-step products of :func:`acc_fn` and :func:`into_fn`: see :func:`packed_threshold`) goes
@@ -56,15 +61,30 @@ MIN_MACS = 1 << 22
 MIN_PACKED_MACS = 1 << 20
 
 
-def _vendor() -> str:
+@functools.cache
+def _cpu_field(name: str) -> str:
+    """The first ``name`` field of ``/proc/cpuinfo`` (``""`` where there is none)."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                if key.strip() == name:
+                    return value.strip()
     except OSError:
         pass
     return ""
+
+
+def _vendor() -> str:
+    return _cpu_field("vendor_id")
+
+
+@functools.cache
+def _half_width_avx512() -> bool:
+    """Whether the CPU is AMD's Zen 4 (family 25 with AVX-512), which runs each 512-bit
+    instruction on 256-bit units. MKL's AVX2 code is nearly as fast there, and the per-step
+    products stay on ``mm`` up to :data:`MIN_MACS` (:func:`packed_threshold`)."""
+    return _vendor() == "AuthenticAMD" and _cpu_field("cpu family") == "25"
 
 
 @functools.cache
@@ -145,7 +165,10 @@ def packed_threshold() -> int:
     """The fewest multiply-adds of a per-step product that goes to oneDNN with a packed weight:
     :data:`MIN_PACKED_MACS` per thread of torch's, at most :data:`MIN_MACS`. torch's ``mm``
     gains more from a second thread at these sizes than oneDNN does (module docstring); more
-    than two threads are unmeasured here and keep to the unpacked threshold."""
+    than two threads are unmeasured here and keep to the unpacked threshold. On Zen 4
+    (:func:`_half_width_avx512`) every thread count keeps to :data:`MIN_MACS`."""
+    if _half_width_avx512():
+        return MIN_MACS
     return min(MIN_PACKED_MACS * max(1, torch.get_num_threads()), MIN_MACS)
 
 
