@@ -231,6 +231,16 @@ def test_errors():
         EchoStateNetwork(0)
 
 
+def test_mismatched_array_like_inputs_and_targets_raise_value_error():
+    # inputs and targets may be any array-like; the size mismatch message read `.shape` from
+    # them, so nested lists raised AttributeError instead of the ValueError
+    esn = EchoStateNetwork(10)
+    with pytest.raises(ValueError, match=r"same time and batch sizes, got \(3, 1\) and \(2, 1\)"):
+        esn.fit([[0.1], [0.2], [0.3]], [[0.1], [0.2]])
+    with pytest.raises(ValueError, match=r"got \(3, 1\) and \(2, 1\)"):
+        esn.fit(np.zeros((3, 1)), np.zeros((2, 1)))
+
+
 def test_a_failed_build_leaves_the_network_unbuilt():
     # rls_alpha is checked by the readout when the first fit builds the network: the error
     # must not leave a reservoir without a readout (the next fit raised AttributeError)

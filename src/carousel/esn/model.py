@@ -349,8 +349,8 @@ class EchoStateNetwork(nn.Module):
             if batched_u != batched or u.shape[:2] != y.shape[:2]:
                 raise ValueError(
                     f"EchoStateNetwork: inputs and targets must have the same time and batch "
-                    f"sizes, got {shape_str(tuple(inputs.shape))} and "
-                    f"{shape_str(tuple(targets.shape))}"
+                    f"sizes, got {shape_str(tuple(torch.as_tensor(inputs).shape))} and "
+                    f"{shape_str(tuple(torch.as_tensor(targets).shape))}"
                 )
             in_size = u.shape[2]
         if not self.is_built:
