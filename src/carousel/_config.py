@@ -91,9 +91,25 @@ class Checks:
         if maximum is not None and not v <= maximum:
             self.fail(name, f"must be <= {maximum}, got {value}")
 
-    def optional_number(self, name: str, value: object, **kw) -> None:
+    def optional_number(
+        self,
+        name: str,
+        value: object,
+        *,
+        minimum: float | None = None,
+        maximum: float | None = None,
+        exclusive_minimum: bool = False,
+        finite: bool = True,
+    ) -> None:
         if value is not None:
-            self.number(name, value, **kw)
+            self.number(
+                name,
+                value,
+                minimum=minimum,
+                maximum=maximum,
+                exclusive_minimum=exclusive_minimum,
+                finite=finite,
+            )
 
     def boolean(self, name: str, value: object) -> None:
         if not isinstance(value, bool):

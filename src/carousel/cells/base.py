@@ -51,14 +51,22 @@ class RecurrentCell(nn.Module):
         """Size of the output ``y`` (the next layer's input)."""
         return self.hidden_size
 
-    def _factory(self, device, dtype) -> dict[str, Any]:
+    def _factory(
+        self, device: torch.device | str | None, dtype: torch.dtype | None
+    ) -> dict[str, Any]:
         p = next(self.parameters(), None)
         return {
             "device": device if device is not None else (p.device if p is not None else None),
             "dtype": dtype if dtype is not None else (p.dtype if p is not None else None),
         }
 
-    def initial_state(self, batch_size: int, *, device=None, dtype=None) -> Any:
+    def initial_state(
+        self,
+        batch_size: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> Any:
         kw = self._factory(device, dtype)
         return torch.zeros(batch_size, self.hidden_size, **kw)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -10,6 +11,9 @@ from torch import Tensor, nn
 from carousel._checks import check_positive_int
 from carousel.cells.base import RecurrentCell
 from carousel.functional.gru import gru_step
+
+if TYPE_CHECKING:
+    from carousel._types import FactoryKwargs
 
 __all__ = ["GRUCell"]
 
@@ -47,15 +51,15 @@ class GRUCell(RecurrentCell):
         bias: bool = True,
         *,
         reset_after: bool = True,
-        device=None,
-        dtype=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.input_size = check_positive_int("GRUCell", "input_size", input_size)
         self.hidden_size = check_positive_int("GRUCell", "hidden_size", hidden_size)
         self.bias = bool(bias)
         self.reset_after = bool(reset_after)
-        kw = {"device": device, "dtype": dtype}
+        kw: FactoryKwargs = {"device": device, "dtype": dtype}
         self.weight_ih = nn.Parameter(torch.empty(3 * hidden_size, input_size, **kw))
         self.weight_hh = nn.Parameter(torch.empty(3 * hidden_size, hidden_size, **kw))
         if bias:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +18,9 @@ from carousel.functional.lstm import (
     LSTMVariant,
     lstm_step,
 )
+
+if TYPE_CHECKING:
+    from carousel._types import FactoryKwargs
 
 __all__ = ["LSTMCell", "resolve_variant"]
 
@@ -109,8 +112,8 @@ class LSTMCell(RecurrentCell):
         layer_norm: bool | None = None,
         ln_eps: float = 1e-5,
         proj_size: int = 0,
-        device=None,
-        dtype=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.input_size = check_positive_int("LSTMCell", "input_size", input_size)
@@ -139,7 +142,7 @@ class LSTMCell(RecurrentCell):
         H = hidden_size
         G = len(self.variant.gate_names())
         S = len(self.variant.recurrent_gate_names())
-        kw = {"device": device, "dtype": dtype}
+        kw: FactoryKwargs = {"device": device, "dtype": dtype}
         self.weight_ih = nn.Parameter(torch.empty(G * H, input_size, **kw))
         self.weight_hh = nn.Parameter(torch.empty(G * H, P, **kw))
         if bias:
@@ -180,7 +183,13 @@ class LSTMCell(RecurrentCell):
             else:
                 nn.init.uniform_(p, -k, k)
 
-    def initial_state(self, batch_size: int, *, device=None, dtype=None) -> Any:
+    def initial_state(
+        self,
+        batch_size: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> Any:
         kw = self._factory(device, dtype)
         H = self.hidden_size
         h = torch.zeros(batch_size, self.output_size, **kw)

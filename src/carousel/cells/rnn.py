@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -10,6 +11,9 @@ from torch import Tensor, nn
 from carousel._checks import check_choice, check_positive_int
 from carousel.cells.base import RecurrentCell
 from carousel.functional.rnn import NONLINEARITIES, rnn_step
+
+if TYPE_CHECKING:
+    from carousel._types import FactoryKwargs
 
 __all__ = ["RNNCell"]
 
@@ -38,15 +42,15 @@ class RNNCell(RecurrentCell):
         bias: bool = True,
         nonlinearity: str = "tanh",
         *,
-        device=None,
-        dtype=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.input_size = check_positive_int("RNNCell", "input_size", input_size)
         self.hidden_size = check_positive_int("RNNCell", "hidden_size", hidden_size)
         self.nonlinearity = check_choice("RNNCell", "nonlinearity", nonlinearity, NONLINEARITIES)
         self.bias = bool(bias)
-        kw = {"device": device, "dtype": dtype}
+        kw: FactoryKwargs = {"device": device, "dtype": dtype}
         self.weight_ih = nn.Parameter(torch.empty(hidden_size, input_size, **kw))
         self.weight_hh = nn.Parameter(torch.empty(hidden_size, hidden_size, **kw))
         if bias:

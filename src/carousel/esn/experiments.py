@@ -13,6 +13,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -64,7 +65,7 @@ def one_step_mackey_glass(
     test_fraction: float = 0.2,
     seed: int = 0,
     dtype: torch.dtype = torch.float64,
-    **esn_kwargs,
+    **esn_kwargs: Any,
 ) -> OneStepResult:
     """reservoirpy's documented Mackey-Glass protocol (README "An example on chaotic timeseries
     prediction"): ``mackey_glass(2000)`` (tau 17, x0 1.2, one sample per time unit), inputs

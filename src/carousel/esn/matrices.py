@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -175,7 +175,7 @@ def random_matrix(
         )
 
 
-def _matvec(matrix: Tensor):
+def _matvec(matrix: Tensor) -> Callable[[Tensor], Tensor]:
     if matrix.layout == torch.sparse_csr:
         return lambda v: matrix @ v
     return lambda v: torch.mv(matrix, v)
@@ -214,7 +214,13 @@ def arnoldi_spectral_radius(
         return _arnoldi(matrix, krylov_size, restarts, tol, generator)
 
 
-def _arnoldi(matrix, krylov_size, restarts, tol, generator) -> float:
+def _arnoldi(
+    matrix: Tensor,
+    krylov_size: int,
+    restarts: int,
+    tol: float,
+    generator: torch.Generator | None,
+) -> float:
     n = matrix.shape[0]
     m = min(krylov_size, n)
     mv = _matvec(matrix)

@@ -2,17 +2,24 @@ r"""Error measures and the memory capacity of reservoirs."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor
 
 from carousel._checks import check_choice, check_positive_int, shape_str
 
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
+    from carousel.esn.reservoir import Reservoir
+
 __all__ = ["MemoryCapacity", "memory_capacity", "nrmse", "r2_score", "rmse"]
 
 
-def _pair(owner: str, prediction, target) -> tuple[Tensor, Tensor]:
+def _pair(
+    owner: str, prediction: Tensor | npt.ArrayLike, target: Tensor | npt.ArrayLike
+) -> tuple[Tensor, Tensor]:
     p = torch.as_tensor(prediction)
     t = torch.as_tensor(target)
     if p.shape != t.shape:
@@ -25,13 +32,18 @@ def _pair(owner: str, prediction, target) -> tuple[Tensor, Tensor]:
     return p.double(), t.double()
 
 
-def rmse(prediction, target) -> float:
+def rmse(prediction: Tensor | npt.ArrayLike, target: Tensor | npt.ArrayLike) -> float:
     """Root mean squared error over all elements."""
     p, t = _pair("rmse", prediction, target)
     return float(((p - t) ** 2).mean().sqrt())
 
 
-def nrmse(prediction, target, *, normalization: str | float = "std") -> float:
+def nrmse(
+    prediction: Tensor | npt.ArrayLike,
+    target: Tensor | npt.ArrayLike,
+    *,
+    normalization: str | float = "std",
+) -> float:
     r"""Normalised root mean squared error :math:`\mathrm{RMSE} / s`.
 
     Args:
@@ -61,7 +73,7 @@ def nrmse(prediction, target, *, normalization: str | float = "std") -> float:
     return rmse(p, t) / s
 
 
-def r2_score(prediction, target) -> float:
+def r2_score(prediction: Tensor | npt.ArrayLike, target: Tensor | npt.ArrayLike) -> float:
     r"""Coefficient of determination :math:`R^2 = 1 - \sum (y - \hat y)^2 / \sum (y - \bar y)^2`
     over all elements (reservoirpy's ``rsquare``)."""
     p, t = _pair("r2_score", prediction, target)
@@ -85,7 +97,7 @@ class MemoryCapacity(NamedTuple):
 
 @torch.no_grad()
 def memory_capacity(
-    reservoir,
+    reservoir: Reservoir,
     *,
     max_delay: int | None = None,
     train_steps: int = 2000,

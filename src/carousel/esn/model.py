@@ -2,7 +2,8 @@ r"""The echo state network: a reservoir, a trained linear readout, open- and clo
 
 from __future__ import annotations
 
-from typing import NamedTuple, TypedDict
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, NamedTuple, TypedDict
 
 import torch
 from torch import Tensor, nn
@@ -11,6 +12,10 @@ from carousel._checks import check_choice, check_positive_int, check_probability
 from carousel.esn.matrices import SMALL_CHUNK_WORK, random_stream, small_step_threads
 from carousel.esn.readout import RidgeReadout, RLSReadout, _check_ridge
 from carousel.esn.reservoir import Reservoir
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    from torch.distributed import ProcessGroup
 
 __all__ = ["READOUTS", "ESNOutput", "ESNState", "EchoStateNetwork"]
 
@@ -258,7 +263,9 @@ class EchoStateNetwork(nn.Module):
         return self.reservoir, self.readout
 
     # ------------------------------------------------------------------ data handling
-    def _as_seq(self, name: str, x, size: int | None) -> tuple[Tensor, bool]:
+    def _as_seq(
+        self, name: str, x: Tensor | npt.ArrayLike | None, size: int | None
+    ) -> tuple[Tensor, bool]:
         """To ``(T, B, F)`` in the network's dtype/device; returns (tensor, batched)."""
         if x is None:
             raise ValueError(f"EchoStateNetwork: {name} is required")
@@ -337,7 +344,12 @@ class EchoStateNetwork(nn.Module):
             )
         return washout
 
-    def _prepare_fit(self, inputs, targets, washout: int | None = None):
+    def _prepare_fit(
+        self,
+        inputs: Tensor | npt.ArrayLike | None,
+        targets: Tensor | npt.ArrayLike,
+        washout: int | None = None,
+    ) -> tuple[Tensor | None, Tensor, bool]:
         y, batched = self._as_seq("targets", targets, getattr(self, "output_size", None))
         if washout is not None:
             self._check_washout(washout, y.shape[0])
@@ -364,13 +376,13 @@ class EchoStateNetwork(nn.Module):
     # ------------------------------------------------------------------ training
     def fit(
         self,
-        inputs,
-        targets,
+        inputs: Tensor | npt.ArrayLike | None,
+        targets: Tensor | npt.ArrayLike,
         *,
         washout: int = 0,
         state: ESNState | None = None,
         distributed: bool = False,
-        group=None,
+        group: ProcessGroup | None = None,
     ) -> EchoStateNetwork:
         """Train the readout on ``inputs -> targets`` with teacher forcing.
 
@@ -414,7 +426,12 @@ class EchoStateNetwork(nn.Module):
         return self
 
     def partial_fit(
-        self, inputs, targets, *, washout: int = 0, state: ESNState | None = None
+        self,
+        inputs: Tensor | npt.ArrayLike | None,
+        targets: Tensor | npt.ArrayLike,
+        *,
+        washout: int = 0,
+        state: ESNState | None = None,
     ) -> ESNState:
         """Add one chunk of a (possibly endless) stream to the ridge sums without solving.
 
@@ -456,7 +473,7 @@ class EchoStateNetwork(nn.Module):
         """Feedback rows ``y_{t-1}``: the previous state's output, then the targets."""
         return torch.cat([y_prev.unsqueeze(0), y[:-1]], 0)
 
-    def _small_call(self, batch_size: int):
+    def _small_call(self, batch_size: int) -> AbstractContextManager[None]:
         """One torch thread for a whole call whose chunks are small (see
         :func:`~carousel.esn.matrices.small_step_threads`)."""
         features = self._parts()[1].in_features
@@ -535,7 +552,16 @@ class EchoStateNetwork(nn.Module):
         with small_step_threads(res.step_work(B)):
             return self._force_loop(readout, u, y, washout, base, h, y_prev)
 
-    def _force_loop(self, readout: RLSReadout, u, y, washout, base, h, y_prev) -> ESNState:
+    def _force_loop(
+        self,
+        readout: RLSReadout,
+        u: Tensor | None,
+        y: Tensor,
+        washout: int,
+        base: Tensor,
+        h: Tensor,
+        y_prev: Tensor,
+    ) -> ESNState:
         res, _ = self._parts()
         T = y.shape[0]
         out = y_prev
@@ -553,7 +579,13 @@ class EchoStateNetwork(nn.Module):
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def forward(self, inputs, state: ESNState | None = None, *, teacher=None) -> ESNOutput:
+    def forward(
+        self,
+        inputs: Tensor | npt.ArrayLike | None,
+        state: ESNState | None = None,
+        *,
+        teacher: Tensor | npt.ArrayLike | None = None,
+    ) -> ESNOutput:
         """Run the trained network over ``inputs`` (open loop: the inputs are given).
 
         Without feedback, or with a ``teacher`` sequence (teacher forcing: ``teacher[t]`` is
@@ -593,9 +625,12 @@ class EchoStateNetwork(nn.Module):
         with self._small_call(ref.shape[1]):
             return self._forward(u, t_seq, state, batched)
 
-    def _forward(self, u, t_seq, state, batched) -> ESNOutput:
+    def _forward(
+        self, u: Tensor | None, t_seq: Tensor | None, state: ESNState | None, batched: bool
+    ) -> ESNOutput:
         res, readout = self._parts()
         ref = u if u is not None else t_seq
+        assert ref is not None, "forward checks that inputs or a teacher is given"
         T, B = ref.shape[0], ref.shape[1]
         st = self._state_in(state, B, batched)
         if not self.feedback or t_seq is not None:
@@ -615,16 +650,26 @@ class EchoStateNetwork(nn.Module):
         out, final = self._loop(T, st, u)
         return ESNOutput(self._out_layout(out, batched), self._state_out(final, batched))
 
-    def predict(self, inputs, state: ESNState | None = None, *, teacher=None) -> Tensor:
+    def predict(
+        self,
+        inputs: Tensor | npt.ArrayLike | None,
+        state: ESNState | None = None,
+        *,
+        teacher: Tensor | npt.ArrayLike | None = None,
+    ) -> Tensor:
         """The outputs of :meth:`forward` only."""
         return self.forward(inputs, state, teacher=teacher).outputs
 
-    def _loop(self, steps: int, st: ESNState, u: Tensor | None, autoregressive: bool = False):
+    def _loop(
+        self, steps: int, st: ESNState, u: Tensor | None, autoregressive: bool = False
+    ) -> tuple[Tensor, ESNState]:
         """Step by step with the own output fed back (and as next input if autoregressive)."""
         with small_step_threads(self._parts()[0].step_work(st.h.shape[0])):
             return self._loop_steps(steps, st, u, autoregressive)
 
-    def _loop_steps(self, steps, st, u, autoregressive):
+    def _loop_steps(
+        self, steps: int, st: ESNState, u: Tensor | None, autoregressive: bool
+    ) -> tuple[Tensor, ESNState]:
         res, readout = self._parts()
         h, y = st
         B = h.shape[0]
@@ -649,7 +694,13 @@ class EchoStateNetwork(nn.Module):
         return outs, ESNState(h, y)
 
     @torch.no_grad()
-    def generate(self, steps: int, state: ESNState | None = None, *, inputs=None) -> Tensor:
+    def generate(
+        self,
+        steps: int,
+        state: ESNState | None = None,
+        *,
+        inputs: Tensor | npt.ArrayLike | None = None,
+    ) -> Tensor:
         """Closed-loop generation: the network runs on its own predictions.
 
         Starting from ``state`` (default: :attr:`last_state`, the end of training), each step

@@ -4,12 +4,16 @@ r"""Linear readouts trained in closed form (ridge regression from accumulated su
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from carousel._checks import check_positive_int, shape_str
 from carousel.esn import _kernel
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 __all__ = ["RLSReadout", "RidgeReadout"]
 
@@ -233,7 +237,7 @@ class RidgeReadout(nn.Module):
         self.y_sum.add_(y_sum)
         self.count.add_(x.shape[0])
 
-    def all_reduce(self, group=None) -> None:
+    def all_reduce(self, group: ProcessGroup | None = None) -> None:
         """Sum the accumulated statistics over all processes of ``group`` with
         ``torch.distributed.all_reduce``, so :meth:`solve` fits one readout on the data of all
         processes (the sums are additive)."""

@@ -7,6 +7,7 @@ The layers call a runner once per layer and direction; the hand-written BPTT of
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -45,7 +46,7 @@ def state_fields(state: Any) -> tuple[Tensor, ...]:
     return (state,) if isinstance(state, Tensor) else tuple(state)
 
 
-def map_state(fn, *states: Any) -> Any:
+def map_state(fn: Callable[..., Tensor], *states: Any) -> Any:
     """Apply ``fn`` field-wise to states of one structure (tensor or NamedTuple)."""
     first = states[0]
     if isinstance(first, Tensor):
@@ -87,7 +88,7 @@ def run_reference(
     """
     if params is not None:
 
-        def step(x_t, s):
+        def step(x_t: Tensor, s: Any) -> tuple[Tensor, Any, dict[str, Tensor]]:
             return cell.step_with_params(params, x_t, s)
     elif hasattr(cell, "step_with_gates"):
         step = cell.step_with_gates
@@ -98,7 +99,7 @@ def run_reference(
                 "cannot be recorded for it (return_gates=True)"
             )
 
-        def step(x_t, s):
+        def step(x_t: Tensor, s: Any) -> tuple[Tensor, Any, dict[str, Tensor]]:
             y, s = cell(x_t, s)
             return y, s, {}
 

@@ -5,7 +5,7 @@ unconstrained handwriting recognition"; Graves et al. 2006 for CTC)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +16,9 @@ from carousel._config import Checks
 from carousel.layers import LSTM
 from carousel.models.config import ModelConfig
 from carousel.models.sequence import ModelOutput, build_recurrent, init_model_
+
+if TYPE_CHECKING:
+    from carousel._types import FactoryKwargs
 
 __all__ = ["CTCRecognizer", "RecognizerModelConfig", "RecognizerTrace"]
 
@@ -102,8 +105,8 @@ class CTCRecognizer(nn.Module):
         stride: int = 4,
         frontend_size: int = 64,
         generator: torch.Generator | None = None,
-        device=None,
-        dtype=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         if config is None:
@@ -123,7 +126,7 @@ class CTCRecognizer(nn.Module):
         if self.frontend_size == 0 and self.stride != 1:
             raise ValueError("CTCRecognizer: stride > 1 needs a front end (frontend_size > 0)")
         self.config = config
-        kw = {"device": device, "dtype": dtype}
+        kw: FactoryKwargs = {"device": device, "dtype": dtype}
         if self.frontend_size:
             self.frontend: nn.Module | None = nn.Conv1d(
                 input_size, frontend_size, kernel_size=stride, stride=stride, **kw

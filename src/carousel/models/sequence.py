@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
 import torch
 from torch import Tensor, nn
@@ -14,6 +14,9 @@ from carousel.init import initialize_
 from carousel.layers import GRU, LSTM, RNN
 from carousel.layers.sequence import state_fields
 from carousel.models.config import InitConfig, ModelConfig
+
+if TYPE_CHECKING:
+    from carousel._types import FactoryKwargs
 
 __all__ = [
     "READOUTS",
@@ -46,12 +49,28 @@ class ModelOutput(NamedTuple):
     lengths: Tensor | None = None
 
 
+class _LayerKwargs(TypedDict):
+    """The layer arguments :func:`build_recurrent` passes to RNN, LSTM and GRU alike."""
+
+    num_layers: int
+    bidirectional: bool
+    dropout: float
+    learn_initial_state: bool
+    impl: str
+    device: torch.device | str | None
+    dtype: torch.dtype | None
+
+
 def build_recurrent(
-    config: ModelConfig, input_size: int, *, device=None, dtype=None
+    config: ModelConfig,
+    input_size: int,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
 ) -> RNN | LSTM | GRU:
     """The recurrent layer a :class:`ModelConfig` describes (not yet initialised by
     ``config.init``; see :func:`init_model_`)."""
-    common = dict(
+    common = _LayerKwargs(
         num_layers=config.num_layers,
         bidirectional=config.bidirectional,
         dropout=config.dropout,
@@ -93,7 +112,9 @@ def init_model_(
 
 
 @contextlib.contextmanager
-def seeded_construction(generator: torch.Generator | None, device=None) -> Iterator[None]:
+def seeded_construction(
+    generator: torch.Generator | None, device: torch.device | str | None = None
+) -> Iterator[None]:
     """Make the layers' own ``reset_parameters`` (which draw from torch's global generator)
     draw from a seed taken from ``generator``, leaving the global generator as it was.
 
@@ -155,8 +176,8 @@ class SequenceModel(nn.Module):
         readout: str = "per-step",
         embedding_size: int | None = None,
         generator: torch.Generator | None = None,
-        device=None,
-        dtype=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         config = ModelConfig() if config is None else config
@@ -169,7 +190,7 @@ class SequenceModel(nn.Module):
         self.readout = check_choice("SequenceModel", "readout", readout, READOUTS)
         self.config = config
         self.input_size, self.output_size = input_size, output_size
-        kw = {"device": device, "dtype": dtype}
+        kw: FactoryKwargs = {"device": device, "dtype": dtype}
         if embedding_size is not None:
             check_positive_int("SequenceModel", "embedding_size", embedding_size)
         with seeded_construction(generator, device):
