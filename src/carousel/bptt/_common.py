@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import gc
 from collections.abc import Callable
-from typing import TypeVar, overload
+from typing import ParamSpec, TypeVar, overload
 
 import torch
 from torch import Tensor
@@ -43,10 +43,11 @@ __all__ = [
 ]
 
 
-_F = TypeVar("_F", bound=Callable)
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
-def gc_paused(fn: _F) -> _F:
+def gc_paused(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     """Run ``fn`` with Python's cyclic garbage collector paused (unless it is already off).
 
     The per-step views of the time loops are some thousand tensor objects alive at once, and
@@ -59,7 +60,7 @@ def gc_paused(fn: _F) -> _F:
     """
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         if not gc.isenabled():
             return fn(*args, **kwargs)
         gc.disable()
@@ -68,7 +69,7 @@ def gc_paused(fn: _F) -> _F:
         finally:
             gc.enable()
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 class MaskViews:
@@ -96,7 +97,14 @@ def prev_states(s0: Tensor, states: Tensor) -> Tensor:
     return torch.cat([s0.unsqueeze(0), states[:-1]])
 
 
-def grad_with_prev(d: Tensor, states: Tensor, s0: Tensor, *, mm=None, mm_acc=None) -> Tensor:
+def grad_with_prev(
+    d: Tensor,
+    states: Tensor,
+    s0: Tensor,
+    *,
+    mm: Callable[[Tensor, Tensor], Tensor] | None = None,
+    mm_acc: Callable[[Tensor, Tensor, Tensor], object] | None = None,
+) -> Tensor:
     """``sum_t d_t^T s_{t-1}`` without building the shifted stack: the weight gradient of a
     recurrent matrix, ``dW = sum_t dA_t^T h_{t-1}``, as two matrix products.
 

@@ -34,6 +34,8 @@ gradients are single matrix products over all steps after the loop.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
@@ -64,7 +66,7 @@ class GRUFunction(torch.autograd.Function):
     @staticmethod
     @gc_paused
     def forward(
-        ctx,
+        ctx: Any,
         x: Tensor,
         h0: Tensor,
         mask: Tensor | None,
@@ -156,7 +158,9 @@ class GRUFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     @gc_paused
-    def backward(ctx, grad_hs: Tensor | None, _grad_gates: Tensor | None):
+    def backward(
+        ctx: Any, grad_hs: Tensor | None, _grad_gates: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
         x2, h0, mask, weight_ih, weight_hh, hs, gates, saved = ctx.saved_tensors
         if grad_hs is None:
             return (None,) * 8
@@ -181,7 +185,8 @@ class GRUFunction(torch.autograd.Function):
         dHs = dH.unbind(0)
         zf_s = z_eff.unbind(0)
 
-        def fill_k_z(out):  # d z-hat per unit of delta h_t: (h_{t-1} - n_t) z (1 - z)
+        # d z-hat per unit of delta h_t: (h_{t-1} - n_t) z (1 - z)
+        def fill_k_z(out: Tensor) -> None:
             torch.sub(h0, n[0], out=out[0])
             torch.sub(hs[:-1], n[1:], out=out[1:])
             out.mul_(dsig_z)

@@ -59,7 +59,7 @@ order. On the CPU ``g_t = tanh(a^g_t)`` is computed as ``2 sigmoid(2 a^g_t) - 1`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import overload
+from typing import TYPE_CHECKING, Any, overload
 
 import torch
 from torch import Tensor
@@ -77,6 +77,9 @@ from carousel.bptt._common import (
     sigmoid_tanh,
 )
 from carousel.functional.lstm import LSTMGateState, LSTMState, LSTMVariant
+
+if TYPE_CHECKING:
+    from carousel.cells.lstm import LSTMCell
 
 __all__ = ["LSTMFunction", "LSTMSpec", "lstm_sequence"]
 
@@ -138,7 +141,7 @@ class LSTMSpec:
             return "nig" if v.forget_gate else "add"
         return "std" if v.forget_gate else "nfg"
 
-    def gate_perm(self, H: int, device) -> Tensor | None:
+    def gate_perm(self, H: int, device: torch.device | str) -> Tensor | None:
         """Row index: internal gate rows -> torch.nn rows (``None`` if the orders agree)."""
         ext = self.variant.gate_names()
         internal = self.internal_order()
@@ -146,7 +149,7 @@ class LSTMSpec:
             return None
         return _block_index([ext.index(n) for n in internal], H, device)
 
-    def state_perm(self, H: int, device) -> Tensor | None:
+    def state_perm(self, H: int, device: torch.device | str) -> Tensor | None:
         """Index of FGR's ``s``: internal order ``[o, i, f]`` -> the state's order ``[i, f,
         o]`` (:meth:`LSTMVariant.recurrent_gate_names`); ``None`` if they agree."""
         ext = self.variant.recurrent_gate_names()
@@ -156,7 +159,7 @@ class LSTMSpec:
         return _block_index([ext.index(n) for n in internal], H, device)
 
 
-def _block_index(blocks: list[int], H: int, device) -> Tensor:
+def _block_index(blocks: list[int], H: int, device: torch.device | str) -> Tensor:
     return torch.cat([torch.arange(b * H, (b + 1) * H, device=device) for b in blocks])
 
 
@@ -199,7 +202,7 @@ class LSTMFunction(torch.autograd.Function):
     @staticmethod
     @gc_paused
     def forward(
-        ctx,
+        ctx: Any,
         spec: LSTMSpec,
         x: Tensor,
         h0: Tensor,
@@ -219,7 +222,7 @@ class LSTMFunction(torch.autograd.Function):
         ln_c_weight: Tensor | None,
         ln_c_bias: Tensor | None,
         weight_hr: Tensor | None,
-    ):
+    ) -> tuple[Tensor | None, ...]:
         v = spec.variant
         T, B, I = x.shape
         H = c0.shape[-1]
@@ -420,7 +423,7 @@ class LSTMFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     @gc_paused
-    def backward(ctx, *grads):
+    def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
         spec: LSTMSpec = ctx.spec
         v = spec.variant
         fgr, ln, peephole, has_o = v.full_gate_recurrence, v.layer_norm, v.peephole, spec.has_o
@@ -685,7 +688,13 @@ class LSTMFunction(torch.autograd.Function):
         )  # fmt: skip
 
 
-def lstm_sequence(cell, params: dict[str, Tensor], x: Tensor, state0, mask: Tensor | None):
+def lstm_sequence(
+    cell: LSTMCell,
+    params: dict[str, Tensor],
+    x: Tensor,
+    state0: tuple[Tensor, ...],
+    mask: Tensor | None,
+) -> tuple[LSTMState | LSTMGateState, dict[str, Tensor]]:
     """Run an :class:`~carousel.cells.LSTMCell` over ``x``.
 
     Returns:
@@ -720,7 +729,7 @@ def lstm_sequence(cell, params: dict[str, Tensor], x: Tensor, state0, mask: Tens
     gates_int = out[-1]
     H = state0[1].shape[-1]
     blocks = {n: gates_int[..., k * H : (k + 1) * H] for k, n in enumerate(spec.internal_order())}
-    gates = {}
+    gates: dict[str, Tensor] = {}
     for name in ("i", "f", "g", "o"):  # the order of lstm_step's gate dict
         if name in blocks:
             gates[name] = blocks[name]

@@ -24,6 +24,8 @@ after the loop.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
@@ -51,7 +53,7 @@ class RNNFunction(torch.autograd.Function):
     @staticmethod
     @gc_paused
     def forward(
-        ctx,
+        ctx: Any,
         x: Tensor,
         h0: Tensor,
         mask: Tensor | None,
@@ -113,7 +115,7 @@ class RNNFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     @gc_paused
-    def backward(ctx, grad_hs: Tensor | None):
+    def backward(ctx: Any, grad_hs: Tensor | None) -> tuple[Tensor | None, ...]:
         x2, h0, mask, weight_ih, weight_hh, hs = ctx.saved_tensors
         T, B, H = hs.shape
         I = x2.shape[-1]
