@@ -55,14 +55,20 @@ import hashlib
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from carousel._platform import cpu_id
+
+if TYPE_CHECKING:
+    from carousel.cells.lstm import LSTMCell
+    from carousel.layers.sequence import SequenceResult
 
 __all__ = ["available", "load", "run_sequence", "supports"]
 
@@ -149,7 +155,7 @@ def _clear_stale_lock(build: Path) -> None:
         pass
 
 
-def _build(cpp_extension, flags: list[str]) -> None:
+def _build(cpp_extension: ModuleType, flags: list[str]) -> None:
     """Build (unless cached) and load the extension with ``flags``; raises on failure."""
     build = cache_dir(flags)
     build.mkdir(parents=True, exist_ok=True)
@@ -240,16 +246,16 @@ def supports(cell: Any, device: torch.device | str | None = None) -> bool:
     return _family(cell) in (RNNCell, GRUCell, LSTMCell)
 
 
-def _family(cell: Any):
+def _family(cell: Any) -> type | None:
     from carousel.bptt import _family as family
 
     return family(cell)
 
 
-_CELLS: list = []
+_CELLS: list[Any] = []
 
 
-def _cells():
+def _cells() -> list[Any]:
     """``(bptt module, RNNCell, GRUCell, LSTMCell)``, imported once (lazily: carousel.cells
     imports this package's users)."""
     if not _CELLS:
@@ -262,7 +268,7 @@ def _cells():
     return _CELLS
 
 
-def _ops():
+def _ops() -> torch._ops._OpNamespace:
     return torch.ops.carousel_kernels
 
 
@@ -317,19 +323,40 @@ def _grad_buffer(grad: Tensor | None, states: Tensor) -> Tensor:
 
 
 def _lstm_forward(
-    x, h0, c0, s0, mask, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co, w_gg,
-    ln_ih, ln_hh, ln_c_w, ln_c_b, w_hr, offsets, flags, ln_eps,
-):  # fmt: skip
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    s0: Tensor | None,
+    mask: Tensor | None,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    w_ci: Tensor | None,
+    w_cf: Tensor | None,
+    w_co: Tensor | None,
+    w_gg: Tensor | None,
+    ln_ih: Tensor | None,
+    ln_hh: Tensor | None,
+    ln_c_w: Tensor | None,
+    ln_c_b: Tensor | None,
+    w_hr: Tensor | None,
+    offsets: Sequence[int],
+    flags: Sequence[int],
+    ln_eps: float,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor, tuple[Tensor | None, ...]]:
     """The forward pass: ``(hs, cs, ss, gates, saved)`` with ``ss`` ``None`` without FGR and
     ``saved`` what :meth:`LSTMKernelFunction.backward` reads. The input projections of all
     steps are one product; with layer norm the kernel normalises them row by row in the loop,
     beside ``W_hh h_{t-1}``, and adds the biases after. With a projection (``w_hr``) the kernel
     also returns ``m_t = o_t act(c_t)`` of every step (zero where masked), for ``W_hr``'s
     gradient."""
+    from carousel.bptt._common import bias_sum
+
     T, B, I = x.shape
     x2 = x.reshape(T * B, I)
-    bias = None if b_ih is None else b_ih + b_hh
-    ln: list[Tensor] = []
+    bias = bias_sum(b_ih, b_hh)
+    ln: list[Tensor | None] = []
     if ln_ih is not None:
         xw = _mm(x2, w_ih.t())  # (T*B, GH), normalised in place by the kernel
         if bias is None:
@@ -340,7 +367,10 @@ def _lstm_forward(
     w_hh = w_hh.contiguous()
     w_ci, w_cf, w_co = _contig(w_ci), _contig(w_cf), _contig(w_co)
     h0, c0 = h0.contiguous(), c0.contiguous()
-    fgr = [] if w_gg is None else [w_gg.contiguous(), s0.contiguous()]
+    fgr: list[Tensor] = []
+    if w_gg is not None:
+        assert s0 is not None, "run_sequence passes the gate state of a cell with FGR"
+        fgr = [w_gg.contiguous(), s0.contiguous()]
     proj = [] if w_hr is None else [w_hr.contiguous()]
     out = _ops().lstm_forward(
         xw.view(T, B, -1), h0, c0, mask, w_hh, w_ci, w_cf, w_co, list(offsets), list(flags),
@@ -359,7 +389,15 @@ def _lstm_forward(
     return hs, cs, ss, gates, saved
 
 
-def _gru_forward(x, h0, mask, w_ih, w_hh, b_ih, b_hh):
+def _gru_forward(
+    x: Tensor,
+    h0: Tensor,
+    mask: Tensor | None,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The forward pass: ``(x2, h0, w_hh, hs, gates, pn)``."""
     T, B, I = x.shape
     x2 = x.reshape(T * B, I)
@@ -370,11 +408,22 @@ def _gru_forward(x, h0, mask, w_ih, w_hh, b_ih, b_hh):
     return x2, h0, w_hh, hs, gates, pn
 
 
-def _rnn_forward(x, h0, mask, w_ih, w_hh, b_ih, b_hh, relu):
+def _rnn_forward(
+    x: Tensor,
+    h0: Tensor,
+    mask: Tensor | None,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    relu: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The forward pass: ``(x2, h0, w_hh, hs)``."""
+    from carousel.bptt._common import bias_sum
+
     T, B, I = x.shape
     x2 = x.reshape(T * B, I)
-    xw = _mm(x2, w_ih.t(), None if b_ih is None else b_ih + b_hh)
+    xw = _mm(x2, w_ih.t(), bias_sum(b_ih, b_hh))
     w_hh = w_hh.contiguous()
     h0 = h0.contiguous()
     return x2, h0, w_hh, _ops().rnn_forward(xw.view(T, B, -1), h0, mask, w_hh, relu)
@@ -395,8 +444,30 @@ class LSTMKernelFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, h0, c0, s0, mask, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co, w_gg,
-                ln_ih, ln_hh, ln_c_w, ln_c_b, w_hr, offsets, flags, ln_eps):  # fmt: skip
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        h0: Tensor,
+        c0: Tensor,
+        s0: Tensor | None,
+        mask: Tensor | None,
+        w_ih: Tensor,
+        w_hh: Tensor,
+        b_ih: Tensor | None,
+        b_hh: Tensor | None,
+        w_ci: Tensor | None,
+        w_cf: Tensor | None,
+        w_co: Tensor | None,
+        w_gg: Tensor | None,
+        ln_ih: Tensor | None,
+        ln_hh: Tensor | None,
+        ln_c_w: Tensor | None,
+        ln_c_b: Tensor | None,
+        w_hr: Tensor | None,
+        offsets: Sequence[int],
+        flags: Sequence[int],
+        ln_eps: float,
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
         hs, cs, ss, gates, saved = _lstm_forward(
             x, h0, c0, s0, mask, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co, w_gg,
             ln_ih, ln_hh, ln_c_w, ln_c_b, w_hr, offsets, flags, ln_eps,
@@ -410,7 +481,13 @@ class LSTMKernelFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_hs, grad_cs, grad_ss, _grad_gates):
+    def backward(
+        ctx: Any,
+        grad_hs: Tensor | None,
+        grad_cs: Tensor | None,
+        grad_ss: Tensor | None,
+        _grad_gates: Tensor | None,
+    ) -> tuple[Tensor | None, ...]:
         from carousel.bptt._common import bias_grads, prev_states
 
         if grad_hs is None and grad_cs is None and grad_ss is None:
@@ -475,7 +552,16 @@ class GRUKernelFunction(torch.autograd.Function):
     W_hh, b_ih, b_hh)``; returns ``(hs, gates)`` as :class:`carousel.bptt.GRUFunction`."""
 
     @staticmethod
-    def forward(ctx, x, h0, mask, w_ih, w_hh, b_ih, b_hh):
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        h0: Tensor,
+        mask: Tensor | None,
+        w_ih: Tensor,
+        w_hh: Tensor,
+        b_ih: Tensor | None,
+        b_hh: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
         x2, h0, w_hh, hs, gates, pn = _gru_forward(x, h0, mask, w_ih, w_hh, b_ih, b_hh)
         ctx.has_bias = b_ih is not None
         ctx.save_for_backward(x2, h0, mask, w_ih, w_hh, hs, gates, pn)
@@ -485,7 +571,9 @@ class GRUKernelFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_hs, _grad_gates):
+    def backward(
+        ctx: Any, grad_hs: Tensor | None, _grad_gates: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
         from carousel.bptt._common import sum_rows
 
         if grad_hs is None:
@@ -504,11 +592,21 @@ class GRUKernelFunction(torch.autograd.Function):
         return dx, dH[0] if needs[1] else None, None, dW_ih, dW_hh, db_ih, db_hh
 
 
-def _gru_cho_forward(x, h0, mask, w_ih, w_hh, b_ih, b_hh):
+def _gru_cho_forward(
+    x: Tensor,
+    h0: Tensor,
+    mask: Tensor | None,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The forward pass of Cho's GRU: ``(x2, h0, w_hh, hs, gates, rh)``."""
+    from carousel.bptt._common import bias_sum
+
     T, B, I = x.shape
     x2 = x.reshape(T * B, I)
-    xw = _mm(x2, w_ih.t(), None if b_ih is None else b_ih + b_hh)
+    xw = _mm(x2, w_ih.t(), bias_sum(b_ih, b_hh))
     w_hh = w_hh.contiguous()
     h0 = h0.contiguous()
     hs, gates, rh = _ops().gru_cho_forward(xw.view(T, B, -1), h0, mask, w_hh)
@@ -521,7 +619,16 @@ class GRUChoKernelFunction(torch.autograd.Function):
     :class:`carousel.bptt.GRUFunction`."""
 
     @staticmethod
-    def forward(ctx, x, h0, mask, w_ih, w_hh, b_ih, b_hh):
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        h0: Tensor,
+        mask: Tensor | None,
+        w_ih: Tensor,
+        w_hh: Tensor,
+        b_ih: Tensor | None,
+        b_hh: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
         x2, h0, w_hh, hs, gates, rh = _gru_cho_forward(x, h0, mask, w_ih, w_hh, b_ih, b_hh)
         ctx.has_bias = b_ih is not None
         ctx.save_for_backward(x2, h0, mask, w_ih, w_hh, hs, gates, rh)
@@ -531,7 +638,9 @@ class GRUChoKernelFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_hs, _grad_gates):
+    def backward(
+        ctx: Any, grad_hs: Tensor | None, _grad_gates: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
         from carousel.bptt._common import bias_grads
 
         if grad_hs is None:
@@ -561,7 +670,17 @@ class RNNKernelFunction(torch.autograd.Function):
     b_ih, b_hh, relu)``; returns the states as :class:`carousel.bptt.RNNFunction`."""
 
     @staticmethod
-    def forward(ctx, x, h0, mask, w_ih, w_hh, b_ih, b_hh, relu):
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        h0: Tensor,
+        mask: Tensor | None,
+        w_ih: Tensor,
+        w_hh: Tensor,
+        b_ih: Tensor | None,
+        b_hh: Tensor | None,
+        relu: bool,
+    ) -> Tensor:
         x2, h0, w_hh, hs = _rnn_forward(x, h0, mask, w_ih, w_hh, b_ih, b_hh, relu)
         ctx.relu = relu
         ctx.has_bias = b_ih is not None
@@ -571,7 +690,7 @@ class RNNKernelFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_hs):
+    def backward(ctx: Any, grad_hs: Tensor | None) -> tuple[Tensor | None, ...]:
         from carousel.bptt._common import bias_grads
 
         if grad_hs is None:
@@ -589,11 +708,11 @@ class RNNKernelFunction(torch.autograd.Function):
         return dx, dH[0] if needs[1] else None, None, dW_ih, dW_hh, db_ih, db_hh, None
 
 
-def _fields(state) -> tuple:
+def _fields(state: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
     return (state,) if isinstance(state, Tensor) else tuple(state)
 
 
-def _lstm_layout(cell) -> tuple[list[int], list[int]]:
+def _lstm_layout(cell: LSTMCell) -> tuple[list[int], list[int]]:
     v = cell.variant
     names = v.gate_names()
     H = cell.hidden_size
@@ -611,7 +730,7 @@ def run_sequence(
     *,
     return_states: bool = False,
     return_gates: bool = False,
-):
+) -> SequenceResult:
     """Run a built-in cell over a sequence with the compiled kernel.
 
     Same contract and results as :func:`carousel.bptt.run_sequence`, which it calls instead
@@ -654,6 +773,7 @@ def run_sequence(
     if mask is not None:
         mask = mask.contiguous()
     gates: dict[str, Tensor] = {}
+    states: Tensor | LSTMState | LSTMGateState
     fam = _family(cell)
     # without autograd (inference), the forward pass alone, without the Function's overhead
     grad = torch.is_grad_enabled() and (
