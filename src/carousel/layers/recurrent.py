@@ -4,7 +4,7 @@ and the choice of implementation path, for any cell."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +53,25 @@ class RecurrentOutput(_OutputPair):
 
     states: Any = None
     gates: dict[str, Tensor] | None = None
+
+
+class _Runner(Protocol):
+    """What runs one cell over one sequence (:mod:`carousel.layers.sequence`'s contract):
+    :func:`~carousel.layers.sequence.run_reference`, :func:`carousel.bptt.run_sequence` or
+    :func:`carousel.kernels.run_sequence`."""
+
+    def __call__(
+        self,
+        cell: Any,
+        params: dict[str, Tensor] | None,
+        x: Tensor,
+        state0: Any,
+        mask: Tensor | None,
+        /,
+        *,
+        return_states: bool = ...,
+        return_gates: bool = ...,
+    ) -> SequenceResult: ...
 
 
 def _has_functorch_transform() -> bool:
@@ -216,7 +235,7 @@ class RecurrentBase(nn.Module):
         *,
         return_states: bool = False,
         return_gates: bool = False,
-        device=None,
+        device: torch.device | str | None = None,
         steps: int | None = None,
         lengths: bool = False,
     ) -> str:
@@ -277,7 +296,7 @@ class RecurrentBase(nn.Module):
             )
         return self.impl
 
-    def _runner(self, impl: str):
+    def _runner(self, impl: str) -> _Runner:
         if impl == "compiled":
             from carousel import kernels
 
@@ -313,7 +332,7 @@ class RecurrentBase(nn.Module):
         if x.device != w.device:
             raise ValueError(f"{name}: input is on {x.device} but the parameters are on {w.device}")
 
-    def _check_lengths(self, lengths: Any, T: int, B: int, device) -> Tensor:
+    def _check_lengths(self, lengths: Any, T: int, B: int, device: torch.device | str) -> Tensor:
         name = type(self).__name__
         if not isinstance(lengths, Tensor):
             try:
@@ -457,22 +476,31 @@ class RecurrentBase(nn.Module):
                 seq_states = map_state(lambda t: t.transpose(1, 2), seq_states)
             if seq_gates is not None:
                 seq_gates = {k: v.transpose(1, 2) for k, v in seq_gates.items()}
-        if packed:
-            assert lengths is not None  # the PackedSequence's, set above
-            output = _repack(output, lengths, sorted_indices, unsorted_indices)
-        if unbatched:
+        if unbatched:  # never packed: a PackedSequence comes with lengths
             output = output.squeeze(1 if not batch_first else 0)
             final = map_state(lambda t: t.squeeze(1), final)
             if seq_states is not None:
                 seq_states = map_state(lambda t: t.squeeze(2), seq_states)
             if seq_gates is not None:
                 seq_gates = {k: v.squeeze(2) for k, v in seq_gates.items()}
-        result = RecurrentOutput(output, final)
+        result_output: Tensor | PackedSequence = output
+        if packed:
+            assert lengths is not None  # the PackedSequence's, set above
+            result_output = _repack(output, lengths, sorted_indices, unsorted_indices)
+        result = RecurrentOutput(result_output, final)
         result.states = seq_states
         result.gates = seq_gates
         return result
 
-    def _unrolled_forward(self, x, states0, lengths, impl, return_states, return_gates):
+    def _unrolled_forward(
+        self,
+        x: Tensor,
+        states0: list[Any],
+        lengths: Tensor | None,
+        impl: str,
+        return_states: bool,
+        return_gates: bool,
+    ) -> tuple[Tensor, Any, Any | None, dict[str, Tensor] | None]:
         T = x.shape[0]
         D = 2 if self.bidirectional else 1
         run = self._runner(impl)
@@ -520,7 +548,9 @@ class RecurrentBase(nn.Module):
             seq_gates = {g: torch.stack([gs[g] for gs in all_gates]) for g in names}
         return layer_input, final, seq_states, seq_gates
 
-    def _fused_forward(self, x, states0, lengths):
+    def _fused_forward(
+        self, x: Tensor, states0: list[Any], lengths: Tensor | None
+    ) -> tuple[Tensor, Any]:
         raise NotImplementedError  # only called when _fused_supported() is True
 
     def extra_repr(self) -> str:
@@ -548,7 +578,12 @@ def _reverse(z: Tensor, rev: Tensor | None) -> Tensor:
     return z.gather(0, idx)
 
 
-def _repack(output: Tensor, lengths: Tensor, sorted_indices, unsorted_indices) -> PackedSequence:
+def _repack(
+    output: Tensor,
+    lengths: Tensor,
+    sorted_indices: Tensor | None,
+    unsorted_indices: Tensor | None,
+) -> PackedSequence:
     """Pack a padded time-major ``output`` like the PackedSequence it came from."""
     out = output if sorted_indices is None else output.index_select(1, sorted_indices)
     lens = lengths.cpu() if sorted_indices is None else lengths.cpu()[sorted_indices.cpu()]

@@ -4,13 +4,15 @@ torch.nn lacks."""
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from collections.abc import Callable
+from typing import Any, TypedDict, TypeVar
 
 import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from carousel._checks import check_positive_int
+from carousel.cells.base import RecurrentCell
 from carousel.cells.gru import GRUCell
 from carousel.cells.lstm import LSTMCell
 from carousel.cells.rnn import RNNCell
@@ -20,7 +22,18 @@ from carousel.layers.recurrent import RecurrentBase
 __all__ = ["GRU", "LSTM", "RNN"]
 
 
-def _make_cells(owner, make, input_size, hidden_size, out_size, num_layers, bidirectional):
+_C = TypeVar("_C", bound=RecurrentCell)
+
+
+def _make_cells(
+    owner: str,
+    make: Callable[[int], _C],
+    input_size: int,
+    hidden_size: int,
+    out_size: int,
+    num_layers: int,
+    bidirectional: bool,
+) -> list[_C]:
     check_positive_int(owner, "input_size", input_size)
     check_positive_int(owner, "hidden_size", hidden_size)
     check_positive_int(owner, "num_layers", num_layers)
@@ -48,7 +61,9 @@ class _Standard(RecurrentBase):
     def _state_from_vf(self, hx: Any) -> Any:
         return hx
 
-    def _fused_forward(self, x: Tensor, states0: list[Any], lengths: Tensor | None):
+    def _fused_forward(
+        self, x: Tensor, states0: list[Any], lengths: Tensor | None
+    ) -> tuple[Tensor, Any]:
         vf = getattr(torch._VF, self._vf_name)
         hx = self._hx_for_vf(states0)
         args = (self._flat_weights(), self.bias, self.num_layers, self.dropout, self.training,
@@ -129,8 +144,8 @@ class RNN(_Standard):
         batch_first: bool = False,
         dropout: float = 0.0,
         bidirectional: bool = False,
-        device=None,
-        dtype=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         *,
         learn_initial_state: bool = False,
         impl: str = "auto",
@@ -198,8 +213,8 @@ class GRU(_Standard):
         batch_first: bool = False,
         dropout: float = 0.0,
         bidirectional: bool = False,
-        device=None,
-        dtype=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         *,
         reset_after: bool = True,
         learn_initial_state: bool = False,
@@ -289,8 +304,8 @@ class LSTM(_Standard):
         dropout: float = 0.0,
         bidirectional: bool = False,
         proj_size: int = 0,
-        device=None,
-        dtype=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         *,
         variant: str | LSTMVariant | None = None,
         peephole: bool | None = None,
@@ -336,10 +351,10 @@ class LSTM(_Standard):
         # the compiled kernels and the bptt path are faster there (docs/performance.md).
         return not (device.type == "cpu" and self.proj_size > 0)
 
-    def _hx_for_vf(self, states0):
+    def _hx_for_vf(self, states0: list[Any]) -> tuple[Tensor, Tensor]:
         return (torch.stack([s.h for s in states0]), torch.stack([s.c for s in states0]))
 
-    def _state_from_vf(self, h):
+    def _state_from_vf(self, h: Any) -> LSTMState:
         return LSTMState(h[0], h[1])
 
     def extra_repr(self) -> str:
