@@ -32,7 +32,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard
@@ -67,6 +67,8 @@ from carousel.train.optim import build_optimizer, momentum_at, set_schedules
 from carousel.train.penalties import vanishing_gradient_penalty
 
 if TYPE_CHECKING:
+    from tqdm.auto import tqdm
+
     from carousel.optim import HessianFree
 
 __all__ = [
@@ -203,7 +205,9 @@ class _Forward(nn.Module):
             batch = batch.time_slice(n_hist, batch.num_steps)
         return self.task.loss(out, batch)
 
-    def forward(self, batch: Batch, state: Any, n_hist: int, split_at: int | None):
+    def forward(
+        self, batch: Batch, state: Any, n_hist: int, split_at: int | None
+    ) -> tuple[Tensor, Tensor, ModelOutput, Any]:
         task, model = self.task, self.model
         T = batch.num_steps
         if self.penalty_weight > 0:
@@ -322,7 +326,9 @@ def train(config: Config, *, resume: bool = True, restart: bool = False) -> Trai
         distributed.cleanup(info)
 
 
-def _train(config: Config, info: distributed.DistInfo, *, resume: bool, restart: bool):
+def _train(
+    config: Config, info: distributed.DistInfo, *, resume: bool, restart: bool
+) -> TrainResult:
     tc = config.train
     device = resolve_device(tc.device, info)
     dtype = getattr(torch, tc.dtype)
@@ -442,7 +448,7 @@ def _batches(run: _Run) -> Iterator[Batch]:
 # ---------------------------------------------------------------------------- the loop
 
 
-def _progress(run: _Run):
+def _progress(run: _Run) -> tqdm[Any]:
     from tqdm.auto import tqdm
 
     mode = run.config.log.progress
@@ -638,8 +644,15 @@ def _advance(run: _Run, window: Batch, split_at: int | None, split_state: Any) -
 
 
 def _nonfinite(
-    run: _Run, step: int, ctx: _Context, err: _Skip, *, batch=None, window=None, split_at=None
-):
+    run: _Run,
+    step: int,
+    ctx: _Context,
+    err: _Skip,
+    *,
+    batch: Batch | None = None,
+    window: Batch | None = None,
+    split_at: int | None = None,
+) -> tuple[_Context, bool, dict[str, float]]:
     tc = run.config.train
     if not tc.skip_nonfinite:
         raise NonFiniteError(step + 1, err.what, err.detail)
@@ -673,7 +686,9 @@ def _nonfinite(
 # ---------------------------------------------------------------------------- eval, checkpoints
 
 
-def _evaluate(run: _Run, splits, step: int, record: bool = True) -> dict[str, dict[str, float]]:
+def _evaluate(
+    run: _Run, splits: Iterable[str], step: int, record: bool = True
+) -> dict[str, dict[str, float]]:
     results: dict[str, dict[str, float]] = {}
     if run.info.is_main:
         for split in splits:

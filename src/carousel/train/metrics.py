@@ -23,9 +23,12 @@ import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from carousel.train.checkpoint import atomic_write_text
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 __all__ = ["MetricsLogger", "plot_metrics", "read_metrics"]
 
@@ -93,7 +96,7 @@ class MetricsLogger:
         for r in kept:
             self._write_csv(r)
 
-    def _open_tensorboard(self, mode: str):
+    def _open_tensorboard(self, mode: str) -> SummaryWriter | None:
         if mode == "off":
             return None
         try:
@@ -144,7 +147,9 @@ class MetricsLogger:
             self._tb = None
 
 
-def _series(records: Iterable[Mapping[str, Any]], key: str, **match: Any):
+def _series(
+    records: Iterable[Mapping[str, Any]], key: str, **match: Any
+) -> tuple[list[Any], list[float]]:
     xs, ys = [], []
     for r in records:
         if all(r.get(k) == v for k, v in match.items()) and isinstance(r.get(key), (int, float)):

@@ -14,12 +14,15 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from carousel._config import ConfigError
 from carousel.train.config import OptimConfig
+
+if TYPE_CHECKING:
+    from carousel.optim import HessianFree
 
 __all__ = [
     "OPTIMIZERS",
@@ -35,7 +38,7 @@ __all__ = [
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
 
-def _sgd(params, c: OptimConfig):
+def _sgd(params: Iterable[torch.nn.Parameter], c: OptimConfig) -> torch.optim.SGD:
     return torch.optim.SGD(
         params,
         lr=c.lr,
@@ -46,19 +49,19 @@ def _sgd(params, c: OptimConfig):
     )
 
 
-def _adam(params, c: OptimConfig):
+def _adam(params: Iterable[torch.nn.Parameter], c: OptimConfig) -> torch.optim.Adam:
     return torch.optim.Adam(
         params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay, **c.options
     )
 
 
-def _adamw(params, c: OptimConfig):
+def _adamw(params: Iterable[torch.nn.Parameter], c: OptimConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(
         params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay, **c.options
     )
 
 
-def _rmsprop(params, c: OptimConfig):
+def _rmsprop(params: Iterable[torch.nn.Parameter], c: OptimConfig) -> torch.optim.RMSprop:
     return torch.optim.RMSprop(
         params,
         lr=c.lr,
@@ -70,11 +73,17 @@ def _rmsprop(params, c: OptimConfig):
     )
 
 
-def _lbfgs(params, c: OptimConfig):
+def _lbfgs(params: Iterable[torch.nn.Parameter], c: OptimConfig) -> torch.optim.LBFGS:
     return torch.optim.LBFGS(params, lr=c.lr, **c.options)
 
 
-def _hessian_free(params, c: OptimConfig, *, model, task=None):
+def _hessian_free(
+    params: Iterable[torch.nn.Parameter],
+    c: OptimConfig,
+    *,
+    model: torch.nn.Module,
+    task: Any = None,
+) -> HessianFree:
     """Martens & Sutskever 2011's Hessian-free optimizer (:class:`carousel.optim.HessianFree`)
     with the task's matching loss; its settings (``damping``, ``structural_damping``,
     ``max_cg_iter``, ...) come from ``[optim.options]``; ``lr`` and the schedules do not apply.
@@ -134,7 +143,7 @@ def build_optimizer(
     *,
     model: torch.nn.Module | None = None,
     task: Any = None,
-):
+) -> torch.optim.Optimizer:
     """The optimizer ``config`` names, over ``params``.
 
     Args:
