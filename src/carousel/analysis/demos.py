@@ -16,7 +16,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +27,8 @@ from carousel.analysis.record import record
 from carousel.analysis.saliency import saliency
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from carousel.layers import GRU, LSTM
 
 __all__ = [
@@ -43,7 +45,7 @@ __all__ = [
 GATE_INITS = ("default", "chrono", "both")
 
 
-def _orthogonal(n: int, generator: torch.Generator, dtype) -> Tensor:
+def _orthogonal(n: int, generator: torch.Generator, dtype: torch.dtype) -> Tensor:
     """A random orthogonal matrix (QR of a Gaussian, signs fixed: Haar distributed)."""
     q, r = torch.linalg.qr(torch.randn(n, n, generator=generator, dtype=torch.float64))
     return (q * torch.sign(torch.diagonal(r))).to(dtype)
@@ -209,7 +211,7 @@ def vanishing_gradients(
         layer.to(device)
         head.to(device)
 
-        def loss_fn(out, head=head) -> Tensor:
+        def loss_fn(out: tuple[Tensor, Any], head: nn.Linear = head) -> Tensor:
             return ((head(out[0][-1]) - target) ** 2).mean()
 
         flow = gradient_norms_through_time(layer, x, loss_fn)
@@ -224,7 +226,7 @@ def vanishing_gradients(
     return VanishingDemo(curves=curves, lyapunov=lyap, length=length, loss=losses)
 
 
-def plot_vanishing(demo: VanishingDemo, path: str | Path | None = None):
+def plot_vanishing(demo: VanishingDemo, path: str | Path | None = None) -> Figure:
     """All curves of :func:`vanishing_gradients` on one log-scaled figure.
 
     Returns:
@@ -395,7 +397,7 @@ def memory_cell(
         "read": rec.gates["o"][:, 0, 0],
     }
 
-    def loss_fn(out) -> Tensor:
+    def loss_fn(out: tuple[Tensor, Any]) -> Tensor:
         return out[0][read].sum()
 
     flow = gradient_norms_through_time(layer, x, loss_fn)
@@ -418,7 +420,7 @@ def memory_cell(
     )
 
 
-def plot_memory_cell(demo: MemoryCellDemo, path: str | Path | None = None):
+def plot_memory_cell(demo: MemoryCellDemo, path: str | Path | None = None) -> Figure:
     """Three panels: the gates and the value input; the cell and its read-out; the error
     flowing back from the read-out.
 

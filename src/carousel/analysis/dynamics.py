@@ -27,7 +27,7 @@ the singular values of a product and of its transpose are the same, so are the e
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +45,13 @@ __all__ = [
 ]
 
 
-def _check_recording(owner: str, model: nn.Module | None, inputs: Any, recording, kwargs):
+def _check_recording(
+    owner: str,
+    model: nn.Module | None,
+    inputs: Any,
+    recording: Recording | None,
+    kwargs: dict | None,
+) -> Recording:
     if recording is not None:
         if not isinstance(recording, Recording):
             raise TypeError(
@@ -69,7 +75,7 @@ def _sequences(owner: str, lay: LayerRecord, batch_index: int | None) -> list[in
     return [batch_index % B]
 
 
-def _flat_step(lay: LayerRecord):
+def _flat_step(lay: LayerRecord) -> Callable[[Tensor, Tensor], Tensor]:
     """``F(x (N, I), z (N, S)) -> (N, S)``: one step of the cell on flat states."""
 
     def F(x: Tensor, z: Tensor) -> Tensor:
@@ -88,7 +94,7 @@ def _reorder(lay: LayerRecord, z: Tensor, seqs: list[int]) -> Tensor:
     return z.gather(0, idx)
 
 
-def _processing(lay: LayerRecord, seqs: list[int]):
+def _processing(lay: LayerRecord, seqs: list[int]) -> tuple[Tensor, Tensor, Tensor | None]:
     """Inputs ``(T, B', I)``, previous states ``(T, B', S)`` and mask ``(T, B')`` in the order
     the cell processed them, for the chosen sequences."""
     x = lay.processing_order(lay.inputs)[:, seqs]
@@ -119,7 +125,13 @@ class JacobianSpectrum:
     batch_index: int | None
 
 
-def _largest_singular_values(F, x: Tensor, z: Tensor, iterations: int, generator) -> Tensor:
+def _largest_singular_values(
+    F: Callable[[Tensor, Tensor], Tensor],
+    x: Tensor,
+    z: Tensor,
+    iterations: int,
+    generator: torch.Generator,
+) -> Tensor:
     r""":math:`\sigma_1` of every row's Jacobian at once: the Lanczos method (Lanczos 1950; Golub
     & Van Loan, *Matrix Computations*, Sec. 10.1) on :math:`J^\top J`, with every step (row of
     ``z``) in one batch (rows do not interact).
@@ -172,7 +184,7 @@ def _largest_singular_values(F, x: Tensor, z: Tensor, iterations: int, generator
     return top.clamp_min(0).sqrt().to(z.dtype)
 
 
-def _jacobians(F, x: Tensor, z: Tensor) -> Tensor:
+def _jacobians(F: Callable[[Tensor, Tensor], Tensor], x: Tensor, z: Tensor) -> Tensor:
     """Explicit Jacobians ``(n, S, S)`` of ``F`` at ``n`` points: each point repeated ``S``
     times as rows of one batch, one backward pass with the identity as cotangent."""
     n, S = z.shape
@@ -320,7 +332,7 @@ class LyapunovExponents:
         return regime(self.largest(), tolerance)
 
 
-def _qr_hook(store: list, j: int, B: int, k: int):
+def _qr_hook(store: list, j: int, B: int, k: int) -> Callable[[Tensor], Tensor]:
     def hook(g: Tensor) -> Tensor:
         S = g.shape[-1]
         if k == 1:

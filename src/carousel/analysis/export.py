@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -40,7 +41,7 @@ FORMAT = "carousel-states"
 FORMAT_VERSION = 1
 
 
-def _h5py():
+def _h5py() -> ModuleType:
     try:
         import h5py
     except ImportError:
@@ -83,7 +84,9 @@ def _rows(z: Tensor, lengths: Tensor) -> np.ndarray:
     return torch.cat(parts).detach().to("cpu", torch.float32).numpy()
 
 
-def _token_ids(token_ids: Any, tracks: dict[str, LayerRecord], T: int, B: int, lengths) -> Tensor:
+def _token_ids(
+    token_ids: Any, tracks: dict[str, LayerRecord], T: int, B: int, lengths: Tensor
+) -> Tensor:
     if token_ids is None:
         # the bottom layer's input, read as one-hot (argmax); exact for one-hot inputs
         bottom = next(iter(tracks.values())).inputs

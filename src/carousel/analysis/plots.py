@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -20,6 +21,9 @@ from carousel.analysis.dynamics import JacobianSpectrum, LyapunovExponents
 from carousel.analysis.gradients import GradientFlow
 from carousel.analysis.record import LayerRecord
 from carousel.analysis.saliency import Saliency
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "figure",
@@ -32,7 +36,7 @@ __all__ = [
 ]
 
 
-def figure(width: float = 7.0, height: float = 4.0):
+def figure(width: float = 7.0, height: float = 4.0) -> Figure:
     """A new ``Figure`` on the Agg canvas (no pyplot)."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -55,7 +59,7 @@ def save(fig: Any, path: str | Path | None, dpi: int = 100) -> None:
     fig.savefig(path, dpi=dpi)
 
 
-def _np(t: Tensor):
+def _np(t: Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float64).numpy()
 
 
@@ -66,7 +70,7 @@ def plot_norm_vs_distance(
     ylabel: str = r"$\|\partial L/\partial h_{T-k}\|$ / $\|\partial L/\partial h_T\|$",
     styles: Mapping[str, dict] | None = None,
     path: str | Path | None = None,
-):
+) -> Figure:
     """Several curves ``value[k]`` against the distance ``k`` on one log-scaled axis.
 
     Args:
@@ -100,7 +104,7 @@ def plot_gradient_flow(
     fields: Sequence[str] = ("h", "c"),
     title: str = "gradient flow through time",
     path: str | Path | None = None,
-):
+) -> Figure:
     """Mean ``||dL/ds_t||`` against ``t`` for every track (and the fields it has), log scale.
 
     Returns:
@@ -130,7 +134,7 @@ def plot_jacobian_spectrum(
     lyapunov: LyapunovExponents | None = None,
     *,
     path: str | Path | None = None,
-):
+) -> Figure:
     r"""Top: :math:`\sigma_1(\partial s_t/\partial s_{t-1})` along the sequence per track
     (with the Lyapunov exponent in the legend if given). Bottom: the full spectra at the chosen
     steps.
@@ -175,7 +179,7 @@ def plot_traces(
     batch_index: int = 0,
     max_units: int | None = 256,
     path: str | Path | None = None,
-):
+) -> Figure:
     """Heatmaps (unit against time) of one track's states and gates for one sequence.
 
     Args:
@@ -219,7 +223,7 @@ def plot_saliency(
     batch_index: int = 0,
     labels: Sequence[str] | None = None,
     path: str | Path | None = None,
-):
+) -> Figure:
     """Saliency of every input step for one sequence: a bar per step, and a heatmap of the
     gradient per input feature.
 

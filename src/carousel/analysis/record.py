@@ -23,7 +23,7 @@ Conventions used by all of :mod:`carousel.analysis`:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from carousel.layers.recurrent import RecurrentBase
+from carousel.layers.recurrent import RecurrentBase, RecurrentOutput
 from carousel.layers.sequence import state_fields
 
 __all__ = [
@@ -242,7 +242,13 @@ class _Recorder:
         calls = self.calls[name]
         original_forward = layer.forward
 
-        def forward(input, hx=None, *, lengths=None, **kw):
+        def forward(
+            input: Tensor | PackedSequence,
+            hx: Any = None,
+            *,
+            lengths: Tensor | Sequence[int] | None = None,
+            **kw: Any,
+        ) -> RecurrentOutput:
             lens = lengths
             if isinstance(input, PackedSequence):
                 _, lens = pad_packed_sequence(input)
@@ -260,7 +266,9 @@ class _Recorder:
 
         if method == "step_with_params":
 
-            def with_params(params, x, state):
+            def with_params(
+                params: dict[str, Tensor], x: Tensor, state: Any
+            ) -> tuple[Tensor, Any, dict[str, Tensor]]:
                 y, new, gates = original(params, x, state)
                 call = calls[-1]
                 if call.step_fns[k] is None:
@@ -271,7 +279,7 @@ class _Recorder:
             self._patch(cell, method, with_params)
         elif method == "step_with_gates":
 
-            def with_gates(x, state):
+            def with_gates(x: Tensor, state: Any) -> tuple[Tensor, Any, dict[str, Tensor]]:
                 y, new, gates = original(x, state)
                 call = calls[-1]
                 if call.step_fns[k] is None:
@@ -282,11 +290,11 @@ class _Recorder:
             self._patch(cell, method, with_gates)
         else:
 
-            def plain_step(x, state):
+            def plain_step(x: Tensor, state: Any) -> tuple[Tensor, Any, dict[str, Tensor]]:
                 y, new = original(x, state)
                 return y, new, {}
 
-            def plain(x, state):
+            def plain(x: Tensor, state: Any) -> tuple[Tensor, Any]:
                 y, new = original(x, state)
                 call = calls[-1]
                 if call.step_fns[k] is None:
@@ -302,7 +310,7 @@ def _track_name(module_name: str, layer: int, direction: int) -> str:
     return f"{module_name}.{base}" if module_name else base
 
 
-def _reverse_order(T: int, lengths: Tensor | None, B: int, device) -> Tensor:
+def _reverse_order(T: int, lengths: Tensor | None, B: int, device: torch.device) -> Tensor:
     steps = torch.arange(T, device=device).unsqueeze(1)  # (T, 1)
     if lengths is None:
         return (T - 1 - steps).expand(T, B).contiguous()

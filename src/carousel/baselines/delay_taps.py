@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import cast
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -71,8 +72,8 @@ class DelayTapNet(nn.Module):
         window: int,
         hidden_size: int = 64,
         num_layers: int = 1,
-        device=None,
-        dtype=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         owner = "DelayTapNet"
@@ -81,13 +82,12 @@ class DelayTapNet(nn.Module):
         self.window = check_positive_int(owner, "window", window)
         self.hidden_size = check_positive_int(owner, "hidden_size", hidden_size)
         check_positive_int(owner, "num_layers", num_layers)
-        kw = {"device": device, "dtype": dtype}
         layers: list[nn.Module] = []
         width = window * input_size
         for _ in range(num_layers):
-            layers += [nn.Linear(width, hidden_size, **kw), nn.Tanh()]
+            layers += [nn.Linear(width, hidden_size, device=device, dtype=dtype), nn.Tanh()]
             width = hidden_size
-        layers.append(nn.Linear(width, output_size, **kw))
+        layers.append(nn.Linear(width, output_size, device=device, dtype=dtype))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:

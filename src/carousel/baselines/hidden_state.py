@@ -21,6 +21,8 @@ so the bits it recalls, ``k - E[-log2 q(x | x)]``, are at most ``log2 N``.
 from __future__ import annotations
 
 import math
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +33,7 @@ from carousel._checks import check_positive_int
 __all__ = ["HMMBaseline", "LDSBaseline"]
 
 
-def _import(module: str):
+def _import(module: str) -> ModuleType:
     try:
         return __import__(module, fromlist=["_"])
     except ImportError as exc:  # pragma: no cover - exercised only without the extra
@@ -53,7 +55,7 @@ def _check_tokens(owner: str, tokens: Tensor, num_symbols: int) -> Tensor:
     return tokens
 
 
-def _repair_unused_states(model) -> None:
+def _repair_unused_states(model: Any) -> None:
     """EM can leave a state that no sequence visits with an all-zero transition (or emission)
     row, which hmmlearn then refuses to score; such a state carries no probability mass, so a
     uniform row there changes no likelihood."""
