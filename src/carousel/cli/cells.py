@@ -19,7 +19,7 @@ def _cell(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(f"expected LAYER:UNIT (e.g. 1:37), got {text!r}") from None
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     from carousel.text.interpret import FEATURES
 
     p = subparsers.add_parser(

@@ -10,18 +10,22 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from carousel.esn.experiments import JaegerHaasParams
 
 __all__ = ["register"]
 
 
-def _threads(args) -> None:
+def _threads(args: argparse.Namespace) -> None:
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
 
 
-def _one_step(args) -> int:
+def _one_step(args: argparse.Namespace) -> int:
     from carousel.esn.experiments import one_step_mackey_glass
 
     _threads(args)
@@ -42,7 +46,7 @@ def _one_step(args) -> int:
     return 0
 
 
-def _params(args):
+def _params(args: argparse.Namespace) -> JaegerHaasParams:
     from carousel.esn.experiments import JaegerHaasParams
 
     fields = {f.name for f in dataclasses.fields(JaegerHaasParams)}
@@ -50,7 +54,7 @@ def _params(args):
     return dataclasses.replace(JaegerHaasParams(), **given)
 
 
-def _jaeger_haas(args) -> int:
+def _jaeger_haas(args: argparse.Namespace) -> int:
     from carousel.esn.experiments import jaeger_haas_nrmse84
 
     _threads(args)
@@ -70,7 +74,7 @@ def _jaeger_haas(args) -> int:
     return 0
 
 
-def _search(args) -> int:
+def _search(args: argparse.Namespace) -> int:
     from carousel.cli._common import setup_logging
     from carousel.esn.experiments import search_jaeger_haas
 
@@ -88,7 +92,7 @@ def _search(args) -> int:
     return 0
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "esn",
         help="echo state network experiments on Mackey-Glass (reservoirpy, Jaeger & Haas)",

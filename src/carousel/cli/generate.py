@@ -8,7 +8,7 @@ import sys
 __all__ = ["register"]
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "generate",
         help="generate text from a trained language model (carousel train charlm)",

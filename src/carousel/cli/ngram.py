@@ -10,7 +10,7 @@ import sys
 __all__ = ["register"]
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "ngram",
         help="Kneser-Ney n-gram baselines for a language model's text (validation bits/char)",

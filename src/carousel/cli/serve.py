@@ -6,6 +6,10 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from carousel.models.ctc_recognizer import CTCRecognizer
 
 DEMOS = ("handwriting",)
 
@@ -48,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def load_any_recognizer(path: str):
+def load_any_recognizer(path: str) -> tuple[CTCRecognizer, dict[str, Any]]:
     """A recogniser from an engine checkpoint or a ``save_recognizer`` folder: ``(model, meta)``."""
     from carousel.handwriting.recognizer import load_recognizer
 
@@ -62,7 +66,9 @@ def load_any_recognizer(path: str):
         raise ValueError(f"{path}: a checkpoint of task {task.name!r}, not of 'handwriting'")
     import dataclasses
 
-    return model, {"config": {"data": dataclasses.asdict(config.data)}, "step": ckpt.step}
+    # the handwriting task's make_model builds a CTCRecognizer (load_trained types it nn.Module)
+    recognizer = cast("CTCRecognizer", model)
+    return recognizer, {"config": {"data": dataclasses.asdict(config.data)}, "step": ckpt.step}
 
 
 def run(args: argparse.Namespace) -> int:

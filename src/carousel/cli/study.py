@@ -43,7 +43,7 @@ def _override(text: str) -> tuple[str, str, object]:
     return model, fieldname, parsed
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "study",
         help="reproduce the lectures' claims: grids of runs, tables and plots",
@@ -170,7 +170,7 @@ def register(subparsers) -> None:
     ba.set_defaults(func=_binary_addition)
 
 
-def _long_lag(args) -> int:
+def _long_lag(args: argparse.Namespace) -> int:
     from carousel.study.models import MODELS
     from carousel.study.runner import PRESETS, StudyConfig, run_study
     from carousel.study.tasks import study_task_names, task_source
@@ -236,7 +236,7 @@ def _long_lag(args) -> int:
     return 0
 
 
-def _capacity(args) -> int:
+def _capacity(args: argparse.Namespace) -> int:
     from carousel.study.capacity import capacity_study
 
     logging.basicConfig(level=logging.WARNING)
@@ -253,7 +253,7 @@ def _capacity(args) -> int:
     return 0
 
 
-def _binary_addition(args) -> int:
+def _binary_addition(args: argparse.Namespace) -> int:
     from carousel.study.binary_addition import binary_addition_study
 
     logging.basicConfig(level=logging.WARNING)

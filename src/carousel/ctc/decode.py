@@ -39,7 +39,7 @@ class CTCHypothesis(NamedTuple):
 
 
 def _check_log_probs(
-    owner: str, log_probs: Tensor, lengths, batched: bool
+    owner: str, log_probs: Tensor, lengths: Tensor | Sequence[int] | None, batched: bool
 ) -> tuple[Tensor, list[int]]:
     if not isinstance(log_probs, Tensor) or not log_probs.is_floating_point():
         raise TypeError(f"{owner}: log_probs must be a floating-point tensor")

@@ -57,7 +57,7 @@ def min_ctc_length(target: Sequence[int]) -> int:
     return len(target) + sum(a == b for a, b in itertools.pairwise(target))
 
 
-def _as_lengths(owner: str, name: str, value: object, B: int, device) -> Tensor:
+def _as_lengths(owner: str, name: str, value: object, B: int, device: torch.device) -> Tensor:
     if not isinstance(value, Tensor):
         try:
             value = torch.as_tensor(value)
@@ -274,7 +274,13 @@ class CTCLoss(nn.Module):
         self.zero_infinity = bool(zero_infinity)
         self.check_normalized = bool(check_normalized)
 
-    def forward(self, log_probs, targets, input_lengths, target_lengths) -> Tensor:
+    def forward(
+        self,
+        log_probs: Tensor,
+        targets: Tensor,
+        input_lengths: Tensor | Sequence[int],
+        target_lengths: Tensor | Sequence[int],
+    ) -> Tensor:
         return ctc_loss(
             log_probs, targets, input_lengths, target_lengths, blank=self.blank,
             reduction=self.reduction, zero_infinity=self.zero_infinity,

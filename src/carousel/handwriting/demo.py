@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from carousel.ctc import CharScorer
 from carousel.handwriting.pen import pen_features
 from carousel.handwriting.recognizer import best_reading
 from carousel.models.ctc_recognizer import CTCRecognizer
@@ -32,7 +33,7 @@ def analyse_writing(
     num_cells: int = 16,
     spacing: float = 0.2,
     beam_width: int = 0,
-    scorer=None,
+    scorer: CharScorer | None = None,
     lm_weight: float = 0.5,
 ) -> dict[str, Any]:
     """Everything the four rows show, as plain lists (JSON-ready).

@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from HersheyFonts import HersheyFonts
 
 __all__ = ["EXTRA_FACES", "LATIN_FACES", "Glyph", "glyph", "require_hershey"]
 
@@ -56,7 +59,7 @@ class Glyph(NamedTuple):
     advance: float
 
 
-def require_hershey():
+def require_hershey() -> type[HersheyFonts]:
     """Import ``HersheyFonts``, or explain how to install it."""
     try:
         from HersheyFonts import HersheyFonts
@@ -69,7 +72,7 @@ def require_hershey():
 
 
 @functools.lru_cache(maxsize=64)
-def _font(face: str):
+def _font(face: str) -> HersheyFonts:
     HersheyFonts = require_hershey()
     font = HersheyFonts()
     if face not in font.default_font_names:

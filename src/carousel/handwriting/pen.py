@@ -212,7 +212,9 @@ def write_pen_json(
     os.replace(tmp, path)
 
 
-def _weighted_percentiles(values: np.ndarray, weights: np.ndarray, qs) -> list[float]:
+def _weighted_percentiles(
+    values: np.ndarray, weights: np.ndarray, qs: Sequence[float]
+) -> list[float]:
     order = np.argsort(values)
     v, w = values[order], weights[order]
     c = np.cumsum(w)

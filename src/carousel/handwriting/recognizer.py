@@ -15,6 +15,7 @@ import multiprocessing as mp
 import os
 import time
 from collections import deque
+from collections.abc import Generator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,6 +25,7 @@ import torch
 
 from carousel._checks import check_positive_int
 from carousel.ctc import (
+    CharScorer,
     CTCHypothesis,
     NGramCharScorer,
     character_error_rate,
@@ -181,7 +183,9 @@ def save_recognizer(
         os.replace(tmp, path)
 
 
-def load_recognizer(path: str | os.PathLike, *, device=None) -> tuple[CTCRecognizer, dict]:
+def load_recognizer(
+    path: str | os.PathLike, *, device: torch.device | str | None = None
+) -> tuple[CTCRecognizer, dict]:
     """Load a checkpoint folder written by :func:`save_recognizer`.
 
     Returns:
@@ -274,7 +278,7 @@ def recognize(
     strokes: list[np.ndarray],
     *,
     beam_width: int = 0,
-    scorer=None,
+    scorer: CharScorer | None = None,
     lm_weight: float = 0.5,
     spacing: float = 0.2,
 ) -> Recognition:
@@ -296,7 +300,11 @@ def recognize(
 
 
 def best_reading(
-    log_probs: torch.Tensor, *, beam_width: int = 0, scorer=None, lm_weight: float = 0.5
+    log_probs: torch.Tensor,
+    *,
+    beam_width: int = 0,
+    scorer: CharScorer | None = None,
+    lm_weight: float = 0.5,
 ) -> CTCHypothesis:
     """The best hypothesis of one sequence's ``(T', C)`` log probabilities: greedy with
     ``beam_width=0``, else the prefix beam search's first, with the optional character LM
@@ -333,7 +341,9 @@ def _data_for(config: HandwritingConfig) -> HandwritingData:
     return HandwritingData(config)
 
 
-def _worker_samples(args):
+def _worker_samples(
+    args: tuple[HandwritingConfig, int, list[int]],
+) -> tuple[list[Sample], int, float]:
     """``n`` fresh samples (without their raw strokes, which training does not read), with
     the process id and its CPU seconds so far (the data's cost is reported beside the
     budget)."""
@@ -344,7 +354,9 @@ def _worker_samples(args):
     return samples, os.getpid(), time.process_time()
 
 
-def _lots(config: RecognizerTrainConfig):
+def _lots(
+    config: RecognizerTrainConfig,
+) -> Generator[tuple[list[Sample], int, float], None, None]:
     """Lots of fresh samples from :func:`_worker_samples`, made ``data_workers`` processes
     ahead of the training (at most one lot waiting per worker), or in this process."""
     n = config.batch_size * config.length_pool
@@ -364,7 +376,9 @@ def _lots(config: RecognizerTrainConfig):
             yield lot
 
 
-def _batch_stream(config: RecognizerTrainConfig, data_cpu: dict[int, float]):
+def _batch_stream(
+    config: RecognizerTrainConfig, data_cpu: dict[int, float]
+) -> Generator[list[Sample], None, None]:
     """Length-grouped training batches: each pool (the last ``reuse`` lots of ``length_pool``
     batches' worth of fresh samples) is sorted by length, cut into batches and shuffled;
     ``data_cpu`` collects each data worker's CPU seconds."""
@@ -435,7 +449,7 @@ def train_recognizer(
     nonfinite = 0
     data_cpu: dict[int, float] = {}
 
-    def evaluate_and_save():
+    def evaluate_and_save() -> dict[str, Any]:
         nonlocal best, last_eval
         last_eval = step
         m = {

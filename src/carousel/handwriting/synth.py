@@ -90,7 +90,9 @@ def sample_writer(rng: np.random.Generator, *, variation: float = 1.0) -> Writer
     )
 
 
-def _distort_letter(strokes: list[np.ndarray], style: WriterStyle, rng: np.random.Generator):
+def _distort_letter(
+    strokes: list[np.ndarray], style: WriterStyle, rng: np.random.Generator
+) -> list[np.ndarray]:
     """Per-letter affine and elastic distortion (in x-height units, about the letter's centre)."""
     allp = np.concatenate(strokes)
     centre = np.array([allp[:, 0].mean(), 0.5])
@@ -111,7 +113,9 @@ def _distort_letter(strokes: list[np.ndarray], style: WriterStyle, rng: np.rando
     return np.split(p + disp, np.cumsum(counts)[:-1])
 
 
-def _time_samples(strokes: list[np.ndarray], step: float, rng: np.random.Generator):
+def _time_samples(
+    strokes: list[np.ndarray], step: float, rng: np.random.Generator
+) -> list[np.ndarray]:
     """Sample each polyline at (jittered) equal time steps of a pen moving ``step`` per sample;
     all strokes in one vectorised pass."""
     counts = [len(st) for st in strokes]

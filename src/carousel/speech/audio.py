@@ -73,7 +73,9 @@ def _parse_wav(data: bytes, name: str) -> tuple[np.ndarray, int]:
     raise ValueError(f"read_wav: {name} has no data chunk")
 
 
-def read_wav(source: str | os.PathLike | bytes, *, sample_rate: int | None = None):
+def read_wav(
+    source: str | os.PathLike | bytes, *, sample_rate: int | None = None
+) -> tuple[np.ndarray, int]:
     """Read a 16-bit PCM WAV file (any sample rate, mono or multichannel).
 
     Channels are averaged to mono; samples are scaled to ``[-1, 1)``. A data chunk whose

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 
 __all__ = ["FeatureConfig", "augment", "log_mel", "require_librosa"]
 
 
-def require_librosa():
+def require_librosa() -> ModuleType:
     """Import librosa, or raise an ImportError that says how to install it."""
     try:
         import librosa

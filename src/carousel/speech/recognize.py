@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,6 +15,7 @@ from torch import nn
 
 from carousel.ctc import (
     Alphabet,
+    CTCHypothesis,
     NGramCharScorer,
     beam_search_decode,
     character_error_rate,
@@ -22,6 +24,9 @@ from carousel.ctc import (
 )
 from carousel.speech.audio import read_manifest, read_wav
 from carousel.speech.features import FeatureConfig, log_mel
+
+if TYPE_CHECKING:
+    from carousel.tasks.speech import SpeechTask
 
 __all__ = [
     "Transcript",
@@ -69,7 +74,7 @@ def char_lm(texts: Sequence[str], alphabet: Alphabet, order: int = 5) -> NGramCh
     return NGramCharScorer(len(alphabet), order=order).fit([alphabet.encode(t) for t in texts])
 
 
-def task_char_lm(task, *, order: int = 6, texts: int = 20000) -> NGramCharScorer:
+def task_char_lm(task: SpeechTask, *, order: int = 6, texts: int = 20000) -> NGramCharScorer:
     """The character LM of a speech task: fitted to ``texts`` transcripts of its training
     split (planned, not synthesised, so this is fast), or to the training manifest's."""
     from carousel.speech.synth import utterance_plan
@@ -91,7 +96,7 @@ def _decode(
     lm_weight: float = 0.5,
     length_bonus: float = 0.0,
     batch_size: int = 64,
-):
+) -> list[CTCHypothesis]:
     device = next(model.parameters()).device
     out = []
     with torch.no_grad():
@@ -147,14 +152,14 @@ def transcribe(
         One :class:`Transcript` per file.
     """
     features = features or FeatureConfig()
-    stride = stride or getattr(model, "stride", 1)
+    out_stride: int = stride if stride else getattr(model, "stride", 1)
     feats = [wav_features(p, features) for p in paths]
     hyps = _decode(model, feats, beam_width=beam_width, scorer=scorer, lm_weight=lm_weight)
     hop = features.hop_length / features.sample_rate
     return [
         Transcript(
             alphabet.decode(h.tokens),
-            tuple(round((t + 0.5) * stride * hop, 3) for t in h.timesteps),
+            tuple(round((t + 0.5) * out_stride * hop, 3) for t in h.timesteps),
             float(h.score),
         )
         for h in hyps

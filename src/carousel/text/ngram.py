@@ -279,7 +279,7 @@ class KneserNeyLM:
         return f"KneserNeyLM(order={self.order}, vocab_size={self.vocab_size}, ngrams={sizes})"
 
 
-def _as_ids(ids, V: int, name: str) -> np.ndarray:
+def _as_ids(ids: Tensor | np.ndarray | Sequence[int], V: int, name: str) -> np.ndarray:
     if isinstance(ids, Tensor):
         arr = ids.detach().cpu().numpy()
     else:

@@ -122,7 +122,7 @@ class HandwritingApp:
         }
 
 
-def _handler_for(app: HandwritingApp):
+def _handler_for(app: HandwritingApp) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "carousel"
 
