@@ -23,10 +23,14 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 
 from carousel.study.fsa import Automaton, extract_automaton, plot_automaton
+
+if TYPE_CHECKING:
+    from carousel.models import SequenceModel
 
 __all__ = [
     "AdditionRun",
@@ -130,7 +134,12 @@ def _random_additions(B: int, n: int, generator: torch.Generator) -> tuple[torch
 
 
 def extract_adder_automaton(
-    model, *, bits: int = 16, sequences: int = 512, num_clusters: int = 16, seed: int = 0
+    model: SequenceModel,
+    *,
+    bits: int = 16,
+    sequences: int = 512,
+    num_clusters: int = 16,
+    seed: int = 0,
 ) -> Automaton:
     """The automaton of a trained binary-addition model with a one-layer RNN core (delay 0).
 
@@ -224,9 +233,11 @@ def binary_addition_study(
                 run_dir=str(result.run_dir),
             )
         )
-        models[seed] = result.model
+        # the binary-addition task's make_model builds a SequenceModel (train types it nn.Module)
+        model = cast("SequenceModel", result.model)
+        models[seed] = model
         if delay == 0:
-            machine = extract_adder_automaton(result.model)
+            machine = extract_adder_automaton(model)
             runs[-1].automaton_states = machine.num_states
             runs[-1].carry_automaton = machine.equivalent(carry_automaton()[0])
     best = max(runs, key=lambda r: (r.long_accuracy, r.valid_accuracy, -r.seed))
@@ -268,7 +279,17 @@ def binary_addition_study(
     return study
 
 
-def _markdown(runs, automaton, seed, matches, adds, hidden_size, delay, steps, batch) -> str:
+def _markdown(
+    runs: list[AdditionRun],
+    automaton: Automaton | None,
+    seed: int,
+    matches: bool,
+    adds: float,
+    hidden_size: int,
+    delay: int,
+    steps: int,
+    batch: int,
+) -> str:
     n = len(runs)
     reached = [r for r in runs if r.steps_to_100 is not None]
     perfect_long = [r for r in runs if r.long_accuracy == 1.0]

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from carousel.baselines.hidden_state import HMMBaseline, LDSBaseline
 from carousel.study.models import get_model_spec
@@ -96,7 +97,7 @@ def _lds_coding(tokens: torch.Tensor) -> torch.Tensor:
     return x.unsqueeze(-1)  # (T, B, 1)
 
 
-def rnn_recall(model, task: BitMemorisation, batch: LongLagBatch) -> tuple[float, float]:
+def rnn_recall(model: nn.Module, task: BitMemorisation, batch: LongLagBatch) -> tuple[float, float]:
     """As :func:`hmm_recall` for a trained network on a batch of the task."""
     with torch.no_grad():
         out = model(batch.inputs)

@@ -13,6 +13,7 @@ checks it.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -258,7 +259,7 @@ def extract_automaton(
 
 def plot_automaton(
     automaton: Automaton,
-    path,
+    path: str | os.PathLike,
     *,
     state_names: Sequence[str] | None = None,
     title: str = "",

@@ -9,7 +9,9 @@ SGD", "the echo-state initialisation with Nesterov momentum").
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -127,7 +129,7 @@ class ModelSpec:
             _gate_bias(rnn, "z", self.forget_bias)
         return model
 
-    def make_optimizer(self, params) -> torch.optim.Optimizer:
+    def make_optimizer(self, params: Iterable[Tensor]) -> torch.optim.Optimizer:
         if self.optimizer == "adam":
             return torch.optim.Adam(params, lr=self.lr)
         if self.optimizer == "sgd":
@@ -224,7 +226,7 @@ MODELS: dict[str, ModelSpec] = {
 }  # fmt: skip
 
 
-def get_model_spec(name: str, **overrides) -> ModelSpec:
+def get_model_spec(name: str, **overrides: Any) -> ModelSpec:
     """A registered model, with fields replaced by ``overrides``.
 
     Raises:

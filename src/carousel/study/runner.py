@@ -164,7 +164,7 @@ def _write_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def _json_default(obj):
+def _json_default(obj: object) -> str:
     if isinstance(obj, float) and not math.isfinite(obj):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
@@ -352,8 +352,9 @@ def _markdown(config: StudyConfig, rows: list[dict]) -> str:
         lines.append(f"### {task}")
         lines.append("")
         lines.append(f"{cls.source}. Success test: {cls.criterion}.")
-        if getattr(cls, "paper_results", ""):
-            lines.append(f"Paper: {cls.paper_results}.")
+        paper = getattr(cls, "paper_results", "")
+        if paper:
+            lines.append(f"Paper: {paper}.")
         lines.append("")
         lines.append("| model | T | solved / runs | median sequences to criterion | test error |")
         lines.append("|---|---:|---:|---:|---:|")
@@ -376,7 +377,9 @@ def _markdown(config: StudyConfig, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(config: StudyConfig, records: Sequence[dict], out_dir) -> list[dict]:
+def write_report(
+    config: StudyConfig, records: Sequence[dict], out_dir: str | os.PathLike
+) -> list[dict]:
     """Write ``results.json``, ``results.md`` and (with matplotlib) ``success_vs_T.png``.
 
     Returns:

@@ -4,10 +4,59 @@ with the same sampling and scoring interface."""
 
 from __future__ import annotations
 
-from carousel.tasks.longlag import LONGLAG_TASKS, EmbeddedReber, make_task
-from carousel.tasks.pathological import PATHOLOGICAL_TASKS, make_pathological
+from typing import ClassVar, Protocol, TypeVar
 
-__all__ = ["make_study_task", "study_task_names", "task_has_lag", "task_source"]
+import torch
+from torch import Tensor
+
+from carousel.tasks.longlag import LONGLAG_TASKS, EmbeddedReber, LongLagTask, make_task
+from carousel.tasks.pathological import PATHOLOGICAL_TASKS, PathologicalTask, make_pathological
+
+__all__ = [
+    "StudyBatch",
+    "StudyTask",
+    "make_study_task",
+    "study_task_names",
+    "task_has_lag",
+    "task_source",
+]
+
+
+class StudyBatch(Protocol):
+    """What a study reads of a task's batch (:class:`~carousel.tasks.longlag.LongLagBatch`,
+    :class:`~carousel.tasks.pathological.PathologicalBatch`)."""
+
+    @property
+    def inputs(self) -> Tensor: ...
+
+    @property
+    def lengths(self) -> Tensor: ...
+
+
+BatchT = TypeVar("BatchT", bound=StudyBatch)
+
+
+class StudyTask(Protocol[BatchT]):
+    """The sampling and scoring interface that :class:`~carousel.tasks.longlag.LongLagTask`
+    and :class:`~carousel.tasks.pathological.PathologicalTask` share, for batches of type
+    ``BatchT``; what :func:`carousel.study.train.train_until_solved` uses."""
+
+    name: ClassVar[str]
+
+    @property
+    def input_size(self) -> int: ...
+
+    @property
+    def output_size(self) -> int: ...
+
+    @property
+    def lag(self) -> int | None: ...
+
+    def sample(self, batch_size: int, *, generator: torch.Generator | None = None) -> BatchT: ...
+
+    def loss(self, outputs: Tensor, batch: BatchT) -> Tensor: ...
+
+    def correct(self, outputs: Tensor, batch: BatchT) -> Tensor: ...
 
 
 def study_task_names() -> list[str]:
@@ -26,7 +75,7 @@ def task_has_lag(name: str) -> bool:
     return name in PATHOLOGICAL_TASKS or LONGLAG_TASKS[name][0] is not EmbeddedReber
 
 
-def make_study_task(name: str, T: int | None):
+def make_study_task(name: str, T: int | None) -> LongLagTask | PathologicalTask:
     """The task ``name`` at lag ``T`` (``None`` for a task without one)."""
     _check(name)
     if name in PATHOLOGICAL_TASKS:

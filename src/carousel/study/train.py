@@ -15,11 +15,14 @@ import math
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
+from torch import nn
 
 from carousel.study.models import ModelSpec
-from carousel.tasks.longlag import LongLagTask, StopRule
+from carousel.study.tasks import StudyTask
+from carousel.tasks.longlag import StopRule
 
 __all__ = ["RunResult", "stop_rule_of", "train_until_solved"]
 
@@ -60,7 +63,9 @@ class RunResult:
         return asdict(self)
 
 
-def _evaluate(model, task: LongLagTask, size: int, seed: int, chunk: int = 512):
+def _evaluate(
+    model: nn.Module, task: StudyTask[Any], size: int, seed: int, chunk: int = 512
+) -> tuple[int, float]:
     g = torch.Generator().manual_seed(seed)
     wrong, loss_sum, n = 0, 0.0, 0
     with torch.no_grad():
@@ -75,7 +80,7 @@ def _evaluate(model, task: LongLagTask, size: int, seed: int, chunk: int = 512):
 
 def train_until_solved(
     spec: ModelSpec,
-    task: LongLagTask,
+    task: StudyTask[Any],
     *,
     seed: int = 0,
     max_sequences: int = 100_000,
@@ -170,7 +175,7 @@ def train_until_solved(
     )
 
 
-def stop_rule_of(task) -> StopRule:
+def stop_rule_of(task: StudyTask[Any]) -> StopRule:
     """The task's stopping rule; for tasks that state only a success threshold (the
     pathological problems: at most 1% of sequences wrong), that fraction of the 2000 most
     recent training sequences."""
@@ -181,7 +186,7 @@ def stop_rule_of(task) -> StopRule:
     return StopRule(window=2000, max_wrong=round(threshold * 2000))
 
 
-def _rule_holds(rule, recent_ok, recent_err) -> bool:
+def _rule_holds(rule: StopRule, recent_ok: deque[bool], recent_err: deque[float]) -> bool:
     if len(recent_ok) - sum(recent_ok) > rule.max_wrong:
         return False
     if rule.max_mean_error is not None and recent_err:

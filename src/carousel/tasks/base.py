@@ -10,7 +10,7 @@ never looks inside: it asks the task for batches (or stream chunks), runs the mo
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -69,7 +69,9 @@ class Batch:
         for name, t in self.extras.items():
             yield f"extras[{name!r}]", t
 
-    def _map(self, time_major, per_sequence) -> Batch:
+    def _map(
+        self, time_major: Callable[[Tensor], Tensor], per_sequence: Callable[[Tensor], Tensor]
+    ) -> Batch:
         tm = time_major
         return dataclasses.replace(
             self,

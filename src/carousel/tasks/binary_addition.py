@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from carousel._config import Checks
 from carousel.models import ModelConfig, ModelOutput, SequenceModel
@@ -171,7 +171,14 @@ class BinaryAddition(Task):
 
     config: BinaryAdditionConfig
 
-    def make_model(self, config: ModelConfig, *, generator=None, device=None, dtype=None):
+    def make_model(
+        self,
+        config: ModelConfig,
+        *,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> SequenceModel:
         """A :class:`~carousel.models.SequenceModel` with 2 inputs and 1 output logit per step."""
         return SequenceModel(
             2, 1, config, readout="per-step", generator=generator, device=device, dtype=dtype
@@ -258,7 +265,15 @@ class BinaryAddition(Task):
             k += 1
 
     @torch.no_grad()
-    def evaluate(self, model, split, *, generator, device=None, dtype=None) -> dict[str, float]:
+    def evaluate(
+        self,
+        model: nn.Module,
+        split: str,
+        *,
+        generator: torch.Generator,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> dict[str, float]:
         """As :meth:`Task.evaluate`; the ``"stream"`` split runs 64 streams of 512 columns
         with the state carried, and counts an addition right if all its sum bits are."""
         if split != "stream":

@@ -136,7 +136,7 @@ class HandwritingBatch(NamedTuple):
     texts: list[str]
 
 
-def collate(samples: list[Sample], *, device=None) -> HandwritingBatch:
+def collate(samples: list[Sample], *, device: torch.device | str | None = None) -> HandwritingBatch:
     """Pad samples into a time-major batch."""
     T = max(len(s.features) for s in samples)
     S = max(len(s.text) for s in samples)
@@ -194,7 +194,14 @@ class HandwritingData:
         strokes = write_word(word, face, style, rng)
         return Sample(pen_features(strokes, spacing=self.config.spacing), word, face, strokes)
 
-    def batches(self, rng: np.random.Generator, batch_size: int, *, pool: int = 8, device=None):
+    def batches(
+        self,
+        rng: np.random.Generator,
+        batch_size: int,
+        *,
+        pool: int = 8,
+        device: torch.device | str | None = None,
+    ) -> Iterator[HandwritingBatch]:
         """Endless batches grouped by length: ``pool`` batches' worth of samples are drawn,
         sorted by length, cut into batches and yielded in random order (less padding, so
         less wasted computation)."""
@@ -290,7 +297,14 @@ class HandwritingTask(Task):
             self.eval_splits = ("new_words",)
         self._eval_cache: dict[str, list[Batch]] = {}
 
-    def make_model(self, config: RecognizerModelConfig, *, generator=None, device=None, dtype=None):
+    def make_model(
+        self,
+        config: RecognizerModelConfig,
+        *,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> CTCRecognizer:
         """A :class:`~carousel.models.ctc_recognizer.CTCRecognizer` over the 4 pen features
         and the 26 letters plus the blank."""
         if not isinstance(config, RecognizerModelConfig):

@@ -37,8 +37,9 @@ softmax probabilities; this is stated on each class.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -116,7 +117,9 @@ def gather_last(outputs: Tensor, lengths: Tensor) -> Tensor:
     return outputs.gather(0, idx).squeeze(0)  # (B, O)
 
 
-def _uniform_int(low: Tensor | int, high: Tensor | int, size: int, generator) -> Tensor:
+def _uniform_int(
+    low: Tensor | int, high: Tensor | int, size: int, generator: torch.Generator | None
+) -> Tensor:
     """Integers drawn uniformly from ``[low, high]`` (both ends included), elementwise."""
     low_t = torch.as_tensor(low, dtype=torch.float64)
     high_t = torch.as_tensor(high, dtype=torch.float64)
@@ -175,7 +178,11 @@ class LongLagTask:
         return getattr(self, "T", None)
 
     def sample(
-        self, batch_size: int, *, generator: torch.Generator | None = None, device=None
+        self,
+        batch_size: int,
+        *,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
     ) -> LongLagBatch:
         """Draw a batch.
 
@@ -196,7 +203,7 @@ class LongLagTask:
             batch = LongLagBatch(*(t.to(device) for t in batch))
         return batch
 
-    def _sample(self, batch_size: int, generator) -> LongLagBatch:
+    def _sample(self, batch_size: int, generator: torch.Generator | None) -> LongLagBatch:
         raise NotImplementedError
 
     # --- scoring -----------------------------------------------------------------------------
@@ -343,13 +350,13 @@ class HochreiterAdding(LongLagTask):
     def stop_rule(self) -> StopRule:
         return StopRule(window=2000, max_wrong=0, max_mean_error=0.01)
 
-    def _values(self, shape, generator) -> Tensor:
+    def _values(self, shape: tuple[int, ...], generator: torch.Generator | None) -> Tensor:
         return self.low + (1.0 - self.low) * torch.rand(shape, generator=generator)
 
     def _combine(self, x1: Tensor, x2: Tensor) -> Tensor:
         return 0.5 + (x1 + x2) / 4.0
 
-    def _sample(self, B: int, generator) -> LongLagBatch:
+    def _sample(self, B: int, generator: torch.Generator | None) -> LongLagBatch:
         T = self.T
         lengths = _uniform_int(T, T + T // 10, B, generator)  # (B,)
         Tmax = int(lengths.max())
@@ -459,7 +466,7 @@ class AddingModern(LongLagTask):
     def stop_rule(self) -> StopRule:
         return StopRule(window=2000, max_wrong=20, max_mean_error=0.01)
 
-    def _sample(self, B: int, generator) -> LongLagBatch:
+    def _sample(self, B: int, generator: torch.Generator | None) -> LongLagBatch:
         T, half = self.T, self.T // 2
         values = torch.rand(T, B, generator=generator)
         p1 = _uniform_int(0, half - 1, B, generator)
@@ -554,7 +561,7 @@ class HochreiterTemporalOrder(LongLagTask):
         ranges = [(10, 20), (50, 60)] if self.num_relevant == 2 else [(10, 20), (33, 43), (66, 76)]
         return [(max(2, round(lo * T / 100)), round(hi * T / 100)) for lo, hi in ranges]
 
-    def _sample(self, B: int, generator) -> LongLagBatch:
+    def _sample(self, B: int, generator: torch.Generator | None) -> LongLagBatch:
         T = self.T
         lengths = _uniform_int(T, T + T // 10, B, generator)
         Tmax = int(lengths.max())
@@ -625,7 +632,7 @@ class PascanuTemporalOrder(LongLagTask):
     def stop_rule(self) -> StopRule:
         return StopRule(window=2000, max_wrong=20)
 
-    def _sample(self, B: int, generator) -> LongLagBatch:
+    def _sample(self, B: int, generator: torch.Generator | None) -> LongLagBatch:
         T, w = self.T, int(self.T * 0.1)
         cols = torch.arange(B)
         p0 = _uniform_int(0, w - 1, B, generator) + w
@@ -661,7 +668,7 @@ _REBER = {
 }
 
 
-def _reber_string(generator) -> tuple[list[str], list[frozenset[str]]]:
+def _reber_string(generator: torch.Generator | None) -> tuple[list[str], list[frozenset[str]]]:
     """One Reber string ``B ... E`` and, after each symbol but the final ``E``, the set of
     legal next symbols."""
     string, nexts = ["B"], [frozenset("TP")]
@@ -735,7 +742,7 @@ class EmbeddedReber(LongLagTask):
         nexts = [frozenset("TP"), frozenset("B"), *inner_next, frozenset(outer), frozenset("E")]
         return "".join(s), nexts
 
-    def _sample(self, B: int, generator) -> LongLagBatch:
+    def _sample(self, B: int, generator: torch.Generator | None) -> LongLagBatch:
         strings = [self.string(generator) for _ in range(B)]
         lengths = torch.tensor([len(s) for s, _ in strings], dtype=torch.long)
         Tmax = int(lengths.max())
@@ -822,7 +829,7 @@ class ArjovskyCopy(LongLagTask):
         """Cross-entropy per step of the memoryless strategy, in nats."""
         return self.length * math.log(self.num_symbols) / (self.T + 2 * self.length)
 
-    def _sample(self, B: int, generator) -> LongLagBatch:
+    def _sample(self, B: int, generator: torch.Generator | None) -> LongLagBatch:
         n, T = self.length, self.T
         total = T + 2 * n
         data = _uniform_int(1, self.num_symbols, n * B, generator).view(n, B)
@@ -893,7 +900,7 @@ class BitMemorisation(LongLagTask):
         blanks = torch.full((self.T, B), 2, dtype=torch.long)
         return torch.cat([bits, blanks, bits])
 
-    def _sample(self, B: int, generator) -> LongLagBatch:
+    def _sample(self, B: int, generator: torch.Generator | None) -> LongLagBatch:
         tok = self.tokens(B, generator)
         total = tok.shape[0] - 1
         inputs = F.one_hot(tok[:-1], 3).float()
@@ -938,7 +945,7 @@ LONGLAG_TASKS: dict[str, tuple[type[LongLagTask], dict]] = {
 }
 
 
-def make_task(name: str, **kwargs) -> LongLagTask:
+def make_task(name: str, **kwargs: Any) -> LongLagTask:
     """Build a long-lag task by registry name.
 
     Args:
@@ -1035,7 +1042,7 @@ class LongLagEngineTask(Task):
 
     config: LongLagConfig
 
-    def __init__(self, config=None) -> None:
+    def __init__(self, config: LongLagConfig | None = None) -> None:
         super().__init__(config)
         self.task: LongLagTask | PathologicalTask
         if self.longlag_name in PATHOLOGICAL_TASKS:
@@ -1045,7 +1052,14 @@ class LongLagEngineTask(Task):
         T = None if cls is EmbeddedReber else self.config.T
         self.task = make_task(self.longlag_name, T=T)
 
-    def make_model(self, config: ModelConfig, *, generator=None, device=None, dtype=None):
+    def make_model(
+        self,
+        config: ModelConfig,
+        *,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> SequenceModel:
         t = self.task
         return SequenceModel(
             t.input_size, t.output_size, config, readout="per-step", generator=generator,
@@ -1072,7 +1086,7 @@ class LongLagEngineTask(Task):
     def batch(self, split: str, batch_size: int, *, generator: torch.Generator) -> Batch:
         return self._to_batch(self.task.sample(batch_size, generator=generator))
 
-    def eval_batches(self, split: str, *, generator: torch.Generator):
+    def eval_batches(self, split: str, *, generator: torch.Generator) -> Iterator[Batch]:
         n = self.config.test_size
         for i in range(0, n, _EVAL_CHUNK):
             yield self._to_batch(self.task.sample(min(_EVAL_CHUNK, n - i), generator=generator))

@@ -91,7 +91,9 @@ class PathologicalBatch(NamedTuple):
     mask: Tensor
 
 
-def _randint(low: Tensor | int, high: Tensor | int, size: int, generator) -> Tensor:
+def _randint(
+    low: Tensor | int, high: Tensor | int, size: int, generator: torch.Generator | None
+) -> Tensor:
     """Integers uniform in ``[low, high)`` (elementwise bounds), drawn on the CPU."""
     low_t = torch.as_tensor(low, dtype=torch.float64)
     high_t = torch.as_tensor(high, dtype=torch.float64)
@@ -179,7 +181,7 @@ class PathologicalTask:
         targets = targets.to(device=device, dtype=dtype if targets.is_floating_point() else None)
         return PathologicalBatch(inputs, targets, lengths.to(device), mask.to(device))
 
-    def _sample(self, B: int, generator) -> PathologicalBatch:
+    def _sample(self, B: int, generator: torch.Generator | None) -> PathologicalBatch:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ scoring
@@ -279,13 +281,13 @@ class Addition(PathologicalTask):
     def output_size(self) -> int:
         return 1
 
-    def _values(self, shape, generator) -> Tensor:
+    def _values(self, shape: tuple[int, ...], generator: torch.Generator | None) -> Tensor:
         return torch.rand(shape, generator=generator)
 
     def _combine(self, a: Tensor, b: Tensor) -> Tensor:
         return a + b
 
-    def _sample(self, B: int, generator) -> PathologicalBatch:
+    def _sample(self, B: int, generator: torch.Generator | None) -> PathologicalBatch:
         T = self.T
         lengths = _randint(T, T + T // 10 + 1, B, generator)  # (B,)
         Tmax = int(lengths.max())
@@ -347,7 +349,7 @@ class XOR(Addition):
     loss_name: ClassVar[str] = "binary_cross_entropy"
     criterion: ClassVar[str] = "sign of the logit at the sequence end matches the target bit"
 
-    def _values(self, shape, generator) -> Tensor:
+    def _values(self, shape: tuple[int, ...], generator: torch.Generator | None) -> Tensor:
         return torch.randint(0, 2, shape, generator=generator).float()
 
     def _combine(self, a: Tensor, b: Tensor) -> Tensor:
@@ -398,7 +400,7 @@ class TemporalOrder(PathologicalTask):
     def output_size(self) -> int:
         return 2 ** len(self.windows)
 
-    def _sample(self, B: int, generator) -> PathologicalBatch:
+    def _sample(self, B: int, generator: torch.Generator | None) -> PathologicalBatch:
         T = self.T
         lengths = _randint(T, T + T // 10 + 1, B, generator)  # (B,)
         Tmax = int(lengths.max())
@@ -484,7 +486,7 @@ class RandomPermutation(PathologicalTask):
     def output_size(self) -> int:
         return self.symbols
 
-    def _sample(self, B: int, generator) -> PathologicalBatch:
+    def _sample(self, B: int, generator: torch.Generator | None) -> PathologicalBatch:
         T = self.T
         first = torch.randint(0, 2, (B,), generator=generator)
         rest = torch.randint(2, self.symbols, (T - 1, B), generator=generator)
@@ -542,7 +544,7 @@ class Memorisation(PathologicalTask):
     def output_size(self) -> int:
         return self.alphabet + 1
 
-    def _sample(self, B: int, generator) -> PathologicalBatch:
+    def _sample(self, B: int, generator: torch.Generator | None) -> PathologicalBatch:
         T, K, A = self.T, self.pattern_length, self.alphabet
         L = T + 2 * K
         pattern = torch.randint(0, A, (K, B), generator=generator)  # (K, B)

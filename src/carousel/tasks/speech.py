@@ -306,7 +306,14 @@ class SpeechTask(Task):
             self._spec = self.config.corpus()
         return self._spec
 
-    def make_model(self, config: RecognizerModelConfig, *, generator=None, device=None, dtype=None):
+    def make_model(
+        self,
+        config: RecognizerModelConfig,
+        *,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> CTCRecognizer:
         """A :class:`~carousel.models.ctc_recognizer.CTCRecognizer` over ``n_mels`` features
         and the task's alphabet plus the blank."""
         if not isinstance(config, RecognizerModelConfig):
