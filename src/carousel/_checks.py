@@ -26,9 +26,9 @@ def check_probability(owner: str, name: str, value: object) -> float:
 
 
 def check_choice(owner: str, name: str, value: object, choices: Sequence[str]) -> str:
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{owner}: {name} must be one of {list(choices)}, got {value!r}")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def check_tensor(owner: str, name: str, value: object) -> Tensor:

@@ -59,6 +59,7 @@ class Checks:
         return True
 
     def positive_int(self, name: str, value: object, minimum: int = 1) -> None:
+        # is_int checked value's type (a TypeGuard would narrow name, its first argument)
         if self.is_int(name, value) and value < minimum:  # type: ignore[operator]
             self.fail(name, f"must be >= {minimum}, got {value}")
 

@@ -409,7 +409,7 @@ class HessianFree(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ step
     @torch.no_grad()
-    def step(  # type: ignore[override]
+    def step(  # type: ignore[override]  # the closure is required, and two more arguments
         self,
         closure: Callable[[], Tensor],
         curvature_inputs: Any = None,

@@ -1098,7 +1098,7 @@ class LongLagEngineTask(Task):
         return t.loss(output.output, b)
 
     @property
-    def curvature_loss(self) -> str:  # type: ignore[override]
+    def curvature_loss(self) -> str:  # type: ignore[override]  # per instance: by the task's kind
         """``"mse"``, ``"cross_entropy"`` or ``"binary_cross_entropy"`` by the task's kind."""
         return getattr(self.task, "loss_name", None) or _MATCHING[self.task.kind]
 

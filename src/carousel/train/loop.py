@@ -575,10 +575,10 @@ def _update(run: _Run, step: int, batch: Batch) -> tuple[_Context, bool, dict[st
     for name, t in batch.named_tensors():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             return _nonfinite(run, step, ctx, _Skip(f"the batch's {name}"), batch=batch)
-    if tbptt:
+    if tc.tbptt_k1 is not None and tc.k2 is not None:  # truncated BPTT (tbptt)
         window = batch if carry.history is None else Batch.cat_time(carry.history, batch)
         n_hist = window.num_steps - batch.num_steps
-        keep = min(tc.k2 - tc.tbptt_k1, window.num_steps)  # type: ignore[operator]
+        keep = min(tc.k2 - tc.tbptt_k1, window.num_steps)
         split_at = window.num_steps - keep
         state0 = carry.state
     else:
