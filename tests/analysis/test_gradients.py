@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
 
 import carousel
 from carousel.analysis import GradientFlow, default_loss, gradient_norms_through_time
@@ -136,6 +137,16 @@ def test_default_loss_and_errors():
         == out[0, 0].sum() + out[3, 1].sum() + out[1, 2].sum()
     )
     assert default_loss((torch.ones(3, 2), None)) == 6.0
+    # a PackedSequence is a tuple too, but it is the output itself, not (output, state)
+    lengths = torch.tensor([4, 2, 1])
+    packed = pack_padded_sequence(out, lengths)
+    every = out[:4, 0].sum() + out[:2, 1].sum() + out[0, 2].sum()
+    last = out[3, 0].sum() + out[1, 1].sum() + out[0, 2].sum()
+    for given in (packed, (packed, None)):
+        assert default_loss(given, "every") == every
+        assert default_loss(given, lengths=lengths) == last
+    with pytest.raises(TypeError, match="output is a str; pass a loss_fn"):
+        default_loss(("text", None))
     with pytest.raises(ValueError, match="loss_at must be one of"):
         default_loss(out, "first")
     with pytest.raises(ValueError, match="needs an output with a time axis"):

@@ -40,9 +40,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from carousel.analysis.record import Recording, find_layers, record
+from carousel.analysis.record import Recording, find_layers, primary_output, record
 
 __all__ = [
     "LOSS_AT",
@@ -133,20 +132,6 @@ class GradientFlow:
         return out
 
 
-def _primary_output(output: Any) -> tuple[Tensor, bool]:
-    """The tensor a default loss reads, and whether it is time-major because it was packed."""
-    if isinstance(output, tuple) and not isinstance(output, Tensor):
-        output = output[0]
-    if isinstance(output, PackedSequence):
-        return pad_packed_sequence(output)[0], True
-    if not isinstance(output, Tensor):
-        raise TypeError(
-            "gradient_norms_through_time: the model's output is a "
-            f"{type(output).__name__}; pass a loss_fn that turns it into a scalar"
-        )
-    return output, False
-
-
 def default_loss(
     output: Any,
     loss_at: str = "last",
@@ -172,7 +157,8 @@ def default_loss(
     """
     if loss_at not in LOSS_AT:
         raise ValueError(f"default_loss: loss_at must be one of {list(LOSS_AT)}, got {loss_at!r}")
-    y, packed = _primary_output(output)
+    fix = "pass a loss_fn that turns it into a scalar"
+    y, packed = primary_output(output, "gradient_norms_through_time", fix)
     time_dim = 1 if batch_first and not packed else 0
     if y.dim() < 3:
         if loss_at == "every":

@@ -170,6 +170,23 @@ def reference_path(model: nn.Module) -> Iterator[None]:
             m.impl = impl
 
 
+def primary_output(output: Any, owner: str, fix: str) -> tuple[Tensor, bool]:
+    """The tensor of a model's output that a default loss or score reads, and whether it is
+    time-major because it came packed: the output itself, or the first element of an
+    ``(output, state)`` tuple; a :class:`PackedSequence` (itself a tuple) is padded.
+
+    Raises:
+        TypeError: for anything else, with ``owner`` and the ``fix`` in the message.
+    """
+    if isinstance(output, tuple) and not isinstance(output, PackedSequence):
+        output = output[0]
+    if isinstance(output, PackedSequence):
+        return pad_packed_sequence(output)[0], True
+    if not isinstance(output, Tensor):
+        raise TypeError(f"{owner}: the model's output is a {type(output).__name__}; {fix}")
+    return output, False
+
+
 def run_model(model: nn.Module, inputs: Any, forward_kwargs: dict | None = None) -> Any:
     """Call ``model`` on ``inputs`` (a tensor, or a tuple of positional arguments)."""
     args = inputs if isinstance(inputs, tuple) else (inputs,)

@@ -17,9 +17,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from carousel.analysis.record import find_layers, reference_path, run_model
+from carousel.analysis.record import find_layers, primary_output, reference_path, run_model
 
 __all__ = ["Saliency", "evaluation_mode", "saliency", "saliency_from_output"]
 
@@ -55,19 +54,6 @@ def evaluation_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for m, mode in modes:
             m.training = mode
-
-
-def _primary(output: Any) -> tuple[Tensor, bool]:
-    if isinstance(output, tuple) and not isinstance(output, Tensor):
-        output = output[0]
-    if isinstance(output, PackedSequence):
-        return pad_packed_sequence(output)[0], True
-    if not isinstance(output, Tensor):
-        raise TypeError(
-            f"saliency: the model's output is a {type(output).__name__}; pass output_fn to turn "
-            "it into a (B, C) or (T, B, C) tensor"
-        )
-    return output, False
 
 
 def saliency(
@@ -207,7 +193,8 @@ def saliency_from_output(
     if output_fn is not None:
         y, packed = output_fn(raw), False
     else:
-        y, packed = _primary(raw)
+        fix = "pass output_fn to turn it into a (B, C) or (T, B, C) tensor"
+        y, packed = primary_output(raw, owner, fix)
     out_step: int | None = None
     if unbatched and y.dim() in (1, 2):  # (C,) or (T, C) for one sequence: add its batch axis
         y = y.unsqueeze(0) if y.dim() == 1 else y.unsqueeze(1)
