@@ -127,6 +127,18 @@ def test_custom_loss_model_with_head_and_parameter_grads_untouched():
     assert frozen.norms["rnn.l0"]["h"].abs().sum() > 0
 
 
+def test_packed_input_equals_padded_input_with_lengths():
+    """A PackedSequence input (a tuple itself) is one argument of the model, not several."""
+    torch.manual_seed(0)
+    lstm, x, lengths = carousel.LSTM(2, 3, num_layers=2), torch.randn(5, 2, 2), torch.tensor([5, 3])
+    packed = gradient_norms_through_time(lstm, pack_padded_sequence(x, lengths))
+    padded = gradient_norms_through_time(lstm, x, forward_kwargs={"lengths": lengths})
+    assert packed.norms.keys() == padded.norms.keys()
+    for track, fields in padded.norms.items():
+        for name, norms in fields.items():
+            torch.testing.assert_close(packed.norms[track][name], norms)
+
+
 def test_default_loss_and_errors():
     out = torch.arange(24.0).view(4, 3, 2)
     assert default_loss(out) == out[-1].sum()

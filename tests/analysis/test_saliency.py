@@ -3,6 +3,7 @@
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
 
 import carousel
 from carousel.analysis import evaluation_mode, saliency
@@ -81,6 +82,9 @@ def test_errors():
         saliency(lstm, torch.randn(5, 2, 3), step=5)
     with pytest.raises(TypeError, match="inputs must be a Tensor"):
         saliency(lstm, [1, 2])
+    packed = pack_padded_sequence(torch.randn(5, 2, 3), torch.tensor([5, 3]))
+    with pytest.raises(TypeError, match=r"inputs is a PackedSequence; pass the padded tensor"):
+        saliency(lstm, packed)
     with pytest.raises(ValueError, match=r"expected the output as \(B, C\) or \(T, B, C\)"):
         saliency(lstm, torch.randn(5, 2, 3), output_fn=lambda out: out[0].sum())
 

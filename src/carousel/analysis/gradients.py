@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from carousel.analysis.record import Recording, find_layers, primary_output, record
 
@@ -180,6 +181,10 @@ def _require_grad_input(inputs: Any) -> Any:
     """A fresh leaf for a floating input, so a model with frozen weights still has a graph."""
     if isinstance(inputs, Tensor) and inputs.is_floating_point():
         return inputs.detach().requires_grad_()
+    if isinstance(inputs, PackedSequence):  # a tuple too: its data is the input
+        if not inputs.data.is_floating_point():
+            return inputs
+        return inputs._replace(data=inputs.data.detach().requires_grad_())
     if isinstance(inputs, tuple) and inputs and isinstance(inputs[0], Tensor):
         if inputs[0].is_floating_point():
             return (inputs[0].detach().requires_grad_(), *inputs[1:])
@@ -245,7 +250,8 @@ def gradient_norms_through_time(
 
     Args:
         model: a carousel layer or any module holding carousel layers.
-        inputs: the model's input, a tensor or a tuple of positional arguments.
+        inputs: the model's input, a tensor or PackedSequence, or a tuple of positional
+            arguments.
         loss_fn: ``loss_fn(output) -> scalar`` on the model's raw output (e.g.
             ``lambda out: F.cross_entropy(head(out[0][-1]), y)``). Default:
             :func:`default_loss`, the sum of the outputs at the last step or every step.

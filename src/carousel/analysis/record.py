@@ -188,8 +188,13 @@ def primary_output(output: Any, owner: str, fix: str) -> tuple[Tensor, bool]:
 
 
 def run_model(model: nn.Module, inputs: Any, forward_kwargs: dict | None = None) -> Any:
-    """Call ``model`` on ``inputs`` (a tensor, or a tuple of positional arguments)."""
-    args = inputs if isinstance(inputs, tuple) else (inputs,)
+    """Call ``model`` on ``inputs`` (a tensor or a :class:`PackedSequence`, or a tuple of
+    positional arguments)."""
+    args = (
+        inputs
+        if isinstance(inputs, tuple) and not isinstance(inputs, PackedSequence)
+        else (inputs,)
+    )
     return model(*args, **(forward_kwargs or {}))
 
 
@@ -452,7 +457,7 @@ def record(
     Args:
         model: a carousel layer, or any module holding carousel layers (found with
             ``model.named_modules()``).
-        inputs: the model's input: a tensor, or a tuple of positional arguments.
+        inputs: the model's input: a tensor or PackedSequence, or a tuple of positional arguments.
         forward_kwargs: keyword arguments for the model's forward (e.g. ``lengths``).
         grad: build the autograd graph (needed for gradients; ``False`` for traces only).
 
@@ -484,7 +489,8 @@ def traces(
 
     Args:
         model: a carousel layer or any module holding carousel layers.
-        inputs: the model's input, a tensor or a tuple of positional arguments.
+        inputs: the model's input, a tensor or PackedSequence, or a tuple of positional
+            arguments.
         forward_kwargs: keyword arguments for the model's forward (e.g. ``lengths``).
 
     Returns:

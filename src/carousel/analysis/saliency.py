@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from carousel.analysis.record import find_layers, primary_output, reference_path, run_model
 
@@ -123,6 +124,11 @@ class _Prepared:
 
     def __init__(self, model: nn.Module, inputs: Any) -> None:
         owner = "saliency"
+        if isinstance(inputs, PackedSequence):  # a tuple too, whose first is the flat data
+            raise TypeError(
+                f"{owner}: inputs is a PackedSequence; pass the padded tensor and "
+                "forward_kwargs={'lengths': lengths} (saliency scores each padded step)"
+            )
         first = inputs[0] if isinstance(inputs, tuple) else inputs
         if not isinstance(first, Tensor):
             raise TypeError(
