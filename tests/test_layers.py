@@ -375,3 +375,52 @@ def test_cuda_variants_with_every_feature_equal_the_cpu(variant):
     b.output.sum().backward()
     for (n, p), q in zip(cpu.named_parameters(), gpu.parameters()):
         torch.testing.assert_close(q.grad.cpu(), p.grad, msg=n)
+
+
+@pytest.mark.parametrize(
+    ("family", "options"),
+    [
+        ("LSTM", {}),
+        ("LSTM", {"bias": False, "bidirectional": True, "num_layers": 3}),
+        ("LSTM", {"proj_size": 2, "bidirectional": True}),
+        ("GRU", {"num_layers": 2}),
+        ("RNN", {"nonlinearity": "relu", "bias": False}),
+    ],
+)
+def test_cudnn_flatten_arguments_are_torch_nns(family, options):
+    """flatten_parameters hands cuDNN the weights in torch.nn's order with torch.nn's counts
+    and mode; on the CPU it leaves every weight where it is."""
+    ours_cls, ref_cls = FAMILIES[family]
+    ours, ref = ours_cls(3, 4, **options), ref_cls(3, 4, **options)
+    n, input_size, mode, hidden, proj, layers, batch_first, bidir = ours._cudnn_flatten_args()
+    assert ours._flat_keys == ref._flat_weights_names
+    assert n == len(ref._flat_weights_names) // (ref.num_layers * (1 + ref.bidirectional))
+    assert (input_size, mode, hidden, proj) == (3, ref.mode, 4, ref.proj_size)
+    assert (layers, batch_first, bidir) == (ref.num_layers, False, ref.bidirectional)
+    before = [p.data_ptr() for p in ours.parameters()]
+    ours.flatten_parameters()
+    assert [p.data_ptr() for p in ours.double().parameters()] != before  # converted...
+    ours.flatten_parameters()  # ...and still a no-op on the CPU
+    assert all(p.dtype == torch.float64 for p in ours.parameters())
+    carousel.LSTM(3, 4, peephole=True).flatten_parameters()  # no cuDNN cell: a no-op
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_cuda_weights_are_flat_for_cudnn(family):
+    """Made on the GPU or moved there, the weights lie in one buffer, so cuDNN neither copies
+    them at every call nor warns (warnings are errors in the tests)."""
+    ours_cls, ref_cls = FAMILIES[family]
+    for layer in (
+        ours_cls(3, 4, 2, bidirectional=True, device="cuda"),
+        ours_cls(3, 4, 2, bidirectional=True).cuda(),
+    ):
+        storages = {p.untyped_storage().data_ptr() for p in layer._flat_weights()}
+        assert len(storages) == 1
+        ref = ref_cls(3, 4, 2, bidirectional=True, device="cuda")
+        layer.load_state_dict(ref.state_dict())  # copies in place: still one buffer
+        assert len({p.untyped_storage().data_ptr() for p in layer._flat_weights()}) == 1
+        x = torch.randn(5, 2, 3, device="cuda")
+        out, _ = layer(x)
+        out.sum().backward()
+        torch.testing.assert_close(out, ref(x)[0])

@@ -4,7 +4,7 @@ torch.nn lacks."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypedDict, TypeVar
 
 import torch
@@ -47,6 +47,8 @@ class _Standard(RecurrentBase):
     """Shared by the three torch.nn-compatible layers: the fused (native kernel) path."""
 
     _vf_name: str
+    input_size: int
+    hidden_size: int
 
     def _fused_supported(self) -> bool:
         return True
@@ -54,6 +56,64 @@ class _Standard(RecurrentBase):
     def _flat_weights(self) -> list[Tensor]:
         own = self._own_parameters()
         return [own[key] for key in self._flat_keys]
+
+    def _setup(self, cells: Sequence[Any], **options: Any) -> None:
+        super()._setup(cells, **options)
+        self.flatten_parameters()  # for a layer made on the GPU
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Any:
+        out = super()._apply(fn, recurse)
+        self.flatten_parameters()  # after .to(), .cuda(), .half(), ...
+        return out
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.flatten_parameters()  # a whole layer unpickled onto the GPU
+
+    def _cudnn_flatten_args(self) -> tuple[int, int, str, int, int, int, bool, bool]:
+        """The arguments after the weights of ``torch._cudnn_rnn_flatten_weight``, as
+        ``torch.nn``'s layers pass them (the mode by name): weights per layer and direction,
+        input size, mode, hidden size, projection size, layers, batch_first (``False``: the
+        fused path runs time-major) and bidirectional."""
+        mode = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN_TANH", "rnn_relu": "RNN_RELU"}
+        return (
+            len(self._param_names[0]),  # w_ih, w_hh [, b_ih, b_hh] [, w_hr]
+            self.input_size,
+            mode[self._vf_name],
+            self.hidden_size,
+            getattr(self, "proj_size", 0),
+            self.num_layers,
+            False,
+            self.bidirectional,
+        )
+
+    def flatten_parameters(self) -> None:
+        """Put the weights into one buffer in cuDNN's layout, as ``torch.nn.LSTM`` does, so that
+        cuDNN reads them in place; otherwise it copies them at every call and warns that the
+        weights "are not part of single contiguous chunk of memory". Called at construction and
+        after ``.to()``/``.cuda()``; as in ``torch.nn``, a no-op unless the weights are on a GPU
+        that cuDNN runs, of one dtype, without aliases, and the configuration is one cuDNN runs
+        (not the variants, nor Cho's GRU). The parameters stay the same objects."""
+        if not self._fused_supported():
+            return
+        weights = self._flat_weights()
+        first = weights[0]
+        for w in weights:
+            if not w.is_cuda or w.dtype != first.dtype or not torch.backends.cudnn.is_acceptable(w):
+                return
+        if len({w.data_ptr() for w in weights}) != len(weights):
+            return
+        import torch.backends.cudnn.rnn as cudnn_rnn
+
+        n, input_size, mode, hidden_size, proj_size, layers, batch_first, bidirectional = (
+            self._cudnn_flatten_args()
+        )
+        with torch.cuda.device_of(first), torch.no_grad():
+            if torch._use_cudnn_rnn_flatten_weight():
+                torch._cudnn_rnn_flatten_weight(
+                    weights, n, input_size, cudnn_rnn.get_cudnn_mode(mode), hidden_size,
+                    proj_size, layers, batch_first, bidirectional,
+                )  # fmt: skip
 
     def _hx_for_vf(self, states0: list[Any]) -> Any:
         return torch.stack(states0)
