@@ -424,3 +424,45 @@ def test_cuda_weights_are_flat_for_cudnn(family):
         out, _ = layer(x)
         out.sum().backward()
         torch.testing.assert_close(out, ref(x)[0])
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: carousel.LSTM(3, 4, 2, bidirectional=True, peephole=True, layer_norm=True,
+                              learn_initial_state=True),
+        lambda: carousel.GRU(3, 4, reset_after=False),
+        lambda: carousel.RNN(3, 4, nonlinearity="relu"),
+        lambda: carousel.Recurrent([carousel.LSTMCell(3, 4), carousel.GRUCell(4, 4)]),
+    ],
+)  # fmt: skip
+def test_reset_parameters_draws_as_the_construction_did(make):
+    """reset_parameters, as torch.nn's layers have it: in place, the same draws as building
+    the layer (torch.nn's uniform, layer-norm gains 1, learned initial states 0)."""
+    torch.manual_seed(0)
+    fresh = make()
+    torch.manual_seed(0)
+    layer = make()
+    params = list(layer.parameters())
+    with torch.no_grad():
+        for p in params:
+            p.add_(1.0)
+    torch.manual_seed(0)
+    layer.reset_parameters()
+    assert list(layer.parameters()) == params  # the same objects (an optimizer keeps them)
+    for (name, a), b in zip(fresh.named_parameters(), layer.parameters()):
+        assert torch.equal(a, b), name
+
+
+def test_torch_nn_attributes_mode_all_weights_proj_size():
+    for ours, ref in (
+        (carousel.LSTM(3, 4, 2, bidirectional=True, proj_size=2),
+         torch.nn.LSTM(3, 4, 2, bidirectional=True, proj_size=2)),
+        (carousel.GRU(3, 4, bias=False), torch.nn.GRU(3, 4, bias=False)),
+        (carousel.RNN(3, 4, nonlinearity="relu"), torch.nn.RNN(3, 4, nonlinearity="relu")),
+    ):  # fmt: skip
+        assert (ours.mode, ours.proj_size) == (ref.mode, ref.proj_size)
+        ours.load_state_dict(ref.state_dict())
+        for mine, theirs in zip(ours.all_weights, ref.all_weights, strict=True):
+            for a, b in zip(mine, theirs, strict=True):
+                assert torch.equal(a, b)

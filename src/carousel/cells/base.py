@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -69,6 +70,19 @@ class RecurrentCell(nn.Module):
     ) -> Any:
         kw = self._factory(device, dtype)
         return torch.zeros(batch_size, self.hidden_size, **kw)
+
+    def init_parameter(self, name: str, p: Tensor) -> None:
+        """Initialise the parameter ``name`` (one of :meth:`param_names`) in place: torch.nn's
+        default, uniform in ``(-1/sqrt(H), 1/sqrt(H))``. :meth:`reset_parameters` applies it to
+        the cell's own parameters; a layer that owns them under torch.nn's names applies it to
+        its copies."""
+        k = 1.0 / math.sqrt(self.hidden_size)
+        nn.init.uniform_(p, -k, k)
+
+    def reset_parameters(self) -> None:
+        """Initialise every parameter of the cell (:meth:`init_parameter`)."""
+        for name, p in self.named_parameters(recurse=False):
+            self.init_parameter(name, p)
 
     def param_names(self) -> tuple[str, ...]:
         """Names of this cell's own parameters (those ``step_with_params`` reads)."""

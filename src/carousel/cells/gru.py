@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -69,12 +68,6 @@ class GRUCell(RecurrentCell):
             self.register_parameter("bias_ih", None)
             self.register_parameter("bias_hh", None)
         self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """torch.nn's default: every weight uniform in ``(-1/sqrt(H), 1/sqrt(H))``."""
-        k = 1.0 / math.sqrt(self.hidden_size)
-        for p in self.parameters():
-            nn.init.uniform_(p, -k, k)
 
     def step_with_params(
         self, params: dict, x: Tensor, state: Tensor

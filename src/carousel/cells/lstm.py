@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -173,15 +172,13 @@ class LSTMCell(RecurrentCell):
     def gate_names(self) -> tuple[str, ...]:
         return self.variant.gate_names()
 
-    def reset_parameters(self) -> None:
+    def init_parameter(self, name: str, p: Tensor) -> None:
         """torch.nn's default, uniform in ``(-1/sqrt(H), 1/sqrt(H))``, for every weight, bias
         and peephole; layer-norm gains 1 and biases 0."""
-        k = 1.0 / math.sqrt(self.hidden_size)
-        for name, p in self.named_parameters():
-            if name.startswith("ln_"):
-                nn.init.ones_(p) if name.endswith("weight") else nn.init.zeros_(p)
-            else:
-                nn.init.uniform_(p, -k, k)
+        if name.startswith("ln_"):
+            nn.init.ones_(p) if name.endswith("weight") else nn.init.zeros_(p)
+        else:
+            super().init_parameter(name, p)
 
     def initial_state(
         self,

@@ -157,6 +157,27 @@ class RecurrentBase(nn.Module):
                         nn.Parameter(torch.zeros(shp, device=p.device, dtype=p.dtype)),
                     )
 
+    def reset_parameters(self) -> None:
+        """Initialise every parameter again as at construction, in place (an optimizer that
+        holds them keeps them): each cell's rule (:meth:`RecurrentCell.init_parameter
+        <carousel.cells.RecurrentCell.init_parameter>`, torch.nn's uniform default for the
+        built-in cells) and zeros for learned initial states. A custom cell without
+        ``reset_parameters`` is left as it is."""
+        if self._torch_names:
+            own = self._own_parameters()
+            for k, cell in enumerate(self._cells):
+                for n in self._param_names[k]:
+                    cell.init_parameter(n, own[self._key(k, n)])
+        else:
+            for cell in self.cells:
+                reset = getattr(cell, "reset_parameters", None)
+                if callable(reset):
+                    reset()
+        with torch.no_grad():
+            for name, p in self.named_parameters(recurse=False):
+                if name.startswith("initial_"):
+                    p.zero_()
+
     # ---------------------------------------------------------------- names
     def _suffix(self, k: int) -> str:
         D = 2 if self.bidirectional else 1

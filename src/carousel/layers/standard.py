@@ -49,6 +49,22 @@ class _Standard(RecurrentBase):
     _vf_name: str
     input_size: int
     hidden_size: int
+    proj_size: int = 0  # torch.nn's GRU and RNN have it too
+
+    @property
+    def mode(self) -> str:
+        """torch.nn's name of the cell: ``"LSTM"``, ``"GRU"``, ``"RNN_TANH"`` or
+        ``"RNN_RELU"``."""
+        return {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN_TANH", "rnn_relu": "RNN_RELU"}[
+            self._vf_name
+        ]
+
+    @property
+    def all_weights(self) -> list[list[Tensor]]:
+        """The parameters of each layer and direction in torch.nn's order, as
+        ``torch.nn.LSTM.all_weights``."""
+        own = self._own_parameters()
+        return [[own[self._key(k, n)] for n in names] for k, names in enumerate(self._param_names)]
 
     def _fused_supported(self) -> bool:
         return True
@@ -75,13 +91,12 @@ class _Standard(RecurrentBase):
         ``torch.nn``'s layers pass them (the mode by name): weights per layer and direction,
         input size, mode, hidden size, projection size, layers, batch_first (``False``: the
         fused path runs time-major) and bidirectional."""
-        mode = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN_TANH", "rnn_relu": "RNN_RELU"}
         return (
             len(self._param_names[0]),  # w_ih, w_hh [, b_ih, b_hh] [, w_hr]
             self.input_size,
-            mode[self._vf_name],
+            self.mode,
             self.hidden_size,
-            getattr(self, "proj_size", 0),
+            self.proj_size,
             self.num_layers,
             False,
             self.bidirectional,
