@@ -466,3 +466,28 @@ def test_torch_nn_attributes_mode_all_weights_proj_size():
         for mine, theirs in zip(ours.all_weights, ref.all_weights, strict=True):
             for a, b in zip(mine, theirs, strict=True):
                 assert torch.equal(a, b)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("impl", ["auto", "compiled", "bptt"])
+def test_torch_compile_equals_eager(impl):
+    """torch.compile of a variant layer (the time loop runs eagerly inside the compiled model,
+    carousel.bptt.run_sequence and carousel.kernels.run_sequence being opaque to Dynamo): the
+    same outputs and gradients, and no warning from carousel's code (torch's own, while it
+    compiles, are recorded, not raised)."""
+    import warnings
+
+    torch.manual_seed(0)
+    layer = carousel.LSTM(3, 4, 2, variant="CIFG", impl=impl)
+    x = torch.randn(5, 2, 3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = torch.compile(layer)(x)[0]
+        grads = torch.autograd.grad(out.sum(), list(layer.parameters()))
+    ours = [w for w in caught if "/carousel/" in w.filename.replace("\\", "/")]
+    assert not ours, [str(w.message) for w in ours]
+    ref = layer(x)[0]
+    ref_grads = torch.autograd.grad(ref.sum(), list(layer.parameters()))
+    torch.testing.assert_close(out, ref)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b)

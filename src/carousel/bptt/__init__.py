@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from carousel.bptt.gru import GRUFunction
@@ -69,6 +70,10 @@ def supports(cell: Any) -> bool:
     return _family(cell) is not None
 
 
+# torch.compile runs the whole time loop eagerly, as one call: Dynamo cannot trace the compiled
+# kernels' C++ operators, and tracing the hand-written loop would unroll every step (a new
+# graph for every sequence length)
+@torch.compiler.disable
 def run_sequence(
     cell: Any,
     params: dict[str, Tensor] | None,

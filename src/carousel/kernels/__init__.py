@@ -721,6 +721,10 @@ def _lstm_layout(cell: LSTMCell) -> tuple[list[int], list[int]]:
     return offsets, flags
 
 
+# torch.compile runs the whole time loop eagerly, as one call: Dynamo cannot trace the compiled
+# kernels' C++ operators, and tracing the hand-written loop would unroll every step (a new
+# graph for every sequence length)
+@torch.compiler.disable
 def run_sequence(
     cell: Any,
     params: dict[str, Tensor] | None,
