@@ -469,16 +469,19 @@ def test_torch_nn_attributes_mode_all_weights_proj_size():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("impl", ["auto", "compiled", "bptt"])
-def test_torch_compile_equals_eager(impl):
-    """torch.compile of a variant layer (the time loop runs eagerly inside the compiled model,
-    carousel.bptt.run_sequence and carousel.kernels.run_sequence being opaque to Dynamo): the
-    same outputs and gradients, and no warning from carousel's code (torch's own, while it
-    compiles, are recorded, not raised)."""
+@pytest.mark.parametrize(
+    ("variant", "impl"),
+    [("CIFG", "auto"), ("CIFG", "compiled"), ("CIFG", "bptt"), ("NP", "auto"), ("NP", "fused")],
+)
+def test_torch_compile_equals_eager(variant, impl):
+    """torch.compile of a layer on every path (the time loop, or torch's native kernel, runs
+    eagerly inside the compiled model: the runners are opaque to Dynamo): the same outputs and
+    gradients, and no warning from carousel's code (torch's own, while it compiles, are
+    recorded, not raised)."""
     import warnings
 
     torch.manual_seed(0)
-    layer = carousel.LSTM(3, 4, 2, variant="CIFG", impl=impl)
+    layer = carousel.LSTM(3, 4, 2, variant=variant, impl=impl)
     x = torch.randn(5, 2, 3)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

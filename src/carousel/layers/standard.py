@@ -136,6 +136,9 @@ class _Standard(RecurrentBase):
     def _state_from_vf(self, hx: Any) -> Any:
         return hx
 
+    # torch.compile runs torch's native kernel eagerly, as it does for torch.nn's layers (Dynamo
+    # graph-breaks on them; traced, the CPU kernel fails in its fake-tensor form)
+    @torch.compiler.disable
     def _fused_forward(
         self, x: Tensor, states0: list[Any], lengths: Tensor | None
     ) -> tuple[Tensor, Any]:
