@@ -164,10 +164,9 @@ class RecurrentBase(nn.Module):
         built-in cells) and zeros for learned initial states. A custom cell without
         ``reset_parameters`` is left as it is."""
         if self._torch_names:
-            own = self._own_parameters()
             for k, cell in enumerate(self._cells):
-                for n in self._param_names[k]:
-                    cell.init_parameter(n, own[self._key(k, n)])
+                for n, p in (self._params(k) or {}).items():
+                    cell.init_parameter(n, p)
         else:
             for cell in self.cells:
                 reset = getattr(cell, "reset_parameters", None)

@@ -63,8 +63,7 @@ class _Standard(RecurrentBase):
     def all_weights(self) -> list[list[Tensor]]:
         """The parameters of each layer and direction in torch.nn's order, as
         ``torch.nn.LSTM.all_weights``."""
-        own = self._own_parameters()
-        return [[own[self._key(k, n)] for n in names] for k, names in enumerate(self._param_names)]
+        return [list((self._params(k) or {}).values()) for k in range(len(self._param_names))]
 
     def _fused_supported(self) -> bool:
         return True
