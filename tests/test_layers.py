@@ -48,7 +48,7 @@ def _flat(state):
 COMBOS = list(itertools.product(FAMILIES, [1, 2], [False, True], [False, True], [False, True]))
 
 
-@pytest.mark.parametrize("impl", ["reference", "auto"])
+@pytest.mark.parametrize("impl", ["reference", "fused", "auto"])
 @pytest.mark.parametrize(("family", "num_layers", "bidir", "batch_first", "use_lengths"), COMBOS)
 def test_matches_torch_nn(family, num_layers, bidir, batch_first, use_lengths, impl):
     ours_cls, ref_cls = FAMILIES[family]
@@ -62,7 +62,10 @@ def test_matches_torch_nn(family, num_layers, bidir, batch_first, use_lengths, i
     out_r, st_r = _torch_run(ref, x, hx, lengths, batch_first)
     out_o, st_o = ours(x, hx, lengths=lengths)
     torch.testing.assert_close(out_o, out_r)
-    for a, b in zip(_flat(st_o), _flat(st_r)):
+    # the final state as torch.nn gives it: a tensor (GRU, RNN) or a pair of them (LSTM)
+    assert isinstance(st_o, torch.Tensor) == isinstance(st_r, torch.Tensor)
+    assert isinstance(st_o, tuple) == isinstance(st_r, tuple)
+    for a, b in zip(_flat(st_o), _flat(st_r), strict=True):
         torch.testing.assert_close(a, b)
     # gradients of everything, with random upstream gradients on outputs and final states
     g_out = torch.randn_like(out_r)
@@ -494,3 +497,99 @@ def test_torch_compile_equals_eager(variant, impl):
     torch.testing.assert_close(out, ref)
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b)
+
+
+def _grads(layer):
+    return {n: p.grad for n, p in layer.named_parameters()}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("impl", ["auto", "fused", "bptt", "reference"])
+def test_weight_norm_and_pruning_act_as_in_torch_nn(family, impl):
+    """torch.nn's weight tools act on the layers as on torch.nn's: a parametrization
+    (weight_norm) and pruning replace a registered weight by a computed one, which every path
+    reads; outputs and the gradients of the tensors behind the weights equal torch.nn's."""
+    from torch.nn.utils import prune
+    from torch.nn.utils.parametrizations import weight_norm
+
+    ours_cls, ref_cls = FAMILIES[family]
+    torch.manual_seed(0)
+    ref = ref_cls(I, H, 2, bidirectional=True).double()
+    ours = ours_cls(I, H, 2, bidirectional=True, impl=impl).double()
+    ours.load_state_dict(ref.state_dict())
+    for layer in (ref, ours):
+        weight_norm(layer, "weight_hh_l0")
+        weight_norm(layer, "weight_ih_l1_reverse", dim=1)
+        torch.manual_seed(1)
+        prune.random_unstructured(layer, "weight_ih_l0", amount=0.5)
+        with torch.no_grad():
+            layer.parametrizations.weight_hh_l0.original0.mul_(0.5)  # changes the weight
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    x, hx = _inputs(False, 2, True, family)
+    out, state = ours(x, hx)
+    out_ref, state_ref = ref(x, hx)
+    torch.testing.assert_close(out, out_ref)
+    (out.sum() + sum(s.sum() for s in _flat(state))).backward()
+    (out_ref.sum() + sum(s.sum() for s in _flat(state_ref))).backward()
+    mine, theirs = _grads(ours), _grads(ref)
+    for name, g in theirs.items():
+        torch.testing.assert_close(mine[name], g, msg=name)
+
+
+@pytest.mark.parametrize("impl", ["auto", "bptt", "reference"])
+def test_a_variant_reads_a_parametrized_weight(impl):
+    """A variant LSTM (no torch.nn twin) with a zero parametrization of W_hh equals the same
+    layer with W_hh set to zero, on every path."""
+    from torch.nn.utils import parametrize
+
+    class Zero(torch.nn.Module):
+        def forward(self, w):
+            return 0.0 * w
+
+    torch.manual_seed(0)
+    layer = carousel.LSTM(I, H, peephole=True, impl=impl).double()
+    plain = carousel.LSTM(I, H, peephole=True, impl="reference").double()
+    plain.load_state_dict(layer.state_dict())
+    with torch.no_grad():
+        plain.weight_hh_l0.zero_()
+    parametrize.register_parametrization(layer, "weight_hh_l0", Zero())
+    x = torch.randn(T, B, I, dtype=D)
+    torch.testing.assert_close(layer(x)[0], plain(x)[0])
+
+
+def test_weight_drop_sets_a_plain_tensor_in_place_of_a_weight():
+    """The weight-drop recipe (AWD-LSTM): the registered weight is removed and a tensor is set
+    under its name before each call; the layer reads that tensor, as torch.nn's does."""
+    torch.manual_seed(0)
+    ours = carousel.LSTM(I, H).double()
+    ref = torch.nn.LSTM(I, H).double()
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(T, B, I, dtype=D)
+    mask = (torch.rand(4 * H, H) > 0.5).double()
+    for layer in (ours, ref):
+        raw = layer.weight_hh_l0
+        del layer._parameters["weight_hh_l0"]
+        layer.register_parameter("weight_hh_l0_raw", raw)
+        layer.weight_hh_l0 = raw * mask
+    torch.testing.assert_close(ours(x)[0], ref(x)[0])
+
+
+def test_reset_parameters_initialises_the_tensors_behind_computed_weights():
+    """With a parametrized or pruned weight, reset_parameters draws the tensors that are
+    trained (a parametrization's originals, a pruned weight's ``_orig``), in place, as
+    torch.nn's layers draw every parameter."""
+    from torch.nn.utils import prune
+    from torch.nn.utils.parametrizations import weight_norm
+
+    layer = carousel.LSTM(3, 4)
+    weight_norm(layer, "weight_hh_l0")
+    prune.l1_unstructured(layer, "weight_ih_l0", amount=0.5)
+    params = dict(layer.named_parameters())
+    with torch.no_grad():
+        for p in params.values():
+            p.fill_(7.0)
+    layer.reset_parameters()
+    bound = 1 / 4**0.5
+    for name, p in layer.named_parameters():
+        assert p is params[name]
+        assert p.abs().max() <= bound, name

@@ -9,6 +9,7 @@ from typing import Any, NamedTuple, Protocol, cast
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from carousel._checks import check_choice, check_positive_int, check_probability, shape_str
@@ -165,8 +166,9 @@ class RecurrentBase(nn.Module):
         ``reset_parameters`` is left as it is."""
         if self._torch_names:
             for k, cell in enumerate(self._cells):
-                for n, p in (self._params(k) or {}).items():
-                    cell.init_parameter(n, p)
+                for n in self._param_names[k]:
+                    for leaf in self._leaf_parameters(self._key(k, n)):
+                        cell.init_parameter(n, leaf)
         else:
             for cell in self.cells:
                 reset = getattr(cell, "reset_parameters", None)
@@ -203,17 +205,33 @@ class RecurrentBase(nn.Module):
         if not names:
             return None
         if self._torch_names:
-            own = self._own_parameters()
             suffix = self._suffix(k)
-            return {n: own[n + suffix] for n in names}
+            return {n: self._own_weight(n + suffix) for n in names}
         cell = self.cells[k]
         return {n: getattr(cell, n) for n in names}
 
-    def _own_parameters(self) -> dict[str, Tensor]:
-        """The parameters registered on the layer itself, by name. Every one is a tensor (the
-        cells' weights with torch.nn's names, the learned initial states); the ``None`` that
-        ``nn.Module._parameters`` admits is never registered here."""
-        return cast("dict[str, Tensor]", self._parameters)
+    def _own_weight(self, key: str) -> Tensor:
+        """The layer's weight ``key`` (torch.nn's name) as the forward pass uses it: the
+        registered parameter, or, when it is not one, the attribute that stands for it, as
+        ``torch.nn``'s layers read it: a parametrization's value
+        (``torch.nn.utils.parametrizations.weight_norm``), a pruned weight
+        (``torch.nn.utils.prune``), or a tensor set in its place (weight drop)."""
+        w = self._parameters.get(key)
+        return w if w is not None else cast(Tensor, getattr(self, key))
+
+    def _leaf_parameters(self, key: str) -> list[Tensor]:
+        """The trained tensors behind the weight ``key``: the parameter itself, a
+        parametrization's originals, or a pruned weight's ``<key>_orig`` (what
+        :meth:`reset_parameters` initialises, as ``torch.nn``'s layers initialise every
+        parameter)."""
+        w = self._parameters.get(key)
+        if w is not None:
+            return [w]
+        if parametrize.is_parametrized(self, key):
+            plists = cast(nn.ModuleDict, self.parametrizations)
+            return list(plists[key].parameters(recurse=False))
+        orig = self._parameters.get(key + "_orig")
+        return [orig] if orig is not None else []
 
     def _weight(self) -> Tensor:
         # a parameter of the layer, for its dtype and device (the layer's own first, cheaply)

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypedDict, TypeVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from carousel._checks import check_positive_int
@@ -69,8 +69,7 @@ class _Standard(RecurrentBase):
         return True
 
     def _flat_weights(self) -> list[Tensor]:
-        own = self._own_parameters()
-        return [own[key] for key in self._flat_keys]
+        return [self._own_weight(key) for key in self._flat_keys]
 
     def _setup(self, cells: Sequence[Any], **options: Any) -> None:
         super()._setup(cells, **options)
@@ -111,6 +110,8 @@ class _Standard(RecurrentBase):
         if not self._fused_supported():
             return
         weights = self._flat_weights()
+        if not all(isinstance(w, nn.Parameter) for w in weights):
+            return  # a parametrized or pruned weight is computed anew at each call
         first = weights[0]
         for w in weights:
             if not w.is_cuda or w.dtype != first.dtype or not torch.backends.cudnn.is_acceptable(w):
@@ -147,7 +148,7 @@ class _Standard(RecurrentBase):
                 self.bidirectional)  # fmt: skip
         if lengths is None:
             out, *h = vf(x, hx, *args, False)
-            return out, self._state_from_vf(h)
+            return out, self._state_from_vf(h if len(h) > 1 else h[0])
         packed = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
         perm, inv = packed.sorted_indices, packed.unsorted_indices
         hx = _index_state(hx, perm)
