@@ -184,3 +184,25 @@ def test_cell_input_errors():
 def test_acronyms():
     assert LSTMVariant().acronym == "NP"
     assert dataclasses.replace(LSTMVariant(), coupled=True).acronym == "CIFG"
+
+
+@pytest.mark.parametrize(
+    ("make", "state_dtype"),
+    [
+        (lambda: carousel.GRUCell(3, 5), torch.float32),
+        (lambda: carousel.GRUCell(3, 5, reset_after=False), torch.float32),
+        (lambda: carousel.LSTMCell(3, 5, variant="vanilla"), torch.float32),
+        (lambda: carousel.RNNCell(3, 5), torch.bfloat16),
+    ],
+)
+def test_cells_run_under_autocast(make, state_dtype):
+    """Under torch.autocast the products run in its lower precision, for several steps; the
+    state's dtype is torch.nn's cells' on the CPU: GRU and LSTM keep the parameters' (the
+    update mixes in the old state), an Elman cell's is the autocast dtype."""
+    cell = make()
+    state = cell.initial_state(4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for _ in range(3):
+            _, state = cell(torch.randn(4, 3), state)
+    fields = (state,) if isinstance(state, torch.Tensor) else tuple(state)
+    assert fields[-1].dtype == state_dtype

@@ -593,3 +593,58 @@ def test_reset_parameters_initialises_the_tensors_behind_computed_weights():
     for name, p in layer.named_parameters():
         assert p is params[name]
         assert p.abs().max() <= bound, name
+
+
+AMP_LAYERS = {
+    "LSTM": lambda impl: carousel.LSTM(I, H, 2, bidirectional=True, impl=impl),
+    "LSTM-CIFG": lambda impl: carousel.LSTM(I, H, 2, variant="CIFG", impl=impl),
+    "LSTM-LN": lambda impl: carousel.LSTM(I, H, layer_norm=True, impl=impl),
+    "GRU": lambda impl: carousel.GRU(I, H, 2, impl=impl),
+    "GRU-Cho": lambda impl: carousel.GRU(I, H, reset_after=False, impl=impl),
+    "RNN": lambda impl: carousel.RNN(I, H, bidirectional=True, impl=impl),
+}
+
+
+@pytest.mark.parametrize("impl", ["auto", "compiled", "bptt", "reference"])
+@pytest.mark.parametrize("name", sorted(AMP_LAYERS))
+def test_autocast_runs_carousels_paths_in_the_parameters_dtype(name, impl):
+    """Under torch.autocast (mixed precision), carousel's own paths run the recurrence in the
+    parameters' dtype, fed the autocast dtype's input of the layer before: the outputs and
+    gradients equal those of the same run without autocast, input cast up."""
+    from carousel import kernels
+
+    if impl == "compiled" and not kernels.available():
+        pytest.skip("compiled kernels unavailable")
+    torch.manual_seed(0)
+    layer = AMP_LAYERS[name](impl)
+    if impl == "auto" and layer.resolve_impl(device=torch.device("cpu")) == "fused":
+        pytest.skip("auto takes torch's kernel here (test_autocast_fused_is_torch_nns)")
+    x = torch.randn(T, B, I)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = torch.nn.functional.linear(x, torch.eye(I))  # the layer before: bfloat16 out
+        assert low.dtype == torch.bfloat16
+        out, state = layer(low, lengths=LENGTHS)
+    assert out.dtype == torch.float32
+    (out.sum() + sum(s.sum() for s in _flat(state))).backward()
+    grads = [p.grad.clone() for p in layer.parameters()]
+    layer.zero_grad()
+    out2, state2 = layer(low.float(), lengths=LENGTHS)
+    (out2.sum() + sum(s.sum() for s in _flat(state2))).backward()
+    torch.testing.assert_close(out, out2, rtol=0, atol=0)
+    for a, p in zip(grads, layer.parameters()):
+        torch.testing.assert_close(a, p.grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_autocast_fused_is_torch_nns(family):
+    """On the fused path a standard layer under autocast is torch.nn's: the same kernel, the
+    same output dtype and values."""
+    ours_cls, ref_cls = FAMILIES[family]
+    ref = ref_cls(I, H, 2)
+    ours = ours_cls(I, H, 2, impl="fused")
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(T, B, I)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a, b = ours(x)[0], ref(x)[0]
+    assert a.dtype == b.dtype
+    torch.testing.assert_close(a, b, rtol=0, atol=0)

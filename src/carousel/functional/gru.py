@@ -56,5 +56,7 @@ def gru_step(
         r = torch.sigmoid(x_r + h_r)
         z = torch.sigmoid(x_z + h_z)
         n = torch.tanh(x_n + F.linear(r * h_prev, w_n, b_n))
+    if n.dtype != h_prev.dtype:  # under autocast the products are in its lower precision:
+        n, z = n.to(h_prev.dtype), z.to(h_prev.dtype)  # the state keeps its own, as the LSTM's
     h = torch.lerp(n, h_prev, z)  # (1 - z) * n + z * h_prev, one op (cheap under torch.func)
     return h, {"r": r, "z": z, "n": n}

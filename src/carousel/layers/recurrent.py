@@ -362,7 +362,8 @@ class RecurrentBase(nn.Module):
         if x.shape[1 if self.batch_first else 0] == 0:
             raise ValueError(f"{name}: input has no time steps (T=0): {shape_str(x.shape)}")
         w = self._weight()
-        if not x.is_floating_point() or x.dtype != w.dtype:
+        mixed = x.is_floating_point() and _autocast_on(x.device.type)  # as torch.nn admits
+        if not x.is_floating_point() or (x.dtype != w.dtype and not mixed):
             raise TypeError(
                 f"{name}: input has dtype {x.dtype} but the parameters are {w.dtype}; "
                 f"convert one of them (e.g. input.to({w.dtype}) or layer.to({x.dtype}))"
@@ -425,7 +426,7 @@ class RecurrentBase(nn.Module):
                     f"{name}: expected hx.{f} of shape {shape_str(want_shape)} "
                     f"(num_layers*num_directions, B, ...), got {shape_str(tuple(t.shape))}"
                 )
-            if t.dtype != x.dtype:
+            if t.dtype != x.dtype and not (t.is_floating_point() and _autocast_on(x.device.type)):
                 raise TypeError(f"{name}: hx.{f} has dtype {t.dtype}, input has {x.dtype}")
         states = []
         for k in range(n):
@@ -502,8 +503,21 @@ class RecurrentBase(nn.Module):
             lengths=lengths is not None,
         )
         if impl == "fused":
+            # under autocast, torch's kernel follows autocast's policy, as in torch.nn's layers
             output, final = self._fused_forward(x, states0, lengths)
             seq_states = seq_gates = None
+        elif _autocast_on(x.device.type):
+            # carousel's own paths run the recurrence in the parameters' dtype under autocast
+            # (autocast off inside, as torch.amp.custom_fwd(cast_inputs=...) does): a
+            # hand-written backward is written for one dtype, and the state carried over many
+            # steps keeps its precision
+            dtype = self._weight().dtype
+            x = x.to(dtype)
+            states0 = [map_state(lambda t: t.to(dtype), s) for s in states0]
+            with torch.autocast(x.device.type, enabled=False):
+                output, final, seq_states, seq_gates = self._unrolled_forward(
+                    x, states0, lengths, impl, return_states, return_gates
+                )
         else:
             output, final, seq_states, seq_gates = self._unrolled_forward(
                 x, states0, lengths, impl, return_states, return_gates
@@ -614,6 +628,16 @@ def _reverse(z: Tensor, rev: Tensor | None) -> Tensor:
         return z.flip(0)
     idx = rev.view(*rev.shape, *([1] * (z.dim() - 2))).expand_as(z)
     return z.gather(0, idx)
+
+
+def _autocast_on(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` (torch < 2.4 lacks the argument)."""
+    try:
+        return bool(torch.is_autocast_enabled(device_type))
+    except TypeError:  # pragma: no cover - old torch
+        if device_type == "cpu":
+            return bool(torch.is_autocast_cpu_enabled())
+        return bool(torch.is_autocast_enabled()) if device_type == "cuda" else False
 
 
 def _repack(
