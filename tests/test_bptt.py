@@ -531,10 +531,37 @@ def test_errors():
         carousel.Recurrent(Custom(I, H), impl="bptt")(torch.randn(T, B, I))
 
 
-def test_no_double_backward():
-    layer = carousel.GRU(I, H, impl="bptt", dtype=D)
+def test_double_backward_recomputes_with_the_reference_loop():
+    """A second derivative through run_sequence (create_graph=True) is the reference loop's;
+    gradgradcheck holds. A Function applied without ``recompute`` is differentiable once, and
+    says so."""
+    cell = CELLS["gru"]()
+    _randomize(cell)
     x = torch.randn(T, B, I, dtype=D, requires_grad=True)
-    (g,) = torch.autograd.grad(layer(x)[0].pow(2).sum(), x, create_graph=True)
+    h0 = torch.randn(B, H, dtype=D, requires_grad=True)
+    mask = _mask("lengths")
+    w = list(cell.parameters())
+
+    def penalty(run, x, h0, *w):
+        params = dict(zip(cell.param_names(), w))
+        out = run(cell, params, x, h0, mask).output
+        g = torch.autograd.grad(out.pow(2).sum(), [x, h0, *w], create_graph=True)
+        return sum(t.pow(2).sum() for t in g)
+
+    got = torch.autograd.grad(penalty(bptt.run_sequence, x, h0, *w), [x, h0, *w])
+    ref = torch.autograd.grad(penalty(run_reference, x, h0, *w), [x, h0, *w])
+    for a, b in zip(got, ref, strict=True):
+        torch.testing.assert_close(a, b)
+    small = [t.detach()[:2].requires_grad_() for t in (x,)]  # gradgradcheck: a short sequence
+    m2 = mask[:2]
+
+    def fn(x, h0):
+        return bptt.run_sequence(cell, None, x, h0, m2).output
+
+    assert torch.autograd.gradgradcheck(fn, (small[0], h0))
+    (g,) = torch.autograd.grad(
+        GRUFunction.apply(x, h0, None, *w, True)[0].pow(2).sum(), x, create_graph=True
+    )
     with pytest.raises(RuntimeError, match="once_differentiable"):
         g.sum().backward()
 

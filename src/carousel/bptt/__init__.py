@@ -14,30 +14,36 @@ takes each weight's gradient, summed over time, as one matrix product after the 
 
 :func:`run_sequence` has exactly the contract of
 :func:`carousel.layers.sequence.run_reference` and is tested against it (tests/test_bptt.py).
-Two departures, both documented there: the gate activations it returns are not
-differentiable, and the functions cannot be differentiated twice.
+One departure, documented there: the gate activations it returns are not differentiable.
+The backward passes are not themselves differentiable either; a second derivative
+(``create_graph=True``) recomputes the sequence with the reference loop and differentiates
+that (:mod:`carousel._recompute`, :func:`reference_recompute`).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from carousel._recompute import Recompute
 from carousel.bptt.gru import GRUFunction
 from carousel.bptt.lstm import LSTMFunction, LSTMSpec, lstm_sequence
 from carousel.bptt.rnn import RNNFunction
 from carousel.cells.gru import GRUCell
 from carousel.cells.lstm import LSTMCell
 from carousel.cells.rnn import RNNCell
-from carousel.layers.sequence import SequenceResult
+from carousel.functional.lstm import LSTMGateState, LSTMState
+from carousel.layers.sequence import SequenceResult, run_reference, state_fields
 
 __all__ = [
     "GRUFunction",
     "LSTMFunction",
     "LSTMSpec",
     "RNNFunction",
+    "reference_recompute",
     "run_sequence",
     "supports",
 ]
@@ -70,6 +76,42 @@ def supports(cell: Any) -> bool:
     return _family(cell) is not None
 
 
+#: The LSTM Functions' weight arguments, in order (after ``x, h0, c0, s0, mask``).
+_LSTM_WEIGHTS = (
+    "weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_ci", "weight_cf", "weight_co",
+    "weight_gg", "ln_ih_weight", "ln_hh_weight", "ln_c_weight", "ln_c_bias", "weight_hr",
+)  # fmt: skip
+
+
+def _recompute_h(
+    cell: Any, x: Tensor, h0: Tensor, mask: Tensor | None, *args: Any
+) -> tuple[Tensor]:
+    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    params = {n: w for n, w in zip(names, args) if isinstance(w, Tensor)}
+    states = run_reference(cell, params, x, h0, mask, return_states=True).states
+    assert isinstance(states, Tensor)  # asked for above; an RNN's or GRU's state is h
+    return (states,)
+
+
+def _recompute_lstm(cell: Any, skip: int, *args: Any) -> tuple[Tensor, ...]:
+    x, h0, c0, s0, mask, *weights = args[skip:]
+    params = {n: w for n, w in zip(_LSTM_WEIGHTS, weights) if isinstance(w, Tensor)}
+    fgr = cell.variant.full_gate_recurrence
+    state0 = LSTMGateState(h0, c0, s0) if fgr else LSTMState(h0, c0)
+    states = run_reference(cell, params, x, state0, mask, return_states=True).states
+    return state_fields(states)
+
+
+def reference_recompute(cell: Any, *, skip: int = 0) -> Recompute:
+    """The sequence Functions' ``recompute`` for a built-in cell: their differentiable
+    outputs (the states after every step) from their positional arguments, by the reference
+    loop (:func:`~carousel.layers.sequence.run_reference`). ``skip``: leading arguments
+    before ``x`` (1 for :class:`LSTMFunction`'s ``spec``)."""
+    if _family(cell) is LSTMCell:
+        return functools.partial(_recompute_lstm, cell, skip)
+    return functools.partial(_recompute_h, cell)
+
+
 # torch.compile runs the whole time loop eagerly, as one call: Dynamo cannot trace the compiled
 # kernels' C++ operators, and tracing the hand-written loop would unroll every step (a new
 # graph for every sequence length)
@@ -89,7 +131,8 @@ def run_sequence(
     Same contract and results as :func:`carousel.layers.sequence.run_reference` (the oracle
     it is tested against), with two departures: the gate activations (``return_gates``) are
     not differentiable (they are traces; gradients do not flow back through them), and the
-    backward pass cannot itself be differentiated (no double backward).
+    backward pass is not itself differentiable: a second derivative (``create_graph=True``)
+    recomputes the sequence with the reference loop and differentiates that.
 
     Args:
         cell: an :class:`~carousel.cells.RNNCell`, :class:`~carousel.cells.GRUCell` or
@@ -124,19 +167,21 @@ def run_sequence(
     if family is RNNCell:
         states = RNNFunction.apply(
             x, state0, mask, params["weight_ih"], params["weight_hh"], params.get("bias_ih"),
-            params.get("bias_hh"), cell.nonlinearity == "relu",
+            params.get("bias_hh"), cell.nonlinearity == "relu", reference_recompute(cell),
         )  # fmt: skip
         hs = states
     elif family is GRUCell:
         states, g = GRUFunction.apply(
             x, state0, mask, params["weight_ih"], params["weight_hh"], params.get("bias_ih"),
-            params.get("bias_hh"), cell.reset_after,
+            params.get("bias_hh"), cell.reset_after, reference_recompute(cell),
         )  # fmt: skip
         hs = states
         if return_gates:
             gates = dict(zip(("r", "z", "n"), g.chunk(3, dim=-1)))
     else:
-        states, gates = lstm_sequence(cell, params, x, state0, mask)
+        states, gates = lstm_sequence(
+            cell, params, x, state0, mask, reference_recompute(cell, skip=1)
+        )
         hs = states.h
     if mask is None:
         output = hs

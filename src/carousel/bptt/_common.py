@@ -15,7 +15,11 @@ Conventions used in :mod:`carousel.bptt.rnn`, :mod:`~carousel.bptt.gru` and
   gradient reaching the cell's step is zero where ``m_t = 0`` and the state's gradient passes
   through to ``s_{t-1}`` unchanged there;
 - the forward and backward passes run with Python's cyclic garbage collector paused
-  (:func:`gc_paused`).
+  (:func:`gc_paused`);
+- the hand-written backward is not itself differentiable. Given a ``recompute`` (the same
+  sequence as a plain autograd loop over the cell), a backward asked for its own graph
+  (``create_graph=True``: double backward, gradient penalties) recomputes the forward pass
+  with autograd and differentiates that instead (:func:`twice_differentiable`).
 """
 
 from __future__ import annotations
@@ -28,18 +32,22 @@ from typing import ParamSpec, TypeVar, overload
 import torch
 from torch import Tensor
 
+from carousel._recompute import Recompute, keep_for_recompute, twice_differentiable
 from carousel.bptt import _products as products
 
 __all__ = [
     "MaskViews",
+    "Recompute",
     "bias_grads",
     "bias_sum",
     "gc_paused",
     "grad_with_prev",
+    "keep_for_recompute",
     "masks",
     "prev_states",
     "sigmoid_tanh",
     "sum_rows",
+    "twice_differentiable",
 ]
 
 

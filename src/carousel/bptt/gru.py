@@ -38,18 +38,20 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from carousel.bptt import _products as products
 from carousel.bptt._common import (
+    Recompute,
     bias_grads,
     bias_sum,
     gc_paused,
     grad_with_prev,
+    keep_for_recompute,
     masks,
     scale_rows,
     sigmoid_tanh,
     sum_rows,
+    twice_differentiable,
 )
 
 __all__ = ["GRUFunction"]
@@ -60,7 +62,8 @@ class GRUFunction(torch.autograd.Function):
 
     Returns ``(states, gates)``: the state after every step ``(T, B, H)`` (frozen past a
     sequence's end) and the gate activations ``(T, B, 3H)`` in the order ``r, z, n`` (not
-    masked; not differentiable). Differentiable in ``x``, ``h0`` and every weight; not twice.
+    masked; not differentiable). Differentiable in ``x``, ``h0`` and every weight; twice only
+    given a trailing ``recompute`` (:mod:`carousel._recompute`).
     """
 
     @staticmethod
@@ -75,7 +78,11 @@ class GRUFunction(torch.autograd.Function):
         bias_ih: Tensor | None,
         bias_hh: Tensor | None,
         reset_after: bool,
+        recompute: Recompute | None = None,
     ) -> tuple[Tensor, Tensor]:
+        keep_for_recompute(
+            ctx, recompute, x, h0, mask, weight_ih, weight_hh, bias_ih, bias_hh, reset_after
+        )
         T, B, I = x.shape
         H = weight_hh.shape[1]
         x2 = x.reshape(T * B, I)
@@ -156,7 +163,7 @@ class GRUFunction(torch.autograd.Function):
         return hs, gates
 
     @staticmethod
-    @once_differentiable
+    @twice_differentiable
     @gc_paused
     def backward(
         ctx: Any, grad_hs: Tensor | None, _grad_gates: Tensor | None

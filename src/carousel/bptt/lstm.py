@@ -63,18 +63,20 @@ from typing import TYPE_CHECKING, Any, overload
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from carousel.bptt import _products as products
 from carousel.bptt._common import (
+    Recompute,
     bias_grads,
     bias_sum,
     gc_paused,
     grad_with_prev,
+    keep_for_recompute,
     masks,
     prev_states,
     scale_rows,
     sigmoid_tanh,
+    twice_differentiable,
 )
 from carousel.functional.lstm import LSTMGateState, LSTMState, LSTMVariant
 
@@ -195,8 +197,8 @@ class LSTMFunction(torch.autograd.Function):
     Returns ``(hs, cs, gates)`` or, with FGR, ``(hs, cs, ss, gates)``: the states after every
     step, ``(T, B, P)``, ``(T, B, H)`` and ``(T, B, S*H)`` (frozen past a sequence's end), and
     the gate activations ``(T, B, G*H)`` in the internal order ``[o, i, f, g]`` (not masked;
-    not differentiable). Differentiable in ``x``, the initial state and every weight; not
-    twice.
+    not differentiable). Differentiable in ``x``, the initial state and every weight;
+    twice only given a trailing ``recompute`` (:mod:`carousel._recompute`).
     """
 
     @staticmethod
@@ -222,7 +224,13 @@ class LSTMFunction(torch.autograd.Function):
         ln_c_weight: Tensor | None,
         ln_c_bias: Tensor | None,
         weight_hr: Tensor | None,
+        recompute: Recompute | None = None,
     ) -> tuple[Tensor | None, ...]:
+        keep_for_recompute(
+            ctx, recompute, spec, x, h0, c0, s0, mask, weight_ih, weight_hh, bias_ih, bias_hh,
+            weight_ci, weight_cf, weight_co, weight_gg, ln_ih_weight, ln_hh_weight, ln_c_weight,
+            ln_c_bias, weight_hr,
+        )  # fmt: skip
         v = spec.variant
         T, B, I = x.shape
         H = c0.shape[-1]
@@ -421,7 +429,7 @@ class LSTMFunction(torch.autograd.Function):
         return hs, cs, gates
 
     @staticmethod
-    @once_differentiable
+    @twice_differentiable
     @gc_paused
     def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
         spec: LSTMSpec = ctx.spec
@@ -694,8 +702,10 @@ def lstm_sequence(
     x: Tensor,
     state0: tuple[Tensor, ...],
     mask: Tensor | None,
+    recompute: Recompute | None = None,
 ) -> tuple[LSTMState | LSTMGateState, dict[str, Tensor]]:
-    """Run an :class:`~carousel.cells.LSTMCell` over ``x``.
+    """Run an :class:`~carousel.cells.LSTMCell` over ``x`` (``recompute``: the Function's, for
+    a second derivative; see :mod:`carousel._recompute`).
 
     Returns:
         ``(states, gates)``: the per-step state (``LSTMState`` or ``LSTMGateState`` with
@@ -725,6 +735,7 @@ def lstm_sequence(
         params.get("ln_c_weight"),
         params.get("ln_c_bias"),
         params.get("weight_hr"),
+        recompute,
     )
     gates_int = out[-1]
     H = state0[1].shape[-1]

@@ -28,16 +28,18 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from carousel.bptt import _products as products
 from carousel.bptt._common import (
+    Recompute,
     bias_grads,
     bias_sum,
     gc_paused,
     grad_with_prev,
+    keep_for_recompute,
     masks,
     sigmoid_tanh,
+    twice_differentiable,
 )
 
 __all__ = ["RNNFunction"]
@@ -47,7 +49,8 @@ class RNNFunction(torch.autograd.Function):
     """Elman RNN over a whole sequence: ``apply(x, h0, mask, W_ih, W_hh, b_ih, b_hh, relu)``.
 
     Returns the state after every step, ``(T, B, H)`` (frozen past a sequence's end where
-    ``mask`` is False). Differentiable in ``x``, ``h0`` and every weight; not twice.
+    ``mask`` is False). Differentiable in ``x``, ``h0`` and every weight; twice only given a
+    trailing ``recompute`` (:mod:`carousel._recompute`).
     """
 
     @staticmethod
@@ -62,7 +65,11 @@ class RNNFunction(torch.autograd.Function):
         bias_ih: Tensor | None,
         bias_hh: Tensor | None,
         relu: bool,
+        recompute: Recompute | None = None,
     ) -> Tensor:
+        keep_for_recompute(
+            ctx, recompute, x, h0, mask, weight_ih, weight_hh, bias_ih, bias_hh, relu
+        )
         T, B, I = x.shape
         H = weight_hh.shape[0]
         x2 = x.reshape(T * B, I)
@@ -113,7 +120,7 @@ class RNNFunction(torch.autograd.Function):
         return hs
 
     @staticmethod
-    @once_differentiable
+    @twice_differentiable
     @gc_paused
     def backward(ctx: Any, grad_hs: Tensor | None) -> tuple[Tensor | None, ...]:
         x2, h0, mask, weight_ih, weight_hh, hs = ctx.saved_tensors

@@ -62,9 +62,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from carousel._platform import cpu_id
+from carousel._recompute import Recompute, keep_for_recompute, twice_differentiable
 
 if TYPE_CHECKING:
     from carousel.cells.lstm import LSTMCell
@@ -467,7 +467,12 @@ class LSTMKernelFunction(torch.autograd.Function):
         offsets: Sequence[int],
         flags: Sequence[int],
         ln_eps: float,
+        recompute: Recompute | None = None,
     ) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+        keep_for_recompute(
+            ctx, recompute, x, h0, c0, s0, mask, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co, w_gg,
+            ln_ih, ln_hh, ln_c_w, ln_c_b, w_hr, offsets, flags, ln_eps,
+        )  # fmt: skip
         hs, cs, ss, gates, saved = _lstm_forward(
             x, h0, c0, s0, mask, w_ih, w_hh, b_ih, b_hh, w_ci, w_cf, w_co, w_gg,
             ln_ih, ln_hh, ln_c_w, ln_c_b, w_hr, offsets, flags, ln_eps,
@@ -480,7 +485,7 @@ class LSTMKernelFunction(torch.autograd.Function):
         return hs, cs, ss, gates
 
     @staticmethod
-    @once_differentiable
+    @twice_differentiable
     def backward(
         ctx: Any,
         grad_hs: Tensor | None,
@@ -561,7 +566,9 @@ class GRUKernelFunction(torch.autograd.Function):
         w_hh: Tensor,
         b_ih: Tensor | None,
         b_hh: Tensor | None,
+        recompute: Recompute | None = None,
     ) -> tuple[Tensor, Tensor]:
+        keep_for_recompute(ctx, recompute, x, h0, mask, w_ih, w_hh, b_ih, b_hh)
         x2, h0, w_hh, hs, gates, pn = _gru_forward(x, h0, mask, w_ih, w_hh, b_ih, b_hh)
         ctx.has_bias = b_ih is not None
         ctx.save_for_backward(x2, h0, mask, w_ih, w_hh, hs, gates, pn)
@@ -570,7 +577,7 @@ class GRUKernelFunction(torch.autograd.Function):
         return hs, gates
 
     @staticmethod
-    @once_differentiable
+    @twice_differentiable
     def backward(
         ctx: Any, grad_hs: Tensor | None, _grad_gates: Tensor | None
     ) -> tuple[Tensor | None, ...]:
@@ -628,7 +635,9 @@ class GRUChoKernelFunction(torch.autograd.Function):
         w_hh: Tensor,
         b_ih: Tensor | None,
         b_hh: Tensor | None,
+        recompute: Recompute | None = None,
     ) -> tuple[Tensor, Tensor]:
+        keep_for_recompute(ctx, recompute, x, h0, mask, w_ih, w_hh, b_ih, b_hh)
         x2, h0, w_hh, hs, gates, rh = _gru_cho_forward(x, h0, mask, w_ih, w_hh, b_ih, b_hh)
         ctx.has_bias = b_ih is not None
         ctx.save_for_backward(x2, h0, mask, w_ih, w_hh, hs, gates, rh)
@@ -637,7 +646,7 @@ class GRUChoKernelFunction(torch.autograd.Function):
         return hs, gates
 
     @staticmethod
-    @once_differentiable
+    @twice_differentiable
     def backward(
         ctx: Any, grad_hs: Tensor | None, _grad_gates: Tensor | None
     ) -> tuple[Tensor | None, ...]:
@@ -680,7 +689,9 @@ class RNNKernelFunction(torch.autograd.Function):
         b_ih: Tensor | None,
         b_hh: Tensor | None,
         relu: bool,
+        recompute: Recompute | None = None,
     ) -> Tensor:
+        keep_for_recompute(ctx, recompute, x, h0, mask, w_ih, w_hh, b_ih, b_hh, relu)
         x2, h0, w_hh, hs = _rnn_forward(x, h0, mask, w_ih, w_hh, b_ih, b_hh, relu)
         ctx.relu = relu
         ctx.has_bias = b_ih is not None
@@ -689,7 +700,7 @@ class RNNKernelFunction(torch.autograd.Function):
         return hs
 
     @staticmethod
-    @once_differentiable
+    @twice_differentiable
     def backward(ctx: Any, grad_hs: Tensor | None) -> tuple[Tensor | None, ...]:
         from carousel.bptt._common import bias_grads
 
@@ -797,7 +808,7 @@ def run_sequence(
             offsets, flags, cell.ln_eps,
         )  # fmt: skip
         if grad:
-            hs, cs, ss, g = LSTMKernelFunction.apply(*lstm_args)
+            hs, cs, ss, g = LSTMKernelFunction.apply(*lstm_args, bptt.reference_recompute(cell))
         else:
             hs, cs, ss, g = _lstm_forward(*lstm_args)[:4]
         states = LSTMGateState(hs, cs, ss) if fgr else LSTMState(hs, cs)
@@ -818,7 +829,10 @@ def run_sequence(
             fn, fwd = GRUKernelFunction, _gru_forward
         else:
             fn, fwd = GRUChoKernelFunction, _gru_cho_forward
-        hs, g = fn.apply(*gru_args) if grad else fwd(*gru_args)[3:5]
+        if grad:
+            hs, g = fn.apply(*gru_args, bptt.reference_recompute(cell))
+        else:
+            hs, g = fwd(*gru_args)[3:5]
         states = hs
         if return_gates:
             gates = dict(zip(("r", "z", "n"), g.chunk(3, dim=-1)))
@@ -826,7 +840,10 @@ def run_sequence(
         relu = cell.nonlinearity == "relu"
         rnn_args = (x, state0, mask, params["weight_ih"], params["weight_hh"],
                     params.get("bias_ih"), params.get("bias_hh"), relu)  # fmt: skip
-        hs = RNNKernelFunction.apply(*rnn_args) if grad else _rnn_forward(*rnn_args)[3]
+        if grad:
+            hs = RNNKernelFunction.apply(*rnn_args, bptt.reference_recompute(cell))
+        else:
+            hs = _rnn_forward(*rnn_args)[3]
         states = hs
     if mask is None:
         output = hs
