@@ -325,6 +325,17 @@ def test_auto_takes_the_reference_loop_under_torch_func(kind):
     torch.testing.assert_close(tangent, fd, rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("impl", ["bptt", "compiled"])
+def test_hand_written_paths_refuse_torch_func_transforms_clearly(impl):
+    """An explicit hand-written path inside torch.func.grad says what to use instead (torch's
+    own error names autograd.Function internals)."""
+    layer = carousel.GRU(3, 4, impl=impl)
+    params = dict(layer.named_parameters())
+    x = torch.randn(5, 2, 3)
+    with pytest.raises(ValueError, match=f"impl='{impl}' cannot run inside a torch.func"):
+        torch.func.grad(lambda p: torch.func.functional_call(layer, p, (x,))[0].sum())(params)
+
+
 GPU_COMBOS = list(itertools.product(FAMILIES, [False, True], [False, True]))
 
 

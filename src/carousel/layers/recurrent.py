@@ -295,7 +295,8 @@ class RecurrentBase(nn.Module):
         slower than the compiled kernel; docs/performance.md).
 
         Raises:
-            ValueError: if an explicit ``impl`` cannot compute this configuration.
+            ValueError: if an explicit ``impl`` cannot compute this configuration, or is
+                ``"bptt"``/``"compiled"`` inside a torch.func transform.
         """
         name = type(self).__name__
         want_trace = return_states or return_gates
@@ -331,6 +332,12 @@ class RecurrentBase(nn.Module):
             raise ValueError(
                 f"{name}: impl={self.impl!r} has no hand-written backward for "
                 f"{type(self.cell()).__name__}; use impl='reference' or 'auto'"
+            )
+        if self.impl in ("bptt", "compiled") and _has_functorch_transform():
+            raise ValueError(
+                f"{name}: impl={self.impl!r} cannot run inside a torch.func transform (grad, "
+                "vmap, jvp, ...): its backward pass is hand-written; use impl='auto' (which "
+                "takes 'reference' there) or 'reference'"
             )
         return self.impl
 
