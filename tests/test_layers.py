@@ -336,6 +336,18 @@ def test_hand_written_paths_refuse_torch_func_transforms_clearly(impl):
         torch.func.grad(lambda p: torch.func.functional_call(layer, p, (x,))[0].sum())(params)
 
 
+def test_torch_export_takes_the_reference_loop():
+    """torch.export of a variant layer (auto) traces the reference loop: the exported program
+    equals eager; an explicit hand-written path says it cannot be exported."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 2, 3)
+    for layer in (carousel.LSTM(3, 4, 2, variant="CIFG", bidirectional=True), carousel.GRU(3, 4)):
+        program = torch.export.export(layer, (x,))
+        torch.testing.assert_close(program.module()(x)[0], layer(x)[0])
+    with pytest.raises(ValueError, match="impl='bptt' cannot be exported"):
+        torch.export.export(carousel.GRU(3, 4, impl="bptt"), (x,))
+
+
 GPU_COMBOS = list(itertools.product(FAMILIES, [False, True], [False, True]))
 
 

@@ -75,6 +75,12 @@ class _Runner(Protocol):
     ) -> SequenceResult: ...
 
 
+def _exporting() -> bool:
+    """True while ``torch.export`` traces the model (torch >= 2.6 says so)."""
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return bool(is_exporting()) if is_exporting is not None else False
+
+
 def _has_functorch_transform() -> bool:
     """True inside a ``torch.func`` transform (jvp, vmap, grad, ...).
 
@@ -280,7 +286,8 @@ class RecurrentBase(nn.Module):
         """The path ``forward`` takes for these options.
 
         ``"auto"`` takes ``"reference"`` under torch.func transforms (``jvp``, ``vmap``, ...),
-        which the hand-written and native backward passes do not support; else the native
+        which the hand-written and native backward passes do not support, and while
+        ``torch.export`` traces the model (a graph of torch operations); else the native
         kernel where the configuration is standard, no trace is requested and the native kernel
         is faster on this device (measured: LSTM on CPU and GPU; GRU and RNN on GPU only);
         else the compiled kernel (:mod:`carousel.kernels`) where it covers every cell and is
@@ -296,13 +303,13 @@ class RecurrentBase(nn.Module):
 
         Raises:
             ValueError: if an explicit ``impl`` cannot compute this configuration, or is
-                ``"bptt"``/``"compiled"`` inside a torch.func transform.
+                ``"bptt"``/``"compiled"`` inside a torch.func transform or ``torch.export``.
         """
         name = type(self).__name__
         want_trace = return_states or return_gates
         device = torch.device(device) if device is not None else self._weight().device
         if self.impl == "auto":
-            if _has_functorch_transform():
+            if _has_functorch_transform() or _exporting():
                 return "reference"
             if not want_trace and self._fused_supported() and self._fused_preferred(device):
                 if device.type == "cpu" and self._bptt_supported():
@@ -337,6 +344,12 @@ class RecurrentBase(nn.Module):
             raise ValueError(
                 f"{name}: impl={self.impl!r} cannot run inside a torch.func transform (grad, "
                 "vmap, jvp, ...): its backward pass is hand-written; use impl='auto' (which "
+                "takes 'reference' there) or 'reference'"
+            )
+        if self.impl in ("bptt", "compiled") and _exporting():
+            raise ValueError(
+                f"{name}: impl={self.impl!r} cannot be exported (torch.export traces torch "
+                "operations; this path runs its own loop and kernels); use impl='auto' (which "
                 "takes 'reference' there) or 'reference'"
             )
         return self.impl
