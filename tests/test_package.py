@@ -23,3 +23,32 @@ def test_ships_py_typed():
     assert (Path(carousel.__file__).parent / "py.typed").is_file()
     config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     assert "py.typed" in config["tool"]["setuptools"]["package-data"]["carousel"]
+
+
+def test_subpackages_load_on_first_use():
+    """``import carousel`` then ``carousel.train.load_config(...)``, as the README writes it:
+    every subpackage is an attribute, imported when first used (a fresh interpreter, where
+    nothing else imported it)."""
+    import subprocess
+    import sys
+
+    subs = sorted(
+        p.name
+        for p in (ROOT / "src" / "carousel").iterdir()
+        if p.is_dir() and (p / "__init__.py").is_file()
+    )
+    code = (
+        "import sys, carousel\n"
+        "assert 'carousel.train' not in sys.modules\n"
+        f"for name in {subs!r}:\n"
+        "    assert getattr(carousel, name).__name__ == 'carousel.' + name, name\n"
+        "    assert name in dir(carousel), name\n"
+        "assert carousel.train.load_config is not None\n"
+        "try:\n"
+        "    carousel.no_such_thing\n"
+        "except AttributeError as e:\n"
+        "    assert 'no_such_thing' in str(e)\n"
+        "else:\n"
+        "    raise SystemExit('no AttributeError')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
