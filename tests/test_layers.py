@@ -291,6 +291,8 @@ def test_layer_errors():
         lstm(torch.randn(4, 2, 32), (torch.zeros(1, 2, 8), torch.zeros(1, 3, 8)))
     with pytest.raises(TypeError, match="hx must be a tuple"):
         lstm(torch.randn(4, 2, 32), torch.zeros(1, 2, 8))
+    with pytest.raises(TypeError, match=r"of 2 tensors, got a tuple of 3"):
+        lstm(torch.randn(4, 2, 32), (torch.zeros(1, 2, 8),) * 3)
     with pytest.raises(ValueError, match="impl must be one of"):
         carousel.LSTM(2, 3, impl="fast")
     with pytest.raises(ValueError, match="impl='fused' needs a configuration"):

@@ -435,8 +435,11 @@ class RecurrentBase(nn.Module):
         tensor_state = stype is Tensor or issubclass(stype, Tensor)
         given = (hx,) if isinstance(hx, Tensor) else hx
         if not isinstance(given, (tuple, list)) or len(given) != len(fields):
-            want = "a Tensor h_0" if tensor_state else f"a tuple {fields}"
-            raise TypeError(f"{name}: hx must be {want}, got {type(hx).__name__}")
+            want = "a Tensor h_0" if tensor_state else f"a tuple {fields} of {len(fields)} tensors"
+            got = type(hx).__name__
+            if isinstance(given, (tuple, list)) and not isinstance(hx, Tensor):
+                got = f"a {got} of {len(given)}"
+            raise TypeError(f"{name}: hx must be {want}, got {got}")
         for f, t, shp in zip(fields, given, self._state_spec[0][2]):
             if not isinstance(t, Tensor):
                 raise TypeError(f"{name}: hx.{f} must be a Tensor, got {type(t).__name__}")
