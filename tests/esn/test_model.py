@@ -231,6 +231,42 @@ def test_errors():
         EchoStateNetwork(0)
 
 
+@pytest.mark.parametrize("readout", ["ridge", "rls"])
+def test_a_list_of_sequences_of_any_lengths(readout):
+    """reservoirpy's way of giving several sequences, a list of arrays (any lengths): each
+    starts from the zero state, the readout learns from all of them. Of equal lengths, the
+    same fit as the batch (T, B, F); of unequal lengths, the same as streaming each sequence
+    from zeros into the ridge sums; predict returns a list."""
+    u = sine(120, B=2)
+    y = torch.roll(u, -1, 0)
+    as_list = EchoStateNetwork(30, seed=0, readout=readout).fit(
+        [u[:, 0].numpy(), u[:, 1]], [y[:, 0].numpy(), y[:, 1]], washout=10
+    )
+    batch = EchoStateNetwork(30, seed=0, readout=readout).fit(u, y, washout=10)
+    if readout == "ridge":
+        torch.testing.assert_close(as_list.readout.weight, batch.readout.weight)
+    lengths = (120, 70)
+    seqs_u = [u[:n, k] for k, n in enumerate(lengths)]
+    seqs_y = [y[:n, k] for k, n in enumerate(lengths)]
+    if readout == "ridge":
+        fitted = EchoStateNetwork(30, seed=0).fit(seqs_u, seqs_y, washout=10)
+        streamed = EchoStateNetwork(30, seed=0, input_size=1, output_size=1)
+        for a, b in zip(seqs_u, seqs_y):
+            streamed.partial_fit(a, b, washout=10)
+        streamed.solve()
+        torch.testing.assert_close(fitted.readout.weight, streamed.readout.weight)
+        outs = fitted.predict(seqs_u)
+        assert isinstance(outs, list) and [o.shape for o in outs] == [(120, 1), (70, 1)]
+        for o, a in zip(outs, seqs_u):
+            torch.testing.assert_close(o, fitted.predict(a))
+    with pytest.raises(TypeError, match="inputs and targets must both be lists of sequences"):
+        batch.fit(seqs_u, y[:, 0])
+    with pytest.raises(ValueError, match=r"as many inputs as targets sequences \(1\), got 2"):
+        batch.fit(seqs_u, seqs_y[:1])
+    with pytest.raises(ValueError, match="state is for one sequence"):
+        batch.predict(seqs_u, batch.last_state)
+
+
 def test_mismatched_array_like_inputs_and_targets_raise_value_error():
     # inputs and targets may be any array-like; the size mismatch message read `.shape` from
     # them, so nested lists raised AttributeError instead of the ValueError

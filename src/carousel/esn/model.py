@@ -3,8 +3,9 @@ r"""The echo state network: a reservoir, a trained linear readout, open- and clo
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, NamedTuple, TypedDict
+from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -393,10 +394,14 @@ class EchoStateNetwork(nn.Module):
         every step after the washout.
 
         Args:
-            inputs: ``(T, B, I)`` (see Shape); ``None`` for a feedback-only network.
-            targets: ``(T, B, O)``: ``targets[t]`` is the desired output after ``inputs[t]``.
+            inputs: ``(T, B, I)`` (see Shape), or a list of sequences ``(T_i, I)`` (tensors
+                or arrays) of any lengths, as reservoirpy takes them; ``None`` for a
+                feedback-only network.
+            targets: ``(T, B, O)``: ``targets[t]`` is the desired output after ``inputs[t]``;
+                a list of ``(T_i, O)`` with a list of inputs. Each sequence of a list starts
+                from the zero state; the readout is solved once from all of them.
             washout: initial steps of each sequence not used for training.
-            state: initial :class:`ESNState` (zeros if ``None``).
+            state: initial :class:`ESNState` (zeros if ``None``; one sequence only).
             distributed: all-reduce the ridge sums with ``torch.distributed``.
             group: the process group (default: the world).
 
@@ -407,21 +412,31 @@ class EchoStateNetwork(nn.Module):
             ValueError, TypeError: for bad shapes, sizes, NaN/inf data or a washout that
                 leaves no data.
         """
-        u, y, batched = self._prepare_fit(inputs, targets, washout)
+        pairs = _sequence_pairs(inputs, targets, ("inputs", "targets"))
+        if pairs is None:
+            pairs = [(inputs, targets)]
+        elif state is not None:
+            raise ValueError(
+                "EchoStateNetwork: state is for one sequence; each of a list of sequences "
+                "starts from the zero state"
+            )
+        prepared = [self._prepare_fit(u, y, washout) for u, y in pairs]
         res, readout = self._parts()
-        st = self._state_in(state, y.shape[1], batched)
+        ridge = isinstance(readout, RidgeReadout)  # readout="ridge"
+        if distributed and not ridge:
+            raise ValueError("EchoStateNetwork: distributed=True needs readout='ridge'")
         self._noise_generator = random_stream(self.seed, "noise") if res.noise else None
-        if isinstance(readout, RidgeReadout):  # readout="ridge"
-            readout.reset()
-            st = self._accumulate(readout, u, y, washout, st)
+        readout.reset()
+        for u, y, batched in prepared:
+            st = self._state_in(state, y.shape[1], batched)
+            if isinstance(readout, RidgeReadout):
+                st = self._accumulate(readout, u, y, washout, st)
+            else:
+                st = self._fit_online(readout, u, y, washout, st)
+        if isinstance(readout, RidgeReadout):
             if distributed:
                 readout.all_reduce(group)
             readout.solve()
-        else:
-            if distributed:
-                raise ValueError("EchoStateNetwork: distributed=True needs readout='ridge'")
-            readout.reset()
-            st = self._fit_online(readout, u, y, washout, st)
         self.last_state = self._state_out(st, batched)
         return self
 
@@ -656,9 +671,26 @@ class EchoStateNetwork(nn.Module):
         state: ESNState | None = None,
         *,
         teacher: Tensor | npt.ArrayLike | None = None,
-    ) -> Tensor:
-        """The outputs of :meth:`forward` only."""
-        return self.forward(inputs, state, teacher=teacher).outputs
+    ) -> Tensor | list[Tensor]:
+        """The outputs of :meth:`forward` only. Given a list of sequences (tensors or arrays
+        of any lengths, as reservoirpy takes them; ``teacher`` a list too, if given), a list
+        of their outputs, each sequence from the zero state."""
+        pairs: list[tuple[Any, Any]] | None  # (teacher, inputs) per sequence
+        if inputs is not None:
+            pairs = _sequence_pairs(teacher, inputs, ("teacher", "inputs"))
+        elif teacher is not None:  # a feedback-only network
+            by_teacher = _sequence_pairs(None, teacher, ("inputs", "teacher"))
+            pairs = None if by_teacher is None else [(t, None) for _, t in by_teacher]
+        else:
+            pairs = None
+        if pairs is None:
+            return self.forward(inputs, state, teacher=teacher).outputs
+        if state is not None:
+            raise ValueError(
+                "EchoStateNetwork: state is for one sequence; each of a list of sequences "
+                "starts from the zero state"
+            )
+        return [self.forward(u, teacher=t).outputs for t, u in pairs]
 
     def _loop(
         self, steps: int, st: ESNState, u: Tensor | None, autoregressive: bool = False
@@ -760,3 +792,38 @@ class EchoStateNetwork(nn.Module):
             f"units={self.units}, readout={self.readout_kind!r}, ridge={self.ridge}, "
             f"feedback={self.feedback}, input_to_readout={self.input_to_readout}"
         )
+
+
+def _is_sequence_list(x: Any) -> bool:
+    """A list (or tuple) of sequences, each a tensor or an array: reservoirpy's way of giving
+    several sequences (of any lengths). A nested list of numbers is one array."""
+    return (
+        isinstance(x, (list, tuple))
+        and len(x) > 0
+        and all(isinstance(e, (Tensor, np.ndarray)) for e in x)
+    )
+
+
+def _sequence_pairs(
+    first: Any, second: Any, names: tuple[str, str]
+) -> list[tuple[Any, Any]] | None:
+    """``first`` and ``second`` (the optional one, then the one each call needs: inputs and
+    targets, teacher and inputs; ``names`` theirs) paired sequence by sequence when they are
+    lists of sequences; ``None`` when they are one (batched) sequence."""
+    listed = _is_sequence_list(second)
+    if first is None:
+        return [(None, x) for x in second] if listed else None
+    if listed != _is_sequence_list(first):
+        raise TypeError(
+            f"EchoStateNetwork: {names[0]} and {names[1]} must both be lists of sequences, or "
+            f"neither; got {names[0]} {type(first).__name__} and {names[1]} "
+            f"{type(second).__name__}"
+        )
+    if not listed:
+        return None
+    if len(first) != len(second):
+        raise ValueError(
+            f"EchoStateNetwork: expected as many {names[0]} as {names[1]} sequences "
+            f"({len(second)}), got {len(first)}"
+        )
+    return list(zip(first, second))
