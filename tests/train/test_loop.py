@@ -102,6 +102,41 @@ def test_crash_then_resume_drops_the_lost_steps_and_matches(make_config, monkeyp
     assert steps == list(range(1, 13))
 
 
+@pytest.mark.parametrize("signals", [("SIGINT",), ("SIGTERM",), ("SIGINT", "SIGINT")])
+def test_a_signal_finishes_the_step_saves_it_and_stops(make_config, monkeypatch, signals):
+    """Ctrl-C (or a scheduler's SIGTERM) during step 7: the step completes, a checkpoint at 7
+    is written, the run stops, and the resumed run ends with the uninterrupted run's weights.
+    A second signal stops at once: the steps since the last checkpoint are lost, as in a
+    crash. The previous handlers are back afterwards."""
+    import os
+    import signal
+
+    over = ["train.checkpoint_every=4", "model.dropout=0.2", "model.num_layers=2"]
+    full = train(make_config(*over, run="full"))
+    calls = {"n": 0}
+    real = BinaryAddition.batch
+    before = {s: signal.getsignal(getattr(signal, s)) for s in ("SIGINT", "SIGTERM")}
+
+    def signalling(self, split, batch_size, *, generator):
+        calls["n"] += 1
+        if calls["n"] == 7:  # while the data of step 7 is drawn
+            for name in signals:
+                os.kill(os.getpid(), getattr(signal, name))
+        return real(self, split, batch_size, generator=generator)
+
+    monkeypatch.setattr(BinaryAddition, "batch", signalling)
+    with pytest.raises(KeyboardInterrupt):
+        train(make_config(*over, run="cut"))
+    monkeypatch.setattr(BinaryAddition, "batch", real)
+    assert {s: signal.getsignal(getattr(signal, s)) for s in before} == before
+    cut = full.run_dir.parent / "cut"
+    saved_at = 4 if len(signals) == 2 else 7
+    assert latest_checkpoint(cut).name == f"step-{saved_at:06d}"
+    resumed = train(make_config(*over, run="cut"))
+    assert resumed.resumed_from == saved_at
+    assert_same_weights(weights(full.checkpoint), weights(resumed.checkpoint))
+
+
 class RecordGrads(torch.optim.Optimizer):
     """Records the gradients it is given and never moves the weights."""
 

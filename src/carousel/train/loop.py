@@ -62,6 +62,7 @@ from carousel.train.config import (
     config_to_toml,
     fill_added_keys,
 )
+from carousel.train.interrupt import deferred_interrupt
 from carousel.train.metrics import MetricsLogger, plot_metrics, read_metrics
 from carousel.train.optim import build_optimizer, momentum_at, set_schedules
 from carousel.train.penalties import vanishing_gradient_penalty
@@ -476,64 +477,75 @@ def _loop(run: _Run) -> None:
     bar = _progress(run)
     tokens_rate = None
     t_start = time.perf_counter()
+    saved = run.start  # the step of the newest checkpoint (or where the run starts)
+    # Ctrl-C or SIGTERM: finish the step, save it, stop (carousel.train.interrupt); not under
+    # torchrun, where the processes would save at different steps
     try:
-        for step in range(run.start, tc.steps):
-            t0 = time.perf_counter()
-            lr = set_schedules(run.optimizer, cfg.optim, step, tc.steps)
-            batch = next(data)
-            if run.info.enabled:
-                batch = batch.shard(run.info.rank, run.info.world_size)
-            batch = batch.to(run.device, run.dtype)
-            ctx, ok, metrics = _update(run, step, batch)
-            run.start = step + 1
-            dt = max(time.perf_counter() - t0, 1e-9)
-            tokens = batch.tokens * run.info.world_size
-            rate = tokens / dt
-            tokens_rate = rate if tokens_rate is None else 0.9 * tokens_rate + 0.1 * rate
-            record = {
-                "kind": "train",
-                "step": step + 1,
-                "loss": ctx.loss_value,
-                **(
-                    {
-                        "penalty": float(ctx.penalty.detach())
-                        if ctx.penalty is not None
-                        else math.nan
-                    }
-                    if tc.vanishing_penalty > 0
-                    else {}
-                ),
-                **metrics,
-                "grad_norm": ctx.grad_norm,
-                "lr": lr,
-                **(
-                    {"momentum": momentum_at(cfg.optim, step)}
-                    if cfg.optim.momentum_schedule != "constant"
-                    else {}
-                ),
-                "tokens_per_s": rate,
-                "seconds": time.perf_counter() - t_start,
-                "skipped": run.skipped,
-            }
-            run.last_train = record
-            if run.logger is not None and ((step + 1) % cfg.log.every == 0 or not ok):
-                run.logger.log(record)
-            if not bar.disable:
-                post = {"loss": f"{ctx.loss_value:.4g}"}
-                metric = run.task.primary_metric
-                if metric in metrics:  # bits_per_char -> bits/char, accuracy -> accuracy
-                    label = metric.replace("_per_", "/") if "_per_" in metric else metric[:8]
-                    post[label] = f"{metrics[metric]:.3f}"
-                post["tok/s"] = f"{tokens_rate:,.0f}"
-                if run.skipped:
-                    post["skipped"] = str(run.skipped)
-                bar.set_postfix(post, refresh=False)
-            bar.update(1)
-            done = step + 1
-            if tc.eval_every and done % tc.eval_every == 0 and done < tc.steps:
-                _evaluate(run, run.task.eval_splits[:1], done)
-            if tc.checkpoint_every and done % tc.checkpoint_every == 0 and done < tc.steps:
-                _save(run, done)
+        with deferred_interrupt(enabled=not run.info.enabled) as interrupted:
+            for step in range(run.start, tc.steps):
+                t0 = time.perf_counter()
+                lr = set_schedules(run.optimizer, cfg.optim, step, tc.steps)
+                batch = next(data)
+                if run.info.enabled:
+                    batch = batch.shard(run.info.rank, run.info.world_size)
+                batch = batch.to(run.device, run.dtype)
+                ctx, ok, metrics = _update(run, step, batch)
+                run.start = step + 1
+                dt = max(time.perf_counter() - t0, 1e-9)
+                tokens = batch.tokens * run.info.world_size
+                rate = tokens / dt
+                tokens_rate = rate if tokens_rate is None else 0.9 * tokens_rate + 0.1 * rate
+                record = {
+                    "kind": "train",
+                    "step": step + 1,
+                    "loss": ctx.loss_value,
+                    **(
+                        {
+                            "penalty": float(ctx.penalty.detach())
+                            if ctx.penalty is not None
+                            else math.nan
+                        }
+                        if tc.vanishing_penalty > 0
+                        else {}
+                    ),
+                    **metrics,
+                    "grad_norm": ctx.grad_norm,
+                    "lr": lr,
+                    **(
+                        {"momentum": momentum_at(cfg.optim, step)}
+                        if cfg.optim.momentum_schedule != "constant"
+                        else {}
+                    ),
+                    "tokens_per_s": rate,
+                    "seconds": time.perf_counter() - t_start,
+                    "skipped": run.skipped,
+                }
+                run.last_train = record
+                if run.logger is not None and ((step + 1) % cfg.log.every == 0 or not ok):
+                    run.logger.log(record)
+                if not bar.disable:
+                    post = {"loss": f"{ctx.loss_value:.4g}"}
+                    metric = run.task.primary_metric
+                    if metric in metrics:  # bits_per_char -> bits/char, accuracy -> accuracy
+                        label = metric.replace("_per_", "/") if "_per_" in metric else metric[:8]
+                        post[label] = f"{metrics[metric]:.3f}"
+                    post["tok/s"] = f"{tokens_rate:,.0f}"
+                    if run.skipped:
+                        post["skipped"] = str(run.skipped)
+                    bar.set_postfix(post, refresh=False)
+                bar.update(1)
+                done = step + 1
+                if tc.eval_every and done % tc.eval_every == 0 and done < tc.steps:
+                    _evaluate(run, run.task.eval_splits[:1], done)
+                if tc.checkpoint_every and done % tc.checkpoint_every == 0 and done < tc.steps:
+                    _save(run, done)
+                    saved = done
+                signal_name = interrupted()
+                if signal_name is not None:
+                    if saved != done:
+                        _save(run, done)
+                    log.warning("%s: stopped after step %d, saved to resume", signal_name, done)
+                    raise KeyboardInterrupt
     finally:
         bar.close()
 
