@@ -307,6 +307,13 @@ def test_layer_errors():
         carousel.Recurrent([carousel.GRUCell(2, 3), carousel.GRUCell(4, 3)])
     with pytest.raises(ValueError, match="must be a pair"):
         carousel.Recurrent([carousel.GRUCell(2, 3)], bidirectional=True)
+    # states are stacked over layers: cells with other states or sizes are refused at once
+    # (before, the first call failed inside torch.stack)
+    with pytest.raises(ValueError, match=r"layer 0's is LSTMState\(h \(4\), c \(4\)\), "
+                       r"layer 1's is Tensor\(h \(4\)\); chain Recurrent layers"):  # fmt: skip
+        carousel.Recurrent([carousel.LSTMCell(2, 4), carousel.GRUCell(4, 4)])
+    with pytest.raises(ValueError, match=r"layer 1's is LSTMState\(h \(3\), c \(3\)\)"):
+        carousel.Recurrent([carousel.LSTMCell(2, 4), carousel.LSTMCell(4, 3)])
 
 
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
@@ -461,7 +468,8 @@ def test_cuda_weights_are_flat_for_cudnn(family):
                               learn_initial_state=True),
         lambda: carousel.GRU(3, 4, reset_after=False),
         lambda: carousel.RNN(3, 4, nonlinearity="relu"),
-        lambda: carousel.Recurrent([carousel.LSTMCell(3, 4), carousel.GRUCell(4, 4)]),
+        lambda: carousel.Recurrent([carousel.GRUCell(3, 4),
+                                    carousel.GRUCell(4, 4, reset_after=False)]),
     ],
 )  # fmt: skip
 def test_reset_parameters_draws_as_the_construction_did(make):

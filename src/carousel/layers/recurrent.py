@@ -683,7 +683,9 @@ class Recurrent(RecurrentBase):
     Args:
         cells: one cell (one layer, one direction), or a sequence with one entry per layer,
             each a cell or, with ``bidirectional=True``, a pair ``(forward_cell,
-            reverse_cell)``. Layer ``l+1``'s cells must take ``D * output_size`` inputs.
+            reverse_cell)``. Layer ``l+1``'s cells must take ``D * output_size`` inputs, and
+            every cell must have the same state (fields and sizes: the states are stacked
+            over layers and directions); chain ``Recurrent`` layers to stack other cells.
         bidirectional: run a second cell per layer from each sequence's end to its start and
             concatenate the two outputs.
         batch_first: input and output are ``(B, T, *)`` instead of ``(T, B, *)``.
@@ -757,6 +759,25 @@ class Recurrent(RecurrentBase):
         )  # fmt: skip
         if self.impl == "fused":
             raise ValueError("Recurrent: impl='fused' is for carousel.LSTM/GRU/RNN; use 'auto'")
+        # the states of all layers and directions are stacked into fields (L*D, B, *)
+        first = self._state_spec[0]
+        for k, spec in enumerate(self._state_spec[1:], start=1):
+            if spec != first:
+                layer, direction = divmod(k, D)
+                raise ValueError(
+                    "Recurrent: every cell must have the same state (its fields and sizes are "
+                    "stacked over layers and directions); "
+                    f"layer 0's is {_spec_str(first)}, layer {layer}"
+                    f"{' (reverse)' if direction else ''}'s is {_spec_str(spec)}; chain "
+                    "Recurrent layers to stack cells with different states"
+                )
+
+
+def _spec_str(spec: tuple[Any, tuple[str, ...], list[tuple[int, ...]]]) -> str:
+    """``"LSTMState(h (8,), c (8,))"``: a state's type, fields and per-sequence shapes."""
+    stype, fields, shapes = spec
+    inner = ", ".join(f"{f} {shape_str(s)}" for f, s in zip(fields, shapes))
+    return f"{stype.__name__}({inner})"
 
 
 def _output_size(cell: Any) -> int:
