@@ -3,7 +3,7 @@ r"""The echo state network: a reservoir, a trained linear readout, open- and clo
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
+from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict, overload
 
 import numpy as np
 import torch
@@ -665,6 +665,22 @@ class EchoStateNetwork(nn.Module):
         out, final = self._loop(T, st, u)
         return ESNOutput(self._out_layout(out, batched), self._state_out(final, batched))
 
+    @overload
+    def predict(
+        self,
+        inputs: list[Tensor] | list[np.ndarray],
+        state: None = None,
+        *,
+        teacher: list[Tensor] | list[np.ndarray] | None = None,
+    ) -> list[Tensor]: ...
+    @overload
+    def predict(
+        self,
+        inputs: Tensor | npt.ArrayLike | None,
+        state: ESNState | None = None,
+        *,
+        teacher: Tensor | npt.ArrayLike | None = None,
+    ) -> Tensor: ...
     def predict(
         self,
         inputs: Tensor | npt.ArrayLike | None,

@@ -76,7 +76,8 @@ class _Runner(Protocol):
 
 
 def _exporting() -> bool:
-    """True while ``torch.export`` traces the model (torch >= 2.6 says so)."""
+    """True while ``torch.export`` traces the model (a torch without
+    ``torch.compiler.is_exporting`` cannot say: False)."""
     is_exporting = getattr(torch.compiler, "is_exporting", None)
     return bool(is_exporting()) if is_exporting is not None else False
 
@@ -774,7 +775,7 @@ class Recurrent(RecurrentBase):
 
 
 def _spec_str(spec: tuple[Any, tuple[str, ...], list[tuple[int, ...]]]) -> str:
-    """``"LSTMState(h (8,), c (8,))"``: a state's type, fields and per-sequence shapes."""
+    """``"LSTMState(h (8), c (8))"``: a state's type, fields and per-sequence shapes."""
     stype, fields, shapes = spec
     inner = ", ".join(f"{f} {shape_str(s)}" for f, s in zip(fields, shapes))
     return f"{stype.__name__}({inner})"
