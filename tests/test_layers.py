@@ -293,6 +293,12 @@ def test_layer_errors():
         lstm(torch.randn(4, 2, 32), torch.zeros(1, 2, 8))
     with pytest.raises(TypeError, match=r"of 2 tensors, got a tuple of 3"):
         lstm(torch.randn(4, 2, 32), (torch.zeros(1, 2, 8),) * 3)
+    # a PackedSequence gets the same checks (before: torch's matmul error from inside)
+    packed = pack_padded_sequence(torch.randn(4, 2, 31), [4, 2])
+    with pytest.raises(ValueError, match=r"PackedSequence of 32 features .* got data of shape"):
+        lstm(packed)
+    with pytest.raises(TypeError, match=r"input has dtype torch\.float64"):
+        lstm(pack_padded_sequence(torch.randn(4, 2, 32, dtype=torch.float64), [4, 2]))
     with pytest.raises(ValueError, match="impl must be one of"):
         carousel.LSTM(2, 3, impl="fast")
     with pytest.raises(ValueError, match="impl='fused' needs a configuration"):

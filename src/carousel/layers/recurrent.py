@@ -367,20 +367,26 @@ class RecurrentBase(nn.Module):
         return run_reference
 
     # ---------------------------------------------------------------- checks
-    def _check_input(self, x: Tensor) -> None:
+    def _check_input(self, x: Tensor, packed: PackedSequence | None = None) -> None:
+        """``x``: the input, or the padded time-major form of ``packed``."""
         name = type(self).__name__
         if not isinstance(x, Tensor):
             raise TypeError(
                 f"{name}: input must be a Tensor or PackedSequence, got {type(x).__name__}"
             )
         I = self.cell().input_size
+        if packed is not None and (x.dim() != 3 or x.shape[-1] != I):
+            raise ValueError(
+                f"{name}: expected a PackedSequence of {I} features (data of shape (N, {I})), "
+                f"got data of shape {shape_str(tuple(packed.data.shape))}"
+            )
         expect = "(B, T, " if self.batch_first else "(T, B, "
-        if x.dim() != 3 or x.shape[-1] != I:
+        if packed is None and (x.dim() != 3 or x.shape[-1] != I):
             raise ValueError(
                 f"{name}: expected input of shape {expect}{I}) with batch_first="
                 f"{self.batch_first} (or unbatched (T, {I})), got {shape_str(tuple(x.shape))}"
             )
-        if x.shape[1 if self.batch_first else 0] == 0:
+        if packed is None and x.shape[1 if self.batch_first else 0] == 0:
             raise ValueError(f"{name}: input has no time steps (T=0): {shape_str(x.shape)}")
         w = self._weight()
         mixed = x.is_floating_point() and _autocast_on(x.device.type)  # as torch.nn admits
@@ -503,7 +509,7 @@ class RecurrentBase(nn.Module):
             packed = False
             x = input
             batch_first = self.batch_first
-        unbatched = isinstance(x, Tensor) and x.dim() == 2
+        unbatched = not packed and isinstance(x, Tensor) and x.dim() == 2
         if unbatched:
             if lengths is not None:
                 raise ValueError(f"{name}: lengths needs batched input (3-D), got 2-D input")
@@ -511,8 +517,7 @@ class RecurrentBase(nn.Module):
             if hx is not None:
                 hx = tuple(t.unsqueeze(1) for t in ((hx,) if isinstance(hx, Tensor) else hx))
                 hx = hx[0] if len(hx) == 1 else hx
-        if not packed:
-            self._check_input(x)
+        self._check_input(x, input if isinstance(input, PackedSequence) else None)
         if batch_first:
             x = x.transpose(0, 1)
         T, B = x.shape[0], x.shape[1]
