@@ -173,12 +173,43 @@ def test_functional_lstm_step_names_missing_weights():
 
 def test_cell_input_errors():
     cell = carousel.LSTMCell(3, 5)
-    with pytest.raises(ValueError, match=r"expected x of shape \(B, 3\), got \(4, 2\)"):
+    with pytest.raises(ValueError, match=r"expected x of shape \(B, 3\) .*, got \(4, 2\)"):
         cell(torch.randn(4, 2))
+    with pytest.raises(ValueError, match=r"expected x of shape \(3\) \(unbatched\) or \(B, 3\)"):
+        cell(torch.randn(2))
+    with pytest.raises(TypeError, match="x must be a Tensor, got list"):
+        cell([1.0, 2.0, 3.0])
     with pytest.raises(TypeError, match="dtype"):
         cell(torch.randn(4, 3, dtype=D))
     with pytest.raises(ValueError, match=r"state.c of shape \(4, 5\)"):
         cell(torch.randn(4, 3), carousel.LSTMState(torch.zeros(4, 5), torch.zeros(4, 6)))
+    with pytest.raises(TypeError, match=r"state.h has dtype torch.float64 but the parameters"):
+        cell(torch.randn(4, 3), carousel.LSTMState(torch.zeros(4, 5, dtype=D), torch.zeros(4, 5)))
+    with pytest.raises(TypeError, match=r"state has dtype torch.float64"):
+        carousel.GRUCell(3, 5)(torch.randn(4, 3), torch.zeros(4, 5, dtype=D))
+    with pytest.raises(ValueError, match=r"expected state.h of shape \(5\), got \(1, 5\)"):
+        cell(torch.randn(3), carousel.LSTMState(torch.zeros(1, 5), torch.zeros(1, 5)))
+
+
+@pytest.mark.parametrize("family", ["LSTM", "GRU", "RNN"])
+def test_unbatched_cells_match_torch_nn(family):
+    """One sequence without a batch dimension, as torch.nn's cells take it: x (I,), state
+    fields (H,), output (H,)."""
+    ours = getattr(carousel, f"{family}Cell")(3, 5, dtype=D)
+    ref = getattr(torch.nn, f"{family}Cell")(3, 5, dtype=D)
+    ours.load_state_dict(ref.state_dict())
+    x, h = torch.randn(3, dtype=D), torch.randn(5, dtype=D)
+    if family == "LSTM":
+        c = torch.randn(5, dtype=D)
+        y, (h1, c1) = ours(x, (h, c))
+        h2, c2 = ref(x, (h, c))
+        torch.testing.assert_close(c1, c2)
+    else:
+        y, h1 = ours(x, h)
+        h2 = ref(x, h)
+    assert y.shape == h1.shape == (5,)
+    torch.testing.assert_close(h1, h2)
+    torch.testing.assert_close(ours(x)[0], ref(x)[0] if family == "LSTM" else ref(x))
 
 
 def test_acronyms():

@@ -74,3 +74,13 @@ def check_floating(owner: str, name: str, tensor: Tensor, dtype: torch.dtype | N
             f"{owner}: {name} has dtype {tensor.dtype} but the parameters are {dtype}; "
             f"convert one of them (e.g. {name}.to({dtype}))"
         )
+
+
+def autocast_on(device_type: str) -> bool:
+    """Whether ``torch.autocast`` is on for ``device_type`` (torch < 2.4 lacks the argument)."""
+    try:
+        return bool(torch.is_autocast_enabled(device_type))
+    except TypeError:  # pragma: no cover - old torch
+        if device_type == "cpu":
+            return bool(torch.is_autocast_cpu_enabled())
+        return bool(torch.is_autocast_enabled()) if device_type == "cuda" else False

@@ -8,7 +8,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from carousel._checks import check_floating, check_shape
+from carousel._checks import autocast_on, check_floating, check_shape
 
 __all__ = ["Cell", "RecurrentCell"]
 
@@ -106,7 +106,8 @@ class RecurrentCell(nn.Module):
         """One time step.
 
         Args:
-            x: input ``(B, I)``.
+            x: input ``(B, I)``, or unbatched ``(I,)`` (as torch.nn's cells take it; then the
+                state's fields and the output have no batch dimension either).
             state: the previous state, or ``None`` for zeros.
 
         Returns:
@@ -114,25 +115,60 @@ class RecurrentCell(nn.Module):
 
         Raises:
             ValueError: if ``x`` or ``state`` have the wrong shape.
-            TypeError: if ``x`` is not floating point or its dtype differs from the weights'.
+            TypeError: if ``x`` or ``state`` is not floating point or its dtype differs from
+                the weights' (under ``torch.autocast``, any floating dtype, as torch.nn's
+                cells take it).
         """
         name = type(self).__name__
-        check_floating(name, "x", x, next(self.parameters()).dtype)
-        check_shape(name, "x", x, (None, self.input_size), ("B", "I"))
-        if state is None:
-            state = self.initial_state(x.shape[0], device=x.device, dtype=x.dtype)
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name}: x must be a Tensor, got {type(x).__name__}")
+        dtype = next(self.parameters()).dtype
+        mixed = autocast_on(x.device.type)
+        check_floating(name, "x", x, None if mixed else dtype)
+        unbatched = x.dim() == 1  # as torch.nn's cells take it
+        I = self.input_size
+        if unbatched:
+            check_shape(name, "x", x, (I,), (), f"(unbatched) or (B, {I})")
         else:
-            self.check_state(state, x.shape[0])
+            check_shape(name, "x", x, (None, I), ("B",), f"(or unbatched ({I},))")
+        B = 1 if unbatched else x.shape[0]
+        if state is None:
+            state = self.initial_state(B, device=x.device, dtype=dtype)
+        else:
+            self.check_state(state, B, dtype=None if mixed else dtype, unbatched=unbatched)
+            if unbatched:
+                state = _with_batch_of_one(state)
+        if unbatched:
+            x = x.unsqueeze(0)
         y, state, _ = self.step_with_gates(x, state)
+        if unbatched:
+            y = y.squeeze(0)
+            state = (
+                state.squeeze(0)
+                if isinstance(state, Tensor)
+                else type(state)(*(f.squeeze(0) for f in state))
+            )
         return y, state
 
-    def check_state(self, state: Any, batch_size: int) -> None:
+    def check_state(
+        self,
+        state: Any,
+        batch_size: int,
+        dtype: torch.dtype | None = None,
+        *,
+        unbatched: bool = False,
+    ) -> None:
+        """Check ``state``'s type and shapes for ``batch_size`` sequences (without the batch
+        dimension if ``unbatched``), and its fields' dtype if given."""
         name = type(self).__name__
         ref = self.initial_state(batch_size, device="meta")
+        cut = 1 if unbatched else 0
         if isinstance(ref, Tensor):
             if not isinstance(state, Tensor):
                 raise TypeError(f"{name}: state must be a Tensor, got {type(state).__name__}")
-            check_shape(name, "state", state, tuple(ref.shape), ())
+            check_shape(name, "state", state, tuple(ref.shape[cut:]), ())
+            if dtype is not None:
+                check_floating(name, "state", state, dtype)
             return
         if not isinstance(state, tuple) or len(state) != len(ref):
             raise TypeError(
@@ -140,7 +176,19 @@ class RecurrentCell(nn.Module):
                 f"got {type(state).__name__}"
             )
         for field, s, r in zip(ref._fields, state, ref):
-            check_shape(name, f"state.{field}", s, tuple(r.shape), ())
+            if not isinstance(s, Tensor):
+                raise TypeError(f"{name}: state.{field} must be a Tensor, got {type(s).__name__}")
+            check_shape(name, f"state.{field}", s, tuple(r.shape[cut:]), ())
+            if dtype is not None:
+                check_floating(name, f"state.{field}", s, dtype)
 
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}"
+
+
+def _with_batch_of_one(state: Any) -> Any:
+    """A checked unbatched state (fields ``(*)``) as a batch of one (fields ``(1, *)``)."""
+    if isinstance(state, Tensor):
+        return state.unsqueeze(0)
+    fields = [f.unsqueeze(0) for f in state]
+    return type(state)(*fields) if hasattr(state, "_fields") else tuple(fields)

@@ -12,7 +12,13 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from carousel._checks import check_choice, check_positive_int, check_probability, shape_str
+from carousel._checks import (
+    autocast_on,
+    check_choice,
+    check_positive_int,
+    check_probability,
+    shape_str,
+)
 from carousel.cells.base import RecurrentCell
 from carousel.layers.sequence import (
     SequenceResult,
@@ -389,7 +395,7 @@ class RecurrentBase(nn.Module):
         if packed is None and x.shape[1 if self.batch_first else 0] == 0:
             raise ValueError(f"{name}: input has no time steps (T=0): {shape_str(x.shape)}")
         w = self._weight()
-        mixed = x.is_floating_point() and _autocast_on(x.device.type)  # as torch.nn admits
+        mixed = x.is_floating_point() and autocast_on(x.device.type)  # as torch.nn admits
         if not x.is_floating_point() or (x.dtype != w.dtype and not mixed):
             raise TypeError(
                 f"{name}: input has dtype {x.dtype} but the parameters are {w.dtype}; "
@@ -456,7 +462,7 @@ class RecurrentBase(nn.Module):
                     f"{name}: expected hx.{f} of shape {shape_str(want_shape)} "
                     f"(num_layers*num_directions, B, ...), got {shape_str(tuple(t.shape))}"
                 )
-            if t.dtype != x.dtype and not (t.is_floating_point() and _autocast_on(x.device.type)):
+            if t.dtype != x.dtype and not (t.is_floating_point() and autocast_on(x.device.type)):
                 raise TypeError(f"{name}: hx.{f} has dtype {t.dtype}, input has {x.dtype}")
         states = []
         for k in range(n):
@@ -535,7 +541,7 @@ class RecurrentBase(nn.Module):
             # under autocast, torch's kernel follows autocast's policy, as in torch.nn's layers
             output, final = self._fused_forward(x, states0, lengths)
             seq_states = seq_gates = None
-        elif _autocast_on(x.device.type):
+        elif autocast_on(x.device.type):
             # carousel's own paths run the recurrence in the parameters' dtype under autocast
             # (autocast off inside, as torch.amp.custom_fwd(cast_inputs=...) does): a
             # hand-written backward is written for one dtype, and the state carried over many
@@ -657,16 +663,6 @@ def _reverse(z: Tensor, rev: Tensor | None) -> Tensor:
         return z.flip(0)
     idx = rev.view(*rev.shape, *([1] * (z.dim() - 2))).expand_as(z)
     return z.gather(0, idx)
-
-
-def _autocast_on(device_type: str) -> bool:
-    """Whether autocast is on for ``device_type`` (torch < 2.4 lacks the argument)."""
-    try:
-        return bool(torch.is_autocast_enabled(device_type))
-    except TypeError:  # pragma: no cover - old torch
-        if device_type == "cpu":
-            return bool(torch.is_autocast_cpu_enabled())
-        return bool(torch.is_autocast_enabled()) if device_type == "cuda" else False
 
 
 def _repack(
