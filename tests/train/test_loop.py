@@ -137,6 +137,26 @@ def test_a_signal_finishes_the_step_saves_it_and_stops(make_config, monkeypatch,
     assert_same_weights(weights(full.checkpoint), weights(resumed.checkpoint))
 
 
+def test_devices_this_machine_lacks_are_config_errors():
+    """A device that is not there is named, not a traceback from torch (mps was one)."""
+    from carousel._config import ConfigError
+    from carousel.train.loop import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="device must be auto, cpu, cuda, cuda:N or mps, got 'x'"):
+        resolve_device("x", key="device")  # as carousel eval/generate --device name it
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="'cuda' but CUDA is not available"):
+            resolve_device("cuda")
+    else:
+        n = torch.cuda.device_count()
+        with pytest.raises(ConfigError, match=f"has {n} CUDA device"):
+            resolve_device(f"cuda:{n}")
+    if not torch.backends.mps.is_available():
+        with pytest.raises(ConfigError, match="'mps' but MPS is not available"):
+            resolve_device("mps")
+
+
 class RecordGrads(torch.optim.Optimizer):
     """Records the gradients it is given and never moves the weights."""
 

@@ -170,15 +170,35 @@ def _generator(*parts: object) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(*parts))
 
 
-def resolve_device(name: str, info: distributed.DistInfo | None = None) -> torch.device:
-    """``"auto"`` -> CUDA if available (this process's GPU under torchrun), else CPU."""
+def resolve_device(
+    name: str, info: distributed.DistInfo | None = None, *, key: str = "train.device"
+) -> torch.device:
+    """``"auto"`` -> CUDA if available (this process's GPU under torchrun), else CPU.
+
+    Raises:
+        ConfigError: naming ``key``, for a device that is not one or that this machine lacks.
+    """
+    where = key.split(".")[0]
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and info is not None and info.enabled:
         name = f"cuda:{info.local_rank}"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(
+            [f"{key} must be auto, cpu, cuda, cuda:N or mps, got {name!r}"], where
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError([f"train.device is {name!r} but CUDA is not available"], "train")
+        raise ConfigError([f"{key} is {name!r} but CUDA is not available"], where)
+    if device.type == "cuda" and device.index is not None:
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise ConfigError(
+                [f"{key} is {name!r} but this machine has {count} CUDA device(s)"], where
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError([f"{key} is {name!r} but MPS is not available"], where)
     return device
 
 
@@ -907,7 +927,7 @@ def load_trained(
     """
     ckpt = load_checkpoint(path)
     config = config_from_dict(fill_added_keys(ckpt.config)[0], where=str(ckpt.path))
-    dev = resolve_device(device)
+    dev = resolve_device(device, key="device")
     dtype = getattr(torch, config.train.dtype)
     task = make_task(config.task, config.data)
     task.load_state_dict(ckpt.meta.get("task_state", {}))
