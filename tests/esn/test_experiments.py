@@ -39,6 +39,23 @@ def test_cli_mackey_glass(capsys):
     assert "R^2" in out and "units 50" in out
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["mackey-glass", "--units", "0"], "units must be >= 1, got 0"),
+        (["mackey-glass", "--threads", "-2"], "--threads must be >= 0, got -2"),
+        (["jaeger-haas", "--reservoirs", "0"], "--reservoirs must be >= 1, got 0"),
+        (["search", "--budget", "-1"], "--budget must be >= 0 seconds, got -1"),
+    ],
+)
+def test_cli_bad_arguments_are_one_line_and_status_2(capsys, argv, message):
+    """Not a traceback (before: the library's ValueError, a ZeroDivisionError for no
+    reservoirs, torch's error for negative threads, a search for a negative budget)."""
+    assert main(["esn", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("carousel esn: ") and message in err and "Traceback" not in err
+
+
 @pytest.mark.slow
 def test_jaeger_haas_reaches_the_papers_nrmse84():
     # Jaeger & Haas 2004: NRMSE84 about 10^-4.2 with 1000 units and output feedback.

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
+import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -21,8 +24,25 @@ __all__ = ["register"]
 def _threads(args: argparse.Namespace) -> None:
     import torch
 
+    if args.threads < 0:
+        raise ValueError(f"--threads must be >= 0, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
+
+
+def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``command`` with bad arguments reported as one line and exit status 2 (the library's
+    ``ValueError``/``TypeError`` name the argument), not a traceback."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except (ValueError, TypeError) as e:
+            print(f"carousel esn: {e}", file=sys.stderr)
+            return 2
+
+    return run
 
 
 def _one_step(args: argparse.Namespace) -> int:
@@ -58,6 +78,8 @@ def _jaeger_haas(args: argparse.Namespace) -> int:
     from carousel.esn.experiments import jaeger_haas_nrmse84
 
     _threads(args)
+    if args.reservoirs < 1:
+        raise ValueError(f"--reservoirs must be >= 1, got {args.reservoirs}")
     params = _params(args)
     scores = []
     for seed in range(args.seed, args.seed + args.reservoirs):
@@ -79,6 +101,8 @@ def _search(args: argparse.Namespace) -> int:
     from carousel.esn.experiments import search_jaeger_haas
 
     _threads(args)
+    if not args.budget >= 0:
+        raise ValueError(f"--budget must be >= 0 seconds, got {args.budget}")
     setup_logging(args.quiet)
     r = search_jaeger_haas(budget_seconds=args.budget, seed=args.seed, units=args.units)
     print(f"evaluated {r.evaluated} configurations in {r.seconds:.0f} s")
@@ -119,7 +143,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     one.add_argument("--warmup", type=int, default=100, help="washout steps (default 100)")
     one.add_argument("--timesteps", type=int, default=2000, help="series length (default 2000)")
     common(one)
-    one.set_defaults(func=_one_step)
+    one.set_defaults(func=_guarded(_one_step))
 
     jh = sub.add_parser(
         "jaeger-haas",
@@ -146,7 +170,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             f"--{name}", type=kind, default=None, help=f"override JaegerHaasParams.{name}"
         )
     common(jh)
-    jh.set_defaults(func=_jaeger_haas)
+    jh.set_defaults(func=_guarded(_jaeger_haas))
 
     se = sub.add_parser(
         "search",
@@ -158,4 +182,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     se.add_argument("--units", type=int, default=1000, help="reservoir size (default 1000)")
     se.add_argument("--quiet", action="store_true", help="no progress messages")
     common(se)
-    se.set_defaults(func=_search)
+    se.set_defaults(func=_guarded(_search))
