@@ -148,6 +148,9 @@ def test_config_errors():
         StudyConfig(**TINY, overrides={"lstm": {"hidden_size": 4}})
     with pytest.raises(TypeError):
         StudyConfig(**TINY, overrides={"delay-tap": {"nope": 4}})
+    # a lag a task refuses is named at once (before: a traceback from inside the study)
+    with pytest.raises(ValueError, match=r"task 'adding-1997' at T=0: .*T must be >= 12"):
+        StudyConfig(**{**TINY, "tasks": ("adding-1997",), "lags": (0,)})
 
 
 def test_lagless_task_runs_once():

@@ -97,6 +97,12 @@ class StudyConfig:
                 raise ValueError(
                     f"StudyConfig: unknown task {t!r}; expected one of {study_task_names()}"
                 )
+        for t in self.tasks:  # every lag each task is asked for must make that task
+            for T in self.lags if task_has_lag(t) else ():
+                try:
+                    make_study_task(t, T)
+                except (ValueError, TypeError) as e:
+                    raise ValueError(f"StudyConfig: task {t!r} at T={T!r}: {e}") from None
         for name in self.overrides:
             if name not in self.models:
                 raise ValueError(
