@@ -59,3 +59,27 @@ def test_binary_addition_study_end_to_end(tmp_path):
     assert study.matches_carry_automaton and study.automaton.num_states == 4
     for name in ("binary_addition.md", "binary_addition.json", "automaton.png"):
         assert (tmp_path / name).is_file()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"seeds": 0}, "seeds must be >= 1, got 0"),  # before: max() of an empty sequence
+        ({"steps": -1}, "steps must be >= 1, got -1"),  # before: named checkpoint_every
+        ({"delay": -1}, "delay must be >= 0, got -1"),
+    ],
+)
+def test_study_arguments_are_checked_first(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        binary_addition_study(out_dir=tmp_path, **kwargs)
+    assert not any(tmp_path.iterdir())  # nothing run, nothing written
+
+
+def test_cli_bad_arguments_are_one_line_and_status_2(tmp_path, capsys):
+    from carousel.cli import main
+
+    assert main(["study", "binary-addition", "--seeds", "0", "--out", str(tmp_path)]) == 2
+    assert main(["study", "capacity", "--bits", "0", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "carousel study binary-addition: binary_addition_study: seeds must be >= 1" in err
+    assert "carousel study capacity: capacity_study: bits must be >= 1, got 0" in err

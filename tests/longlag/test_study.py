@@ -271,3 +271,14 @@ def test_cli_capacity_and_binary_addition_call_the_library(monkeypatch, capsys):
     )
     out = capsys.readouterr().out
     assert "CAPACITY TABLE" in out and "ADDITION TABLE" in out
+
+
+def test_capacity_study_arguments_are_checked_first():
+    from carousel.study.capacity import capacity_study
+
+    with pytest.raises(ValueError, match="bits must not be empty"):
+        capacity_study(bits=())
+    with pytest.raises(ValueError, match="states must be >= 1, got 0"):
+        capacity_study(states=(2, 0))
+    with pytest.raises(ValueError, match="rnn_units must be >= 1, got 0"):
+        capacity_study(rnn_units=0)

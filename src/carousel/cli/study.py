@@ -240,14 +240,18 @@ def _capacity(args: argparse.Namespace) -> int:
     from carousel.study.capacity import capacity_study
 
     logging.basicConfig(level=logging.WARNING)
-    result = capacity_study(
-        bits=args.bits,
-        states=args.states,
-        rnn_units=args.rnn_units,
-        train_sequences=args.train_sequences,
-        seed=args.seed,
-        out_dir=args.out,
-    )
+    try:
+        result = capacity_study(
+            bits=args.bits,
+            states=args.states,
+            rnn_units=args.rnn_units,
+            train_sequences=args.train_sequences,
+            seed=args.seed,
+            out_dir=args.out,
+        )
+    except (ValueError, TypeError) as exc:
+        print(f"carousel study capacity: {exc}", file=sys.stderr)
+        return 2
     print(result.markdown)
     print(f"wrote {args.out}/capacity.md, capacity.json, capacity.png")
     return 0
@@ -257,14 +261,18 @@ def _binary_addition(args: argparse.Namespace) -> int:
     from carousel.study.binary_addition import binary_addition_study
 
     logging.basicConfig(level=logging.WARNING)
-    study = binary_addition_study(
-        seeds=args.seeds,
-        hidden_size=args.hidden_size,
-        delay=args.delay,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        out_dir=args.out,
-    )
+    try:
+        study = binary_addition_study(
+            seeds=args.seeds,
+            hidden_size=args.hidden_size,
+            delay=args.delay,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            out_dir=args.out,
+        )
+    except (ValueError, TypeError) as exc:
+        print(f"carousel study binary-addition: {exc}", file=sys.stderr)
+        return 2
     print(study.markdown)
     extra = ", automaton.png" if study.automaton is not None else ""
     print(f"wrote {args.out}/binary_addition.md, binary_addition.json{extra}")

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, cast
 
 import torch
 
+from carousel._checks import check_positive_int
 from carousel.study.fsa import Automaton, extract_automaton, plot_automaton
 
 if TYPE_CHECKING:
@@ -201,9 +202,18 @@ def binary_addition_study(
     Returns:
         An :class:`AdditionStudy`; ``binary_addition.md``, ``binary_addition.json`` and
         ``automaton.png`` are written to ``out_dir``.
+
+    Raises:
+        ValueError, TypeError: for a count out of range (``seeds``, ``steps``, ...) or a bad
+            override.
     """
     from carousel.train import load_config, read_metrics, train
 
+    for name, value, least in (
+        ("seeds", seeds, 1), ("hidden_size", hidden_size, 1), ("delay", delay, 0),
+        ("steps", steps, 1), ("batch_size", batch_size, 1),
+    ):  # fmt: skip
+        check_positive_int("binary_addition_study", name, value, minimum=least)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs, models = [], {}

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from carousel._checks import check_positive_int
 from carousel.baselines.hidden_state import HMMBaseline, LDSBaseline
 from carousel.study.models import get_model_spec
 from carousel.study.train import train_until_solved
@@ -138,7 +139,21 @@ def capacity_study(
 
     Returns:
         A :class:`CapacityResult`.
+
+    Raises:
+        ValueError, TypeError: for no ``bits`` or ``states``, or a count out of range.
     """
+    for name, values in (("bits", bits), ("states", states)):
+        if len(values) == 0:
+            raise ValueError(f"capacity_study: {name} must not be empty")
+        for v in values:
+            check_positive_int("capacity_study", name, v)
+    for name, value in (
+        ("rnn_units", rnn_units), ("train_sequences", train_sequences),
+        ("test_sequences", test_sequences), ("restarts", restarts),
+        ("rnn_max_sequences", rnn_max_sequences),
+    ):  # fmt: skip
+        check_positive_int("capacity_study", name, value)
     rows: list[CapacityRow] = []
     spec = get_model_spec("rnn-adam", hidden_size=rnn_units, lr=1e-2)
     for k in bits:
