@@ -172,6 +172,8 @@ def test_batch_decode_and_errors():
         prefix_beam_search(lp[:, 0], beam_width=0)
     with pytest.raises(ValueError, match=r"blank must be in \[0, 3\]"):
         prefix_beam_search(lp[:, 0], blank=4)
+    with pytest.raises(ValueError, match=r"greedy_decode: blank must be an int in \[0, 3\], got 9"):
+        greedy_decode(lp, blank=9)  # before: decoded, with class 0 among the tokens
 
 
 def test_alphabet_and_metrics():

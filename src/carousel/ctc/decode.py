@@ -81,6 +81,9 @@ def greedy_decode(
         One :class:`CTCHypothesis` per sequence; ``timesteps`` are the first frames of each
         emitted run.
 
+    Raises:
+        ValueError: for a shape, a length or a ``blank`` out of range.
+
     Shape:
         - log_probs ``(T, B, C)``; lengths ``(B,)``.
 
@@ -92,6 +95,9 @@ def greedy_decode(
         ((1, 1), (0, 3))
     """
     lp, lens = _check_log_probs("greedy_decode", log_probs, lengths, batched=True)
+    C = lp.shape[-1]
+    if isinstance(blank, bool) or not isinstance(blank, int) or not 0 <= blank < C:
+        raise ValueError(f"greedy_decode: blank must be an int in [0, {C - 1}], got {blank!r}")
     best, arg = lp.max(dim=-1)  # (T, B)
     arg_rows, best = arg.t().cpu().tolist(), best.t().double().cpu()
     out = []
