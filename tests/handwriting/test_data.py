@@ -77,6 +77,18 @@ def test_joined_vs_lifted_and_delayed_strokes():
     assert np.ptp(late[-1][:, 0]) < 0.45 and late[-1][:, 1].min() > 1.0
 
 
+def test_pen_features_errors():
+    """Strokes that are not (n, 2|3) finite numbers are named (before: an IndexError, or numpy's
+    error from deep inside the resampling)."""
+    with pytest.raises(ValueError, match="no strokes"):
+        pen_features([np.zeros((0, 2))])
+    with pytest.raises(ValueError, match=r"stroke 1 must be an array \(n, 2\) or \(n, 3\)"):
+        pen_features([np.zeros((3, 2)), np.zeros(5)])
+    with pytest.raises(ValueError, match="stroke 0 has NaN or infinite coordinates"):
+        pen_features([np.array([[0.0, 0.0], [np.nan, 1.0]])])
+    assert pen_features([[[0, 0], [1, 1], [2, 0]]]).shape[1] == 4  # nested lists do
+
+
 def test_pen_features_normalise_scale_position_and_speed():
     rng = np.random.default_rng(0)
     strokes = write_word("hello", "rowmans", WriterStyle(size=1.0), rng)

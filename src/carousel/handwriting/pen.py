@@ -244,9 +244,22 @@ def pen_features(strokes: Sequence[np.ndarray], *, spacing: float = 0.12) -> np.
         (normalised height) and ``pen_up`` (1 on pen-up moves), see :data:`FEATURES`.
 
     Raises:
-        ValueError: no strokes, or no ink.
+        ValueError: no strokes, no ink, or a stroke that is not ``(n, 2|3)`` finite numbers.
     """
-    strokes = [np.asarray(s, dtype=np.float64)[:, :2] for s in strokes if len(s)]
+    arrays = []
+    for k, s in enumerate(strokes):
+        a = np.asarray(s, dtype=np.float64)
+        if a.size == 0:
+            continue
+        if a.ndim != 2 or a.shape[1] < 2:
+            raise ValueError(
+                f"pen_features: stroke {k} must be an array (n, 2) or (n, 3) of x, y[, t], "
+                f"got shape {a.shape}"
+            )
+        if not np.isfinite(a[:, :2]).all():
+            raise ValueError(f"pen_features: stroke {k} has NaN or infinite coordinates")
+        arrays.append(a[:, :2])
+    strokes = arrays
     if not strokes:
         raise ValueError("pen_features: no strokes")
     p = np.concatenate(strokes)  # (M, 2)
