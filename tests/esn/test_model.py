@@ -170,6 +170,21 @@ def test_float32_and_state_dict():
     torch.testing.assert_close(built.predict(u[:50]), esn.predict(u[:50]))
 
 
+@pytest.mark.parametrize(
+    "options", [{}, {"readout": "rls"}, {"feedback": True, "input_to_readout": True}]
+)
+def test_a_fitted_state_dict_loads_into_an_unbuilt_network(options):
+    """Saved with torch.save(esn.state_dict()), loaded into EchoStateNetwork(units, ...) made
+    without the sizes: it is built from the saved weights' shapes (before: unexpected keys)."""
+    u = sine(200)
+    esn = EchoStateNetwork(40, seed=5, **options).fit(u[:-1], u[1:], washout=20)
+    fresh = EchoStateNetwork(40, seed=9, **options)
+    fresh.load_state_dict(esn.state_dict())
+    torch.testing.assert_close(fresh.predict(u[:50]), esn.predict(u[:50]))
+    with pytest.raises(RuntimeError, match=r"size mismatch for reservoir\.weight_hh"):
+        EchoStateNetwork(41, **options).load_state_dict(esn.state_dict())
+
+
 def test_reservoirpy_mackey_glass_protocol_r2():
     # reservoirpy's README protocol; the issue's bar is R^2 >= 0.9999.
     result = one_step_mackey_glass()

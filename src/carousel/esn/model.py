@@ -248,6 +248,29 @@ class EchoStateNetwork(nn.Module):
         self.reservoir, self.readout = reservoir, readout
         self.input_size, self.output_size = input_size, output_size
 
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """Load a fitted network's ``state_dict`` into an unbuilt one too: it is first built
+        with the sizes the saved weights have (``torch.nn`` loads into the submodules after
+        this)."""
+        w_ih = state_dict.get(prefix + "reservoir.weight_ih")
+        w_out = state_dict.get(prefix + "readout.weight")  # ridge; RLS: weight_aug
+        if w_out is None:
+            w_out = state_dict.get(prefix + "readout.weight_aug")
+        if not self.is_built and isinstance(w_ih, Tensor) and isinstance(w_out, Tensor):
+            self.build(int(w_ih.shape[1]), int(w_out.shape[0]))
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
     def _require_built(self, what: str) -> tuple[Reservoir, RidgeReadout | RLSReadout]:
         """The reservoir and readout; a RuntimeError naming ``what`` before the first fit."""
         if self.reservoir is None or self.readout is None:
