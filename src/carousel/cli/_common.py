@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
+import functools
 import logging
 import os
 import sys
+from collections.abc import Callable
 
-__all__ = ["format_metrics", "setup_logging"]
+__all__ = ["format_metrics", "one_line_errors", "setup_logging"]
+
+Command = Callable[[argparse.Namespace], int]
 
 
 class _TqdmHandler(logging.Handler):
@@ -45,3 +50,22 @@ def format_metrics(metrics: dict[str, float], first: str | None = None) -> str:
         else f"{k} {metrics[k]:.3g}"
         for k in keys
     )
+
+
+def one_line_errors(prefix: str) -> Callable[[Command], Command]:
+    """A command whose ``ValueError``/``TypeError`` (the library's checks of its arguments,
+    which name them) is printed as one line, ``"{prefix}: {message}"``, with exit status 2,
+    not as a traceback."""
+
+    def wrap(command: Command) -> Command:
+        @functools.wraps(command)
+        def run(args: argparse.Namespace) -> int:
+            try:
+                return command(args)
+            except (ValueError, TypeError) as e:
+                print(f"{prefix}: {e}", file=sys.stderr)
+                return 2
+
+        return run
+
+    return wrap

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import math
-import sys
-from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+from carousel.cli._common import one_line_errors
 
 if TYPE_CHECKING:
     from carousel.esn.experiments import JaegerHaasParams
 
 __all__ = ["register"]
+
+_one_line = one_line_errors("carousel esn")  # bad arguments: one line, status 2
 
 
 def _threads(args: argparse.Namespace) -> None:
@@ -28,21 +29,6 @@ def _threads(args: argparse.Namespace) -> None:
         raise ValueError(f"--threads must be >= 0, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
-
-
-def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """``command`` with bad arguments reported as one line and exit status 2 (the library's
-    ``ValueError``/``TypeError`` name the argument), not a traceback."""
-
-    @functools.wraps(command)
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return command(args)
-        except (ValueError, TypeError) as e:
-            print(f"carousel esn: {e}", file=sys.stderr)
-            return 2
-
-    return run
 
 
 def _one_step(args: argparse.Namespace) -> int:
@@ -143,7 +129,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     one.add_argument("--warmup", type=int, default=100, help="washout steps (default 100)")
     one.add_argument("--timesteps", type=int, default=2000, help="series length (default 2000)")
     common(one)
-    one.set_defaults(func=_guarded(_one_step))
+    one.set_defaults(func=_one_line(_one_step))
 
     jh = sub.add_parser(
         "jaeger-haas",
@@ -170,7 +156,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             f"--{name}", type=kind, default=None, help=f"override JaegerHaasParams.{name}"
         )
     common(jh)
-    jh.set_defaults(func=_guarded(_jaeger_haas))
+    jh.set_defaults(func=_one_line(_jaeger_haas))
 
     se = sub.add_parser(
         "search",
@@ -182,4 +168,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     se.add_argument("--units", type=int, default=1000, help="reservoir size (default 1000)")
     se.add_argument("--quiet", action="store_true", help="no progress messages")
     common(se)
-    se.set_defaults(func=_guarded(_search))
+    se.set_defaults(func=_one_line(_search))

@@ -15,6 +15,8 @@ import math
 import os
 import sys
 
+from carousel.cli._common import one_line_errors
+
 __all__ = ["register"]
 
 
@@ -137,7 +139,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cap.add_argument(
         "--out", default="runs/study-capacity", help="output folder (default: %(default)s)"
     )
-    cap.set_defaults(func=_capacity)
+    cap.set_defaults(func=one_line_errors("carousel study capacity")(_capacity))
 
     ba = sub.add_parser(
         "binary-addition",
@@ -167,7 +169,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ba.add_argument(
         "--out", default="runs/study-binary-addition", help="output folder (default: %(default)s)"
     )
-    ba.set_defaults(func=_binary_addition)
+    ba.set_defaults(func=one_line_errors("carousel study binary-addition")(_binary_addition))
 
 
 def _long_lag(args: argparse.Namespace) -> int:
@@ -240,18 +242,14 @@ def _capacity(args: argparse.Namespace) -> int:
     from carousel.study.capacity import capacity_study
 
     logging.basicConfig(level=logging.WARNING)
-    try:
-        result = capacity_study(
-            bits=args.bits,
-            states=args.states,
-            rnn_units=args.rnn_units,
-            train_sequences=args.train_sequences,
-            seed=args.seed,
-            out_dir=args.out,
-        )
-    except (ValueError, TypeError) as exc:
-        print(f"carousel study capacity: {exc}", file=sys.stderr)
-        return 2
+    result = capacity_study(
+        bits=args.bits,
+        states=args.states,
+        rnn_units=args.rnn_units,
+        train_sequences=args.train_sequences,
+        seed=args.seed,
+        out_dir=args.out,
+    )
     print(result.markdown)
     print(f"wrote {args.out}/capacity.md, capacity.json, capacity.png")
     return 0
@@ -261,18 +259,14 @@ def _binary_addition(args: argparse.Namespace) -> int:
     from carousel.study.binary_addition import binary_addition_study
 
     logging.basicConfig(level=logging.WARNING)
-    try:
-        study = binary_addition_study(
-            seeds=args.seeds,
-            hidden_size=args.hidden_size,
-            delay=args.delay,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            out_dir=args.out,
-        )
-    except (ValueError, TypeError) as exc:
-        print(f"carousel study binary-addition: {exc}", file=sys.stderr)
-        return 2
+    study = binary_addition_study(
+        seeds=args.seeds,
+        hidden_size=args.hidden_size,
+        delay=args.delay,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        out_dir=args.out,
+    )
     print(study.markdown)
     extra = ", automaton.png" if study.automaton is not None else ""
     print(f"wrote {args.out}/binary_addition.md, binary_addition.json{extra}")
