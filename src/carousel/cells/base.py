@@ -137,17 +137,13 @@ class RecurrentCell(nn.Module):
         else:
             self.check_state(state, B, dtype=None if mixed else dtype, unbatched=unbatched)
             if unbatched:
-                state = _with_batch_of_one(state)
+                state = _batch_dim(state, add=True)
         if unbatched:
             x = x.unsqueeze(0)
         y, state, _ = self.step_with_gates(x, state)
         if unbatched:
             y = y.squeeze(0)
-            state = (
-                state.squeeze(0)
-                if isinstance(state, Tensor)
-                else type(state)(*(f.squeeze(0) for f in state))
-            )
+            state = _batch_dim(state, add=False)
         return y, state
 
     def check_state(
@@ -186,9 +182,10 @@ class RecurrentCell(nn.Module):
         return f"{self.input_size}, {self.hidden_size}"
 
 
-def _with_batch_of_one(state: Any) -> Any:
-    """A checked unbatched state (fields ``(*)``) as a batch of one (fields ``(1, *)``)."""
+def _batch_dim(state: Any, add: bool) -> Any:
+    """A checked state with a batch dimension of one added in front of each field (``add``),
+    or taken away: between an unbatched step's state (fields ``(*)``) and a batch of one."""
     if isinstance(state, Tensor):
-        return state.unsqueeze(0)
-    fields = [f.unsqueeze(0) for f in state]
+        return state.unsqueeze(0) if add else state.squeeze(0)
+    fields = [f.unsqueeze(0) if add else f.squeeze(0) for f in state]
     return type(state)(*fields) if hasattr(state, "_fields") else tuple(fields)
