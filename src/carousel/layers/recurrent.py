@@ -3,6 +3,7 @@ and the choice of implementation path, for any cell."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol, cast
 
@@ -541,22 +542,21 @@ class RecurrentBase(nn.Module):
             # under autocast, torch's kernel follows autocast's policy, as in torch.nn's layers
             output, final = self._fused_forward(x, states0, lengths)
             seq_states = seq_gates = None
-        elif autocast_on(x.device.type):
-            # carousel's own paths run the recurrence in the parameters' dtype under autocast
-            # (autocast off inside, as torch.amp.custom_fwd(cast_inputs=...) does): a
-            # hand-written backward is written for one dtype, and the state carried over many
-            # steps keeps its precision
-            dtype = self._weight().dtype
-            x = x.to(dtype)
-            states0 = [map_state(lambda t: t.to(dtype), s) for s in states0]
-            with torch.autocast(x.device.type, enabled=False):
+        else:
+            precision: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+            if autocast_on(x.device.type):
+                # carousel's own paths run the recurrence in the parameters' dtype under
+                # autocast (autocast off inside, as torch.amp.custom_fwd(cast_inputs=...) does):
+                # a hand-written backward is written for one dtype, and the state carried over
+                # many steps keeps its precision
+                dtype = self._weight().dtype
+                x = x.to(dtype)
+                states0 = [map_state(lambda t: t.to(dtype), s) for s in states0]
+                precision = torch.autocast(x.device.type, enabled=False)
+            with precision:
                 output, final, seq_states, seq_gates = self._unrolled_forward(
                     x, states0, lengths, impl, return_states, return_gates
                 )
-        else:
-            output, final, seq_states, seq_gates = self._unrolled_forward(
-                x, states0, lengths, impl, return_states, return_gates
-            )
         if batch_first:
             output = output.transpose(0, 1)
             if seq_states is not None:
