@@ -445,8 +445,7 @@ class EchoStateNetwork(nn.Module):
             )
         prepared = [self._prepare_fit(u, y, washout) for u, y in pairs]
         res, readout = self._parts()
-        ridge = isinstance(readout, RidgeReadout)  # readout="ridge"
-        if distributed and not ridge:
+        if distributed and not isinstance(readout, RidgeReadout):  # readout="ridge"
             raise ValueError("EchoStateNetwork: distributed=True needs readout='ridge'")
         self._noise_generator = random_stream(self.seed, "noise") if res.noise else None
         readout.reset()
